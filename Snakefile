@@ -1,0 +1,54 @@
+# Post-hoc spectral editing of fine-tuning updates.
+# fine-tune -> SVD cache of dW -> spectral edits -> evaluation cells -> tables and figures.
+# The logic lives in the spectral_edit package beside this file; rules and scripts stay thin.
+
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# Jobs import the package from this checkout (locally, on cluster nodes, in conda envs).
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
+
+from spectral_edit import layout
+from spectral_edit.config import SCHEMA_PATH, check_config, validation_error_message
+from spectral_edit.errors import ConfigError
+
+
+configfile: "config.yaml"
+
+
+try:
+    validate(config, str(SCHEMA_PATH))
+except WorkflowError as error:
+    cause = next((a for a in error.args if hasattr(a, "absolute_path")), None)
+    raise ConfigError(validation_error_message(cause) if cause else str(error)) from None
+check_config(config)
+
+
+wildcard_constraints:
+    model=r"[^/]+",
+    dataset=r"[^/]+",
+    seed=r"\d+",
+    method=r"[^/]+",
+    retention=r"[0-9.e-]+",
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/data.smk"
+include: "rules/finetune.smk"
+include: "rules/svd.smk"
+include: "rules/evaluate.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.aggregate.output,
+        rules.figures.output,

@@ -1,0 +1,40 @@
+rule aggregate:
+    """Table of all cells, mean +/- std over seeds, and Table 1 (sweet spots)."""
+    input:
+        cells=all_cells(),
+        references=reference_cells(),
+    output:
+        cells=layout.TABLES_DIR + "/cells.csv",
+        summary=layout.TABLES_DIR + "/summary.csv",
+        table1=layout.TABLES_DIR + "/table1.csv",
+        table1_md=layout.TABLES_DIR + "/table1.md",
+    params:
+        analysis=config["analysis"],
+    log:
+        layout.LOGS + "/aggregate.log",
+    threads: 1
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/aggregate.py"
+
+
+rule figures:
+    """The paper's figures from the tables and the SVD spectra, as PNG and PDF."""
+    input:
+        cells=rules.aggregate.output.cells,
+        summary=rules.aggregate.output.summary,
+        table1=rules.aggregate.output.table1,
+        spectra=[entry["path"] for entry in all_spectra()],
+    output:
+        expand(layout.FIGURES_DIR + "/{figure}.{ext}", figure=layout.FIGURES, ext=layout.FIGURE_FORMATS),
+    params:
+        analysis=config["analysis"],
+        spectra=all_spectra(),
+    log:
+        layout.LOGS + "/figures.log",
+    threads: 1
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/figures.py"

@@ -1,0 +1,68 @@
+# Evaluation cells. An edited model is built in memory from the base weights and the SVD
+# cache; it is never written to disk.
+
+
+rule evaluate_edit:
+    """One (model, dataset, seed, method, retention) cell."""
+    input:
+        base_config=rules.base_model.output.config,
+        base_weights=rules.base_model.output.weights,
+        factors=rules.svd_cache.output.factors,
+        eval=rules.prepare_dataset.output.eval,
+        meta=rules.prepare_dataset.output.meta,
+    output:
+        layout.CELL,
+    params:
+        method=method_of,
+        prompt=dataset_prompt,
+        unedited_params=config["edit"]["unedited_params"],
+        batch_size=config["evaluation"]["batch_size"],
+    log:
+        layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{method}/r{retention}.log",
+    threads: 1
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/evaluate_cell.py"
+
+
+rule evaluate_finetuned:
+    """Reference cell: the unedited fine-tuned model."""
+    input:
+        model_config=rules.finetune.output.config,
+        model_weights=rules.finetune.output.weights,
+        eval=rules.prepare_dataset.output.eval,
+        meta=rules.prepare_dataset.output.meta,
+    output:
+        layout.FINETUNED_CELL,
+    params:
+        prompt=dataset_prompt,
+        batch_size=config["evaluation"]["batch_size"],
+    log:
+        layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/finetuned.log",
+    threads: 1
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/evaluate_cell.py"
+
+
+rule evaluate_base:
+    """Reference cell: the base model (no fine-tuning, so no seed)."""
+    input:
+        model_config=rules.base_model.output.config,
+        model_weights=rules.base_model.output.weights,
+        eval=rules.prepare_dataset.output.eval,
+        meta=rules.prepare_dataset.output.meta,
+    output:
+        layout.BASE_CELL,
+    params:
+        prompt=dataset_prompt,
+        batch_size=config["evaluation"]["batch_size"],
+    log:
+        layout.LOGS + "/evaluate/{model}/{dataset}/base.log",
+    threads: 1
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/evaluate_cell.py"

@@ -1,0 +1,20 @@
+rule finetune:
+    """Full-parameter SFT of a base model on a dataset with one seed."""
+    input:
+        base_config=rules.base_model.output.config,
+        base_weights=rules.base_model.output.weights,
+        train=rules.prepare_dataset.output.train,
+    output:
+        config=layout.FINETUNE_DIR + "/config.json",
+        weights=layout.FINETUNE_DIR + "/model.safetensors",
+        train_log=layout.FINETUNE_DIR + "/train_log.json",
+    params:
+        hyper=config["finetune"],
+        prompt=dataset_prompt,
+    log:
+        layout.LOGS + "/finetune/{model}/{dataset}/seed{seed}.log",
+    threads: workflow.cores
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/finetune.py"

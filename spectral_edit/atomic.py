@@ -1,0 +1,60 @@
+"""Atomic output writing: a reader never sees a half-written file under its final name.
+
+Each writer writes to a temporary file in the destination directory and renames it into
+place (rename is atomic within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory_files(final_dir: str | os.PathLike, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a scratch directory; on success move each file it holds into ``final_dir``.
+
+    Files named in ``last`` are moved after all others, so that the file the workflow treats
+    as the sign of completion (e.g. ``model.safetensors``) appears only when the rest is there.
+    """
+    final_dir = Path(final_dir)
+    final_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=final_dir))
+    try:
+        yield scratch
+        names = sorted(p.name for p in scratch.iterdir())
+        ordered = [n for n in names if n not in last] + [n for n in last if n in names]
+        for name in ordered:
+            os.replace(scratch / name, final_dir / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,68 @@
+"""One evaluation cell: build the model (base, fine-tuned, or edited), evaluate, write JSON."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Mapping
+
+from .atomic import write_json
+from .data import read_meta, read_split
+from .edit import apply_spectral_edit
+from .evaluate import evaluate_model
+from .methods import get_method
+from .models import load_model, load_tokenizer
+from .prompts import PromptFormatter
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_cell(
+    *,
+    model_dir: str | Path,
+    eval_path: str | Path,
+    meta_path: str | Path,
+    dataset_spec: Mapping,
+    out_path: str | Path,
+    cell: Mapping,
+    edit: Mapping | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Evaluate one cell and write ``out_path``.
+
+    ``cell`` names it (model, dataset, seed, method, retention). ``edit``, when given, turns
+    the model in ``model_dir`` (the base model) into the edited one: keys ``factors``,
+    ``method`` (a registered method), ``params``, ``retention`` (or None), ``seed``,
+    ``unedited_params``.
+    """
+    started = time.time()
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir)
+    edit_stats = None
+    if edit is not None:
+        edit_stats = apply_spectral_edit(
+            model,
+            edit["factors"],
+            get_method(edit["method"]),
+            edit.get("params", {}),
+            edit.get("retention"),
+            int(edit.get("seed", 0)),
+            edit.get("unedited_params", "finetuned"),
+        )
+        log.info("edited %d matrices, kept %d of %d components", edit_stats["matrices"],
+                 edit_stats["kept_components"], edit_stats["total_components"])
+    formatter = PromptFormatter(tokenizer, dataset_spec["prompt"], dataset_spec["label_words"])
+    result = evaluate_model(model, formatter, read_split(eval_path), read_meta(meta_path), batch_size, progress)
+    metrics = result["metrics"]
+    log.info("accuracy %.4f gap %.4f worst-group %.4f", metrics["accuracy"], metrics["gap"], metrics["worst_group_accuracy"])
+    record = {
+        "cell": dict(cell),
+        "edit": {**{k: v for k, v in (edit or {}).items() if k != "factors"}, **edit_stats} if edit else None,
+        "metrics": metrics,
+        "seconds": time.time() - started,
+        "examples": result["examples"],
+    }
+    write_json(out_path, record)
+    return record

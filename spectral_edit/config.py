@@ -1,0 +1,226 @@
+"""Configuration: schema validation, cross-reference checks and the experiment grid.
+
+The Snakefile validates with Snakemake's ``validate`` against ``config.schema.yaml`` and then
+calls :func:`check_config`; notebooks call :func:`load_config`, which does both. Every error is
+a one-line :class:`ConfigError` that names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+from .layout import format_retention
+from .methods import SpectralMethod, available_methods
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _path_of(error: jsonschema.ValidationError) -> str:
+    text = ""
+    for part in error.absolute_path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "<top level>"
+
+
+def validation_error_message(error: jsonschema.ValidationError) -> str:
+    """One line naming the key that failed and why."""
+    where = _path_of(error)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - allowed)
+        if extra and allowed:
+            return f"config: {where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})"
+    if error.validator == "required":
+        return f"config: {where}: {error.message}"
+    return f"config: {where}: {error.message}"
+
+
+def _validator_with_defaults():
+    """A Draft 2020-12 validator that also fills in schema defaults (as Snakemake's does)."""
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+def validate_schema(config: dict) -> dict:
+    """Validate against the schema in place (filling defaults); raise a one-line ConfigError."""
+    validator = _validator_with_defaults()(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(validation_error_message(jsonschema.exceptions.best_match(errors)))
+    return config
+
+
+def deep_merge(base: dict, override: Mapping) -> dict:
+    """Recursive dict update, like Snakemake's --configfile overlay (lists are replaced)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(path: str | Path, *overlays: str | Path | Mapping) -> dict:
+    """Load a config file, apply overlays (files or dicts), validate and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    config = yaml.safe_load(path.read_text()) or {}
+    for overlay in overlays:
+        if not isinstance(overlay, Mapping):
+            overlay = yaml.safe_load(Path(overlay).read_text()) or {}
+        config = deep_merge(config, overlay)
+    validate_schema(config)
+    check_config(config)
+    return config
+
+
+# --- cross-reference checks -------------------------------------------------------------
+
+_MODEL_REQUIRED = {
+    "gguf_package": ("package", "file"),
+    "hub": ("id",),
+    "local": ("path",),
+    "random": ("architecture",),
+}
+_DATASET_REQUIRED = {"synthetic_reviews": ("n_train", "n_eval_per_group", "marker")}
+
+
+def check_config(config: dict, check_files: bool = True) -> None:
+    """Check what the schema cannot: names that must exist, per-source keys, files on disk."""
+    grid = config["grid"]
+    for name in grid["models"]:
+        if name not in config["models"]:
+            raise ConfigError(
+                f"config: grid.models: unknown model {name!r} (defined: {', '.join(config['models'])})"
+            )
+        _check_model(name, config["models"][name], check_files)
+    for name in grid["datasets"]:
+        if name not in config["datasets"]:
+            raise ConfigError(
+                f"config: grid.datasets: unknown dataset {name!r} (defined: {', '.join(config['datasets'])})"
+            )
+        _check_dataset(name, config["datasets"][name])
+    for name in grid["methods"]:
+        resolve_method(config, name)
+    for name in config.get("method_variants", {}):
+        resolve_method(config, name)
+    retention_names = [format_retention(r) for r in grid["retentions"]]
+    if len(set(retention_names)) != len(retention_names):
+        raise ConfigError(f"config: grid.retentions: duplicate values {grid['retentions']}")
+    sweet = config["analysis"].get("sweet_spot_method", "top_k")
+    if sweet not in grid["methods"]:
+        raise ConfigError(
+            f"config: analysis.sweet_spot_method: {sweet!r} is not in grid.methods ({', '.join(grid['methods'])})"
+        )
+    if not resolve_method(config, sweet)[0].uses_retention:
+        raise ConfigError(f"config: analysis.sweet_spot_method: {sweet!r} has no retention to sweep")
+
+
+def _check_model(name: str, spec: Mapping, check_files: bool) -> None:
+    source = spec["source"]
+    for key in _MODEL_REQUIRED[source]:
+        if key not in spec:
+            raise ConfigError(f"config: models.{name}: source {source!r} needs the key {key!r}")
+    if not check_files:
+        return
+    if source == "gguf_package":
+        from .models import find_packaged_file  # local import: models pulls in torch
+
+        find_packaged_file(spec["package"], spec["file"], where=f"config: models.{name}")
+    elif source == "local" and not (Path(spec["path"]) / "config.json").is_file():
+        raise ConfigError(f"config: models.{name}.path: no config.json in {spec['path']!r}")
+
+
+def _check_dataset(name: str, spec: Mapping) -> None:
+    source = spec["source"]
+    for key in _DATASET_REQUIRED[source]:
+        if key not in spec:
+            raise ConfigError(f"config: datasets.{name}: source {source!r} needs the key {key!r}")
+    if "{text}" not in spec["prompt"]:
+        raise ConfigError(f"config: datasets.{name}.prompt: must contain the placeholder {{text}}")
+    if source == "synthetic_reviews" and len(spec["label_words"]) != 2:
+        raise ConfigError(
+            f"config: datasets.{name}.label_words: synthetic_reviews has 2 labels (negative, positive), "
+            f"got {len(spec['label_words'])}"
+        )
+
+
+# --- methods and the grid -----------------------------------------------------------------
+
+
+def resolve_method(config: Mapping, name: str) -> tuple[SpectralMethod, dict]:
+    """The registered method behind a grid method name, and its full parameters."""
+    variants = config.get("method_variants", {}) or {}
+    methods = available_methods()
+    if name in variants:
+        spec = dict(variants[name])
+        implementation = spec.pop("method")
+        if implementation not in methods:
+            raise ConfigError(
+                f"config: method_variants.{name}.method: unknown method {implementation!r} "
+                f"(known: {', '.join(methods)})"
+            )
+        method = methods[implementation]
+        return method, method.resolve_params(spec, f"config: method_variants.{name}")
+    if name not in methods:
+        known = list(methods) + list(variants)
+        raise ConfigError(f"config: grid.methods: unknown method {name!r} (known: {', '.join(known)})")
+    return methods[name], dict(methods[name].defaults)
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    dataset: str
+    seed: int
+    method: str
+    retention: str  # as in file names, see layout.format_retention
+
+    def wildcards(self) -> dict:
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "method": self.method,
+            "retention": self.retention,
+        }
+
+
+def grid_cells(config: Mapping) -> Iterator[Cell]:
+    """Every edited-model evaluation cell of the grid."""
+    grid = config["grid"]
+    for model in grid["models"]:
+        for dataset in grid["datasets"]:
+            for seed in grid["seeds"]:
+                for method in grid["methods"]:
+                    for retention in grid["retentions"]:
+                        yield Cell(model, dataset, int(seed), method, format_retention(retention))
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None

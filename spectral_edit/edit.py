@@ -1,0 +1,85 @@
+"""Build an edited model in memory: W~ = W_base + U diag(S') V^T for every cached matrix.
+
+S' comes from a spectral method (for top-k: the k largest singular values, the rest zero).
+The edited model is never written to disk; one evaluation cell builds it from the base weights
+and the SVD cache, evaluates it and keeps only the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import safe_open
+
+from .errors import CheckpointMismatchError
+from .methods import MatrixContext, SpectralMethod
+from .svd_cache import cached_names, iter_factors
+
+log = logging.getLogger(__name__)
+
+
+def edited_update(u: torch.Tensor, new_singular_values: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
+    """U diag(S') V^T using only the components with S' != 0."""
+    kept = torch.nonzero(new_singular_values, as_tuple=True)[0]
+    if kept.numel() == 0:
+        return torch.zeros(u.shape[0], vh.shape[1], dtype=u.dtype)
+    return (u[:, kept] * new_singular_values[kept]) @ vh[kept]
+
+
+def new_singular_values(
+    method: SpectralMethod, singular_values: torch.Tensor, context: MatrixContext
+) -> torch.Tensor:
+    result = method.edit(singular_values, context)
+    if result.shape != singular_values.shape:
+        raise RuntimeError(f"method {method.name} returned shape {tuple(result.shape)} for {context.name}")
+    if torch.any(result < 0) or not torch.all(torch.isfinite(result)):
+        raise RuntimeError(f"method {method.name} returned negative or non-finite singular values for {context.name}")
+    return result
+
+
+@torch.no_grad()
+def apply_spectral_edit(
+    model: torch.nn.Module,
+    factors_path: str | Path,
+    method: SpectralMethod,
+    params: Mapping[str, object],
+    retention: float | None,
+    seed: int,
+    unedited_params: str = "finetuned",
+) -> dict:
+    """Turn a loaded *base* model into the edited model, in place. Returns edit statistics."""
+    state = model.state_dict()  # shares storage with the parameters (tied weights appear twice)
+    decomposed, passthrough = cached_names(factors_path)
+    for name in decomposed + (passthrough if unedited_params == "finetuned" else []):
+        if name not in state:
+            raise CheckpointMismatchError(f"checkpoint mismatch: cached tensor {name!r} is not a parameter of the base model")
+    kept_total = rank_total = 0
+    energy_kept = energy_total = 0.0
+    for name, u, s, vh in iter_factors(factors_path, decomposed):
+        target = state[name]
+        if tuple(target.shape) != (u.shape[0], vh.shape[1]):
+            raise CheckpointMismatchError(
+                f"checkpoint mismatch: {name!r} has shape {tuple(target.shape)} in the base model "
+                f"but {(u.shape[0], vh.shape[1])} in the SVD cache"
+            )
+        context = MatrixContext(name, tuple(target.shape), retention, seed, params)
+        s_new = new_singular_values(method, s, context)
+        target += edited_update(u, s_new, vh).to(target.dtype)
+        kept_total += int(torch.count_nonzero(s_new))
+        rank_total += s.numel()
+        energy_kept += float((s_new.double() ** 2).sum())
+        energy_total += float((s.double() ** 2).sum())
+    if unedited_params == "finetuned" and passthrough:
+        with safe_open(str(factors_path), framework="pt") as handle:
+            for name in passthrough:
+                state[name].copy_(handle.get_tensor(f"finetuned/{name}"))
+    return {
+        "matrices": len(decomposed),
+        "kept_components": kept_total,
+        "total_components": rank_total,
+        "energy_kept_fraction": energy_kept / energy_total if energy_total > 0 else float("nan"),
+        "unedited_params": unedited_params,
+    }

@@ -1,0 +1,95 @@
+"""Likelihood-based evaluation: the model's log-probabilities of the label words' first tokens
+at the answer position, in batches, with the vocabulary projection computed only there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .data import group_name
+from .metrics import group_metrics
+from .prompts import PromptFormatter
+
+log = logging.getLogger(__name__)
+
+
+def _final_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:  # Gemma-style soft-capping applies to the logits the model would return
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@torch.no_grad()
+def label_log_probs(
+    model: torch.nn.Module,
+    formatter: PromptFormatter,
+    texts: Sequence[str],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> np.ndarray:
+    """log p(first token of label word j | prompt(text_i)) as an (n, n_labels) array.
+
+    Prompts are left-padded so the answer position is the last column; position ids follow
+    the attention mask so padding does not shift positions. Only the decoder runs over all
+    tokens; the LM head runs on one position per example.
+    """
+    encoded = [formatter.prompt_ids(text) for text in texts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding per batch
+    pad_id = formatter.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = formatter.tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    label_ids = torch.tensor(formatter.label_token_ids, device=device)
+    decoder = model.base_model
+    out = np.zeros((len(texts), len(label_ids)), dtype=np.float64)
+    batches = range(0, len(order), batch_size)
+    for start in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, mininterval=5):
+        index = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in index)
+        input_ids = torch.full((len(index), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(index), width), dtype=torch.long)
+        for row, i in enumerate(index):
+            ids = encoded[i]
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            mask[row, width - len(ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = decoder(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=False,
+        ).last_hidden_state[:, -1]
+        log_probs = torch.log_softmax(_final_logits(model, hidden).float(), dim=-1)
+        out[index] = log_probs[:, label_ids].double().cpu().numpy()
+    return out
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    formatter: PromptFormatter,
+    eval_frame: pd.DataFrame,
+    meta: Mapping,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Metrics and per-example label scores of ``model`` on a prepared evaluation split."""
+    scores = label_log_probs(model, formatter, list(eval_frame["text"]), batch_size, progress)
+    predictions = scores.argmax(axis=1)
+    words, attribute = meta["label_words"], meta["attribute"]
+    groups = [group_name(words, attribute, int(y), int(a)) for y, a in zip(eval_frame["label"], eval_frame["attribute"])]
+    metrics = group_metrics(
+        eval_frame["label"].tolist(), predictions.tolist(), groups, meta["majority_groups"], meta["minority_groups"]
+    )
+    examples = [
+        {"id": str(i), "label": int(y), "group": g, "prediction": int(p), "label_log_probs": [float(s) for s in row]}
+        for i, y, g, p, row in zip(eval_frame["id"], eval_frame["label"], groups, predictions, scores)
+    ]
+    return {"metrics": metrics, "examples": examples}

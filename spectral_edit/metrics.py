@@ -1,0 +1,53 @@
+"""Group metrics of a classifier on a group-balanced evaluation split.
+
+accuracy               fraction correct over all examples;
+group_accuracy[g]      fraction correct within group g = (label, attribute);
+accuracy_majority      fraction correct over the examples of all majority groups (pooled);
+accuracy_minority      the same over the minority groups;
+gap                    accuracy_majority - accuracy_minority (the paper's spurious-group gap;
+                       about 0 for a model that ignores the attribute);
+worst_group_accuracy   the smallest group accuracy.
+On a group-balanced split the pooled accuracies equal the means of the group accuracies.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def group_metrics(
+    labels: Sequence[int],
+    predictions: Sequence[int],
+    groups: Sequence[str],
+    majority_groups: Sequence[str],
+    minority_groups: Sequence[str],
+) -> dict:
+    labels = np.asarray(labels)
+    predictions = np.asarray(predictions)
+    groups = np.asarray(groups, dtype=object)
+    if not (len(labels) == len(predictions) == len(groups)) or len(labels) == 0:
+        raise ValueError("labels, predictions and groups must be non-empty and of equal length")
+    correct = labels == predictions
+    present = [g for g in list(majority_groups) + list(minority_groups) if np.any(groups == g)]
+    unknown = set(groups) - set(majority_groups) - set(minority_groups)
+    if unknown:
+        raise ValueError(f"examples in groups that are neither majority nor minority: {sorted(unknown)}")
+    group_accuracy = {g: float(correct[groups == g].mean()) for g in present}
+    in_majority = np.isin(groups, list(majority_groups))
+    in_minority = np.isin(groups, list(minority_groups))
+    if not in_majority.any() or not in_minority.any():
+        raise ValueError("the evaluation split needs examples in both majority and minority groups")
+    accuracy_majority = float(correct[in_majority].mean())
+    accuracy_minority = float(correct[in_minority].mean())
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(correct.mean()),
+        "accuracy_majority": accuracy_majority,
+        "accuracy_minority": accuracy_minority,
+        "gap": accuracy_majority - accuracy_minority,
+        "worst_group_accuracy": min(group_accuracy.values()),
+        "group_accuracy": group_accuracy,
+        "group_size": {g: int((groups == g).sum()) for g in present},
+    }

@@ -1,0 +1,39 @@
+# Serves the three evaluation rules: an edited cell (the input has an SVD cache), the
+# fine-tuned reference and the base reference.
+from spectral_edit.cells import evaluate_cell
+from spectral_edit.jobs import job_logging
+
+w = snakemake.wildcards
+inp = snakemake.input
+with job_logging(snakemake.log[0], snakemake.threads, "evaluate"):
+    cell = {"model": w.model, "dataset": w.dataset}
+    edit = None
+    if "factors" in inp.keys():
+        retention = float(w.retention)
+        method = snakemake.params.method
+        cell.update(seed=int(w.seed), method=w.method, retention=retention)
+        edit = {
+            "factors": inp.factors,
+            "method": method["name"],
+            "params": method["params"],
+            "retention": retention,
+            "seed": int(w.seed),
+            "unedited_params": snakemake.params.unedited_params,
+        }
+        model_file = inp.base_weights
+    elif "seed" in w.keys():
+        cell.update(seed=int(w.seed), method="finetuned", retention=None)
+        model_file = inp.model_weights
+    else:
+        cell.update(seed=None, method="base", retention=None)
+        model_file = inp.model_weights
+    evaluate_cell(
+        model_dir=model_file.rsplit("/", 1)[0],
+        eval_path=inp.eval,
+        meta_path=inp.meta,
+        dataset_spec=snakemake.params.prompt,
+        out_path=snakemake.output[0],
+        cell=cell,
+        edit=edit,
+        batch_size=snakemake.params.batch_size,
+    )

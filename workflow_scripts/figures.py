@@ -1,0 +1,16 @@
+from pathlib import Path
+
+import pandas as pd
+
+from spectral_edit.figures import draw_all
+from spectral_edit.jobs import job_logging
+
+with job_logging(snakemake.log[0], snakemake.threads, "figures") as log:
+    written = draw_all(
+        summary=pd.read_csv(snakemake.input.summary),
+        table1=pd.read_csv(snakemake.input.table1),
+        spectra=snakemake.params.spectra,
+        analysis=snakemake.params.analysis,
+        out_dir=Path(snakemake.output[0]).parent,
+    )
+    log.info("wrote %s", ", ".join(str(p) for p in written))

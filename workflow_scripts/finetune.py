@@ -1,0 +1,12 @@
+from spectral_edit.finetune import finetune
+from spectral_edit.jobs import job_logging
+
+with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
+    finetune(
+        base_dir=snakemake.input.base_weights.rsplit("/", 1)[0],
+        train_path=snakemake.input.train,
+        out_dir=snakemake.output.weights.rsplit("/", 1)[0],
+        dataset_spec=snakemake.params.prompt,
+        hyper=snakemake.params.hyper,
+        seed=int(snakemake.wildcards.seed),
+    )

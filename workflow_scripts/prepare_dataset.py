@@ -1,0 +1,6 @@
+from spectral_edit.data import prepare_dataset
+from spectral_edit.jobs import job_logging
+
+with job_logging(snakemake.log[0], snakemake.threads, "prepare_dataset"):
+    out_dir = snakemake.output.meta.rsplit("/", 1)[0]
+    prepare_dataset(snakemake.params.spec, out_dir, name=snakemake.wildcards.dataset)
