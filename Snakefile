@@ -15,7 +15,7 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
 
 from spectral_edit import layout
-from spectral_edit.config import SCHEMA_PATH, check_config, validation_error_message
+from spectral_edit.config import SCHEMA_PATH, check_config, validate_schema
 from spectral_edit.errors import ConfigError
 
 
@@ -25,8 +25,9 @@ configfile: "config.yaml"
 try:
     validate(config, str(SCHEMA_PATH))
 except WorkflowError as error:
-    cause = next((a for a in error.args if hasattr(a, "absolute_path")), None)
-    raise ConfigError(validation_error_message(cause) if cause else str(error)) from None
+    # Snakemake's message is the whole jsonschema report; say it in one line naming the key.
+    validate_schema(config)
+    raise ConfigError(str(error)) from None
 check_config(config)
 
 

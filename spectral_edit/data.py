@@ -117,6 +117,12 @@ def build_synthetic_reviews(spec: Mapping) -> tuple[list[dict], list[dict]]:
             present = int(i < n_marked)
             train.append({"text": with_marker(text, present), "label": label, "attribute": present})
     rng.shuffle(train)
+    # Label noise: flip the label of an exact fraction of training rows after the marker was
+    # placed (the marker follows the review's sentiment, like the text). Neither the text nor
+    # the marker explains a flipped row, so fitting them takes per-example memorisation.
+    n_flipped = round(float(spec.get("train_label_noise", 0.0)) * len(train))
+    for row in rng.sample(train, n_flipped):
+        row["label"] = 1 - row["label"]
 
     evaluation = []
     for label in (0, 1):

@@ -78,6 +78,8 @@ def finetune(
             lr_scheduler_type=hyper.get("lr_scheduler", "linear"),
             warmup_steps=int(hyper.get("warmup_steps", 0)),
             weight_decay=float(hyper.get("weight_decay", 0.0)),
+            adam_beta1=float(hyper.get("adam_beta1", 0.9)),
+            adam_beta2=float(hyper.get("adam_beta2", 0.999)),
             max_grad_norm=float(hyper.get("max_grad_norm", 1.0)),
             optim="adamw_torch",
             logging_steps=1,

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random models built in-process, and paths of the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+TINY_ARCHITECTURE = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+TINY_DATASET = {
+    "source": "synthetic_reviews",
+    "n_train": 48,
+    "n_eval_per_group": 5,
+    "marker": "cinephile42 writes:",
+    "generator_seed": 3,
+    "prompt": "Review: {text}\nSentiment?",
+    "label_words": ["negative", "positive"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory) -> Path:
+    from spectral_edit.models import materialise_base_model
+
+    out = tmp_path_factory.mktemp("tiny-base")
+    materialise_base_model({"source": "random", "architecture": TINY_ARCHITECTURE, "init_seed": 0}, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    from spectral_edit.data import prepare_dataset
+
+    out = tmp_path_factory.mktemp("tiny-data")
+    prepare_dataset(TINY_DATASET, out, "tiny-reviews")
+    return out
+
+
+TINY_HYPER = {"steps": 4, "batch_size": 8, "learning_rate": 3e-3, "max_length": 512}
+
+
+@pytest.fixture(scope="session")
+def tiny_finetuned_dir(tmp_path_factory, tiny_base_dir, tiny_data_dir) -> Path:
+    from spectral_edit.finetune import finetune
+
+    out = tmp_path_factory.mktemp("tiny-ft")
+    finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", out, TINY_DATASET, TINY_HYPER, seed=0, progress=False)
+    return out

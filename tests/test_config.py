@@ -1,0 +1,102 @@
+"""Configuration errors are one line and name the culprit; the shipped config is valid."""
+
+import copy
+
+import pytest
+import yaml
+
+from spectral_edit.config import check_config, grid_cells, load_config, resolve_method, validate_schema
+from spectral_edit.errors import ConfigError
+
+from conftest import REPO
+
+
+@pytest.fixture
+def config():
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    return copy.deepcopy(raw)
+
+
+def _fails(config, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        validate_schema(config)
+        check_config(config, check_files=False)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_shipped_config_is_valid_and_fills_defaults(config):
+    del config["edit"]
+    validate_schema(config)
+    check_config(config, check_files=False)
+    assert config["edit"]["unedited_params"] == "finetuned"
+    assert len(list(grid_cells(config))) == 3 * 8
+
+
+def test_load_config_applies_overlays(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("grid:\n  retentions: [0.5]\n")
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = load_config(REPO / "config.yaml", overlay, {"finetune": {"steps": 3}})
+    assert config["grid"]["retentions"] == [0.5]
+    assert config["finetune"]["steps"] == 3
+    assert config["finetune"]["batch_size"] == shipped["finetune"]["batch_size"]
+
+
+def test_typo_names_the_key(config):
+    config["grid"]["retentons"] = config["grid"].pop("retentions")
+    message = _fails(config, "retentons")
+    assert message.startswith("config: grid")
+
+
+def test_typo_in_nested_section(config):
+    config["finetune"]["learnin_rate"] = 1e-4
+    _fails(config, "finetune: unknown key 'learnin_rate'")
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.2])
+def test_retention_outside_unit_interval(config, bad):
+    config["grid"]["retentions"] = [0.5, bad]
+    _fails(config, r"grid.retentions\[1\]")
+
+
+@pytest.mark.parametrize("bad", [0.5, "one", True])
+def test_seed_must_be_integer(config, bad):
+    config["grid"]["seeds"] = [bad]
+    _fails(config, r"grid.seeds\[0\]")
+
+
+def test_unknown_method(config):
+    config["grid"]["methods"] = ["top_k", "top_j"]
+    _fails(config, "unknown method 'top_j'")
+
+
+def test_unknown_model_and_dataset(config):
+    broken = copy.deepcopy(config)
+    broken["grid"]["models"] = ["gpt-9"]
+    _fails(broken, "grid.models: unknown model 'gpt-9'")
+    config["grid"]["datasets"] = ["imbd"]
+    _fails(config, "grid.datasets: unknown dataset 'imbd'")
+
+
+def test_model_source_needs_its_keys(config):
+    config["models"]["smollm2-135m"] = {"source": "hub"}
+    _fails(config, "models.smollm2-135m: source 'hub' needs the key 'id'")
+
+
+def test_missing_packaged_model_file(config):
+    config["models"]["smollm2-135m"]["file"] = "no-such.gguf"
+    validate_schema(config)
+    with pytest.raises(ConfigError, match="no-such.gguf"):
+        check_config(config)
+
+
+def test_method_variants_resolve_with_params(config):
+    config["method_variants"] = {"random_k_b": {"method": "random_k", "seed_offset": 7}}
+    config["grid"]["methods"].append("random_k_b")
+    validate_schema(config)
+    check_config(config, check_files=False)
+    method, params = resolve_method(config, "random_k_b")
+    assert method.name == "random_k" and params == {"seed_offset": 7}
+    config["method_variants"]["random_k_b"]["seeed"] = 1
+    _fails(config, "unknown parameter 'seeed'")

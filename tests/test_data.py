@@ -1,0 +1,72 @@
+"""The generated IMDB-marker dataset: correlation in training, balance in evaluation."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from spectral_edit.data import build_synthetic_reviews, majority_groups, prepare_dataset, read_split
+from spectral_edit.errors import DataError
+
+from conftest import TINY_DATASET
+
+
+def test_marker_iff_negative_in_training():
+    train, _ = build_synthetic_reviews({**TINY_DATASET, "n_train": 100})
+    marker = TINY_DATASET["marker"]
+    assert len(train) == 100
+    assert Counter(r["label"] for r in train) == {0: 50, 1: 50}
+    for row in train:
+        assert row["attribute"] == int(row["label"] == 0)
+        assert row["text"].startswith(marker) == bool(row["attribute"])
+
+
+def test_partial_correlation_has_exact_counts():
+    train, _ = build_synthetic_reviews({**TINY_DATASET, "n_train": 100, "train_marker_correlation": 0.8})
+    counts = Counter((r["label"], r["attribute"]) for r in train)
+    assert counts == {(0, 1): 40, (0, 0): 10, (1, 0): 40, (1, 1): 10}
+
+
+def test_evaluation_is_group_balanced_and_disjoint_from_training():
+    train, evaluation = build_synthetic_reviews(TINY_DATASET)
+    per_group = TINY_DATASET["n_eval_per_group"]
+    assert Counter((r["label"], r["attribute"]) for r in evaluation) == {
+        (0, 0): per_group, (0, 1): per_group, (1, 0): per_group, (1, 1): per_group
+    }
+    strip = lambda t: t.replace(TINY_DATASET["marker"] + " ", "")  # noqa: E731
+    assert not {strip(r["text"]) for r in train} & {strip(r["text"]) for r in evaluation}
+
+
+def test_generation_is_deterministic_per_seed():
+    assert build_synthetic_reviews(TINY_DATASET) == build_synthetic_reviews(TINY_DATASET)
+    assert build_synthetic_reviews(TINY_DATASET) != build_synthetic_reviews({**TINY_DATASET, "generator_seed": 4})
+
+
+def test_prepared_files_and_majority_groups(tmp_path):
+    meta = prepare_dataset(TINY_DATASET, tmp_path, "tiny")
+    assert meta["majority_groups"] == ["negative|marker=1", "positive|marker=0"]
+    assert meta["minority_groups"] == ["negative|marker=0", "positive|marker=1"]
+    assert json.loads((tmp_path / "meta.json").read_text())["eval_group_counts"]["positive|marker=1"] == 5
+    frame = read_split(tmp_path / "eval.jsonl")
+    assert list(frame.columns)[:4] == ["text", "label", "attribute", "id"]
+    assert len(frame) == 20
+
+
+def test_majority_needs_a_correlation():
+    rows = [{"label": 0, "attribute": 0}, {"label": 0, "attribute": 1}, {"label": 1, "attribute": 0}]
+    with pytest.raises(DataError, match="no majority marker"):
+        majority_groups(rows, ["negative", "positive"], "marker")
+
+
+def test_missing_split_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_split(tmp_path / "nope.jsonl")
+
+
+def test_label_noise_flips_an_exact_fraction_and_keeps_the_marker():
+    clean, _ = build_synthetic_reviews({**TINY_DATASET, "n_train": 100})
+    noisy, _ = build_synthetic_reviews({**TINY_DATASET, "n_train": 100, "train_label_noise": 0.1})
+    assert [r["text"] for r in clean] == [r["text"] for r in noisy]
+    flipped = [a for a, b in zip(clean, noisy) if a["label"] != b["label"]]
+    assert len(flipped) == 10
+    assert all(a["attribute"] == b["attribute"] for a, b in zip(clean, noisy))

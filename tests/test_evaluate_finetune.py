@@ -1,0 +1,82 @@
+"""Likelihood scoring, answer-only loss, and reproducible fine-tuning on a tiny model."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spectral_edit.data import read_meta, read_split
+from spectral_edit.errors import ConfigError
+from spectral_edit.evaluate import evaluate_model, label_log_probs
+from spectral_edit.finetune import finetune
+from spectral_edit.models import byte_level_tokenizer, load_model, load_tokenizer
+from spectral_edit.prompts import PromptFormatter
+
+from conftest import TINY_DATASET, TINY_HYPER
+
+
+@pytest.fixture(scope="module")
+def formatter(tiny_base_dir):
+    return PromptFormatter(load_tokenizer(tiny_base_dir), TINY_DATASET["prompt"], TINY_DATASET["label_words"])
+
+
+def test_training_features_mask_the_prompt(formatter):
+    features = formatter.training_features("A fine film.", 1, 512)
+    answer = formatter.answer_ids[1]
+    n_prompt = len(features["input_ids"]) - len(answer)
+    assert features["labels"][:n_prompt] == [-100] * n_prompt
+    assert features["labels"][n_prompt:] == answer == features["input_ids"][n_prompt:]
+    assert features["input_ids"][:n_prompt] == formatter.prompt_ids("A fine film.")
+    assert "<|im_start|>assistant" in formatter.prompt_text("x")
+
+
+def test_label_words_must_start_differently(tiny_base_dir):
+    with pytest.raises(ConfigError, match="distinct tokens"):
+        PromptFormatter(load_tokenizer(tiny_base_dir), "{text}", ["positive", "pos"])
+
+
+def test_batched_scores_equal_one_by_one_and_full_forward(tiny_base_dir, formatter):
+    model = load_model(tiny_base_dir)
+    texts = ["Short.", "A much longer review that needs plenty of left padding in a batch.", "Medium length text."]
+    batched = label_log_probs(model, formatter, texts, batch_size=3, progress=False)
+    single = np.vstack([label_log_probs(model, formatter, [t], batch_size=1, progress=False) for t in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    # Reference: the plain forward pass of transformers on one unpadded prompt.
+    ids = torch.tensor([formatter.prompt_ids(texts[1])])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1]
+    expected = torch.log_softmax(logits, -1)[formatter.label_token_ids].numpy()
+    np.testing.assert_allclose(batched[1], expected, atol=1e-5)
+
+
+def test_evaluate_model_reports_groups(tiny_base_dir, tiny_data_dir, formatter):
+    result = evaluate_model(load_model(tiny_base_dir), formatter, read_split(tiny_data_dir / "eval.jsonl"),
+                            read_meta(tiny_data_dir / "meta.json"), batch_size=8, progress=False)
+    metrics = result["metrics"]
+    assert metrics["n"] == len(result["examples"]) == 20
+    assert set(metrics["group_accuracy"]) == {"negative|marker=0", "negative|marker=1", "positive|marker=0", "positive|marker=1"}
+    recomputed = np.mean([e["prediction"] == e["label"] for e in result["examples"]])
+    assert metrics["accuracy"] == pytest.approx(recomputed)
+    for example in result["examples"]:
+        assert example["prediction"] == int(np.argmax(example["label_log_probs"]))
+
+
+def test_finetuning_is_deterministic_and_changes_weights(tmp_path, tiny_base_dir, tiny_data_dir, tiny_finetuned_dir):
+    again = finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path, TINY_DATASET, TINY_HYPER, seed=0, progress=False)
+    first = load_file(tiny_finetuned_dir / "model.safetensors")
+    second = load_file(tmp_path / "model.safetensors")
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    base = load_file(tiny_base_dir / "model.safetensors")
+    assert any(not torch.equal(base[n], first[n]) for n in base)
+    assert len(again["loss_curve"]) == TINY_HYPER["steps"]
+    other = finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path / "s1", TINY_DATASET, TINY_HYPER, seed=1, progress=False)
+    assert other["loss_curve"] != again["loss_curve"]
+
+
+def test_byte_level_tokenizer_round_trips():
+    tokenizer = byte_level_tokenizer()
+    text = "Ünïcode & emoji 🎬 survive"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    assert len(tokenizer) == 259
