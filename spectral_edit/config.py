@@ -8,7 +8,6 @@ a one-line :class:`ConfigError` that names the offending key.
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -42,8 +41,6 @@ def validation_error_message(error: jsonschema.ValidationError) -> str:
         extra = sorted(set(error.instance) - allowed)
         if extra and allowed:
             return f"config: {where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})"
-    if error.validator == "required":
-        return f"config: {where}: {error.message}"
     return f"config: {where}: {error.message}"
 
 
@@ -218,9 +215,3 @@ def grid_cells(config: Mapping) -> Iterator[Cell]:
                     for retention in grid["retentions"]:
                         yield Cell(model, dataset, int(seed), method, format_retention(retention))
 
-
-def installed_version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -25,11 +25,6 @@ BASE_CELL = RESULTS + "/cells/{model}/{dataset}/base.json"
 TABLES_DIR = RESULTS + "/tables"
 FIGURES_DIR = RESULTS + "/figures"
 
-MODEL_FILES = ("config.json", "model.safetensors")
-DATA_FILES = ("train.jsonl", "eval.jsonl", "meta.json")
-FINETUNE_FILES = ("config.json", "model.safetensors", "train_log.json")
-SVD_FILES = ("factors.safetensors", "spectrum.json")
-TABLE_FILES = ("cells.csv", "summary.csv", "table1.csv", "table1.md")
 FIGURES = ("trajectory", "retention_sweep", "method_comparison", "spectrum")
 FIGURE_FORMATS = ("png", "pdf")
 
@@ -39,7 +34,3 @@ def format_retention(retention: float) -> str:
     text = repr(float(retention))
     return text[:-2] if text.endswith(".0") else text
 
-
-def files(directory_template: str, names: tuple[str, ...], **wildcards) -> list[str]:
-    directory = directory_template.format(**wildcards) if wildcards else directory_template
-    return [f"{directory}/{name}" for name in names]
