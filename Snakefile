@@ -35,8 +35,10 @@ wildcard_constraints:
     model=r"[^/]+",
     dataset=r"[^/]+",
     seed=r"\d+",
+    finetune=r"[^/]+",
     method=r"[^/]+",
-    retention=r"[0-9.e-]+",
+    retention=r"[0-9.e-]+|none",
+    ncal=r"\d+",
 
 
 include: "rules/common.smk"
@@ -53,3 +55,4 @@ rule all:
     input:
         rules.aggregate.output,
         rules.figures.output,
+        diagnostics_targets(),

@@ -6,10 +6,12 @@ rule aggregate:
     output:
         cells=layout.TABLES_DIR + "/cells.csv",
         summary=layout.TABLES_DIR + "/summary.csv",
+        summary_md=layout.TABLES_DIR + "/summary.md",
         table1=layout.TABLES_DIR + "/table1.csv",
         table1_md=layout.TABLES_DIR + "/table1.md",
     params:
         analysis=config["analysis"],
+        controls=config["grid"]["controls"],
     log:
         layout.LOGS + "/aggregate.log",
     threads: 1
@@ -20,17 +22,18 @@ rule aggregate:
 
 
 rule figures:
-    """The paper's figures from the tables and the SVD spectra, as PNG and PDF."""
+    """The papers' figures from the tables and the SVD spectra, as PNG and PDF."""
     input:
         cells=rules.aggregate.output.cells,
         summary=rules.aggregate.output.summary,
         table1=rules.aggregate.output.table1,
         spectra=[entry["path"] for entry in all_spectra()],
     output:
-        expand(layout.FIGURES_DIR + "/{figure}.{ext}", figure=layout.FIGURES, ext=layout.FIGURE_FORMATS),
+        figure_targets(),
     params:
         analysis=config["analysis"],
         spectra=all_spectra(),
+        controls={name: resolve_finetune(config, name) for name in config["grid"]["controls"]},
     log:
         layout.LOGS + "/figures.log",
     threads: 1

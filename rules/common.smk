@@ -1,6 +1,8 @@
-# Helpers shared by the rules: config lookups used as params (a change reruns the rule).
+# Helpers shared by the rules: config lookups used as params (a change reruns the rule) and
+# the lists of targets the grid asks for.
 
-from spectral_edit.config import grid_cells, resolve_method
+from spectral_edit.config import grid_cells, grid_finetunes, resolve_finetune, resolve_method
+from spectral_edit.figures import figure_names
 
 CONDA_ENV = "../envs/spectral-edit.yaml"
 
@@ -16,23 +18,76 @@ def method_of(wildcards):
     return {"name": method.name, "params": params}
 
 
+def checkpoint_dirs(wildcards):
+    return {key: value.format(**wildcards) for key, value in (("finetune", layout.FINETUNE_DIR), ("svd", layout.SVD_DIR))}
+
+
+def edit_inputs(wildcards):
+    """Inputs of an edited cell; methods that need calibration sensitivities get that file."""
+    method, params = resolve_method(config, wildcards.method)
+    dirs = checkpoint_dirs(wildcards)
+    inputs = {
+        "base_config": layout.BASE_MODEL_DIR.format(model=wildcards.model) + "/config.json",
+        "base_weights": layout.BASE_MODEL_DIR.format(model=wildcards.model) + "/model.safetensors",
+        "factors": dirs["svd"] + "/factors.safetensors",
+        "eval": layout.DATA_DIR.format(dataset=wildcards.dataset) + "/eval.jsonl",
+        "meta": layout.DATA_DIR.format(dataset=wildcards.dataset) + "/meta.json",
+    }
+    if "sensitivities" in method.needs:
+        inputs["sensitivities"] = layout.SENSITIVITY.format(ncal=int(params["calibration_size"]), **wildcards)
+    return inputs
+
+
+def _grid_product(template, finetunes):
+    grid = config["grid"]
+    return [
+        template.format(model=m, dataset=d, seed=s, finetune=f)
+        for m in grid["models"]
+        for d in grid["datasets"]
+        for s in grid["seeds"]
+        for f in finetunes
+    ]
+
+
 def all_cells():
     return [layout.CELL.format(**cell.wildcards()) for cell in grid_cells(config)]
 
 
 def reference_cells():
     grid = config["grid"]
-    finetuned = expand(layout.FINETUNED_CELL, model=grid["models"], dataset=grid["datasets"], seed=grid["seeds"])
+    finetuned = _grid_product(layout.FINETUNED_CELL, grid_finetunes(config))
     base = expand(layout.BASE_CELL, model=grid["models"], dataset=grid["datasets"])
     return finetuned + base
 
 
 def all_spectra():
-    """Every SVD spectrum of the grid, with the cell it belongs to."""
+    """Every SVD spectrum of the edited fine-tunes, with the checkpoint it belongs to."""
     grid = config["grid"]
     return [
-        {"model": m, "dataset": d, "seed": s, "path": layout.SVD_DIR.format(model=m, dataset=d, seed=s) + "/spectrum.json"}
+        {"model": m, "dataset": d, "seed": s, "finetune": f,
+         "path": layout.SVD_DIR.format(model=m, dataset=d, seed=s, finetune=f) + "/spectrum.json"}
         for m in grid["models"]
         for d in grid["datasets"]
         for s in grid["seeds"]
+        for f in grid["finetunes"]
     ]
+
+
+def dg_hard_params():
+    """Parameters of the first DG-Hard method in the grid (None when the grid has none)."""
+    for name in config["grid"]["methods"]:
+        method, params = resolve_method(config, name)
+        if method.name == "dg_hard":
+            return params
+    return None
+
+
+def diagnostics_targets():
+    names = ["subspace_alignment.csv"]
+    if dg_hard_params() is not None:
+        names.append("dg_hard_ranks.csv")
+    return [path + "/" + name for path in _grid_product(layout.DIAGNOSTICS_DIR, config["grid"]["finetunes"]) for name in names]
+
+
+def figure_targets():
+    return expand(layout.FIGURES_DIR + "/{figure}.{ext}", figure=figure_names(config), ext=layout.FIGURE_FORMATS)

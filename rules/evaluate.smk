@@ -3,13 +3,9 @@
 
 
 rule evaluate_edit:
-    """One (model, dataset, seed, method, retention) cell."""
+    """One (model, dataset, seed, fine-tune, method, retention) cell."""
     input:
-        base_config=rules.base_model.output.config,
-        base_weights=rules.base_model.output.weights,
-        factors=rules.svd_cache.output.factors,
-        eval=rules.prepare_dataset.output.eval,
-        meta=rules.prepare_dataset.output.meta,
+        unpack(edit_inputs),
     output:
         layout.CELL,
     params:
@@ -18,7 +14,7 @@ rule evaluate_edit:
         unedited_params=config["edit"]["unedited_params"],
         batch_size=config["evaluation"]["batch_size"],
     log:
-        layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{method}/r{retention}.log",
+        layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}.log",
     threads: 1
     conda:
         CONDA_ENV
@@ -27,7 +23,7 @@ rule evaluate_edit:
 
 
 rule evaluate_finetuned:
-    """Reference cell: the unedited fine-tuned model."""
+    """Reference cell: the unedited fine-tuned model (also the training-time controls)."""
     input:
         model_config=rules.finetune.output.config,
         model_weights=rules.finetune.output.weights,
@@ -39,7 +35,7 @@ rule evaluate_finetuned:
         prompt=dataset_prompt,
         batch_size=config["evaluation"]["batch_size"],
     log:
-        layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/finetuned.log",
+        layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{finetune}/finetuned.log",
     threads: 1
     conda:
         CONDA_ENV

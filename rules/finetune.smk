@@ -1,5 +1,5 @@
 rule finetune:
-    """Full-parameter SFT of a base model on a dataset with one seed."""
+    """SFT of a base model on a dataset with one seed, by a named recipe (full, LoRA, SpecLoRA)."""
     input:
         base_config=rules.base_model.output.config,
         base_weights=rules.base_model.output.weights,
@@ -9,10 +9,10 @@ rule finetune:
         weights=layout.FINETUNE_DIR + "/model.safetensors",
         train_log=layout.FINETUNE_DIR + "/train_log.json",
     params:
-        hyper=config["finetune"],
+        recipe=lambda w: resolve_finetune(config, w.finetune),
         prompt=dataset_prompt,
     log:
-        layout.LOGS + "/finetune/{model}/{dataset}/seed{seed}.log",
+        layout.LOGS + "/finetune/{model}/{dataset}/seed{seed}/{finetune}.log",
     threads: workflow.cores
     conda:
         CONDA_ENV

@@ -9,9 +9,67 @@ rule svd_cache:
     params:
         include_embeddings=config["svd"]["include_embeddings"],
     log:
-        layout.LOGS + "/svd_cache/{model}/{dataset}/seed{seed}.log",
+        layout.LOGS + "/svd_cache/{model}/{dataset}/seed{seed}/{finetune}.log",
     threads: workflow.cores
     conda:
         CONDA_ENV
     script:
         "../workflow_scripts/svd_cache.py"
+
+
+rule sensitivities:
+    """Calibration-gradient sensitivities g_k = u_k^T G v_k (Spectral Surgery), per checkpoint."""
+    input:
+        model_config=rules.finetune.output.config,
+        model_weights=rules.finetune.output.weights,
+        factors=rules.svd_cache.output.factors,
+        train=rules.prepare_dataset.output.train,
+    output:
+        layout.SENSITIVITY,
+    params:
+        prompt=dataset_prompt,
+        max_length=config["finetune"]["max_length"],
+    log:
+        layout.LOGS + "/sensitivities/{model}/{dataset}/seed{seed}/{finetune}/ncal{ncal}.log",
+    threads: workflow.cores
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/sensitivities.py"
+
+
+rule subspace_diagnostics:
+    """Cross-layer alignment of the update's singular subspaces (Spectral Surgery Fig. 1)."""
+    input:
+        factors=rules.svd_cache.output.factors,
+    output:
+        table=layout.DIAGNOSTICS_DIR + "/subspace_alignment.csv",
+        figures=expand(layout.DIAGNOSTICS_DIR + "/subspace_alignment.{ext}", ext=layout.FIGURE_FORMATS, allow_missing=True),
+    params:
+        top_m=config["diagnostics"]["subspace_top_m"],
+    log:
+        layout.LOGS + "/diagnostics/{model}/{dataset}/seed{seed}/{finetune}/subspace.log",
+    threads: 1
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/subspace_diagnostics.py"
+
+
+rule marchenko_pastur_diagnostics:
+    """DG-Hard's kept rank per matrix and the discarded spectrum against the MP bulk."""
+    input:
+        spectrum=rules.svd_cache.output.spectrum,
+    output:
+        table=layout.DIAGNOSTICS_DIR + "/dg_hard_ranks.csv",
+        figures=expand(layout.DIAGNOSTICS_DIR + "/marchenko_pastur.{ext}", ext=layout.FIGURE_FORMATS, allow_missing=True),
+    params:
+        dg_hard=dg_hard_params(),
+        layers=config["diagnostics"]["representative_layers"],
+    log:
+        layout.LOGS + "/diagnostics/{model}/{dataset}/seed{seed}/{finetune}/marchenko_pastur.log",
+    threads: 1
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/marchenko_pastur_diagnostics.py"

@@ -1,7 +1,8 @@
 """Tables from the evaluation cells: every cell, mean +/- std over seeds, and Table 1.
 
-Per (model, dataset, seed) every cell is compared with that seed's fine-tuned model (FT) and
-the base model:
+Per (model, dataset, seed) every cell is compared with that seed's fine-tuned model (FT) of
+its own fine-tuning recipe (a training-time control such as a LoRA checkpoint: with the
+reference recipe, full SFT by default) and the base model:
     bias_reduction  = 100 (gap_ft - gap) / |gap_ft|          (percent)
     accuracy_loss   = 100 (acc_ft - acc)                      (percentage points)
     normalised_gap  = gap / |gap_ft|                          (1 = FT, 0 = no gap)
@@ -25,7 +26,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-KEYS = ["model", "dataset", "seed", "method", "retention"]
+KEYS = ["model", "dataset", "seed", "finetune", "method", "retention"]
 METRICS = ["accuracy", "accuracy_majority", "accuracy_minority", "gap", "worst_group_accuracy"]
 DERIVED = ["bias_reduction", "accuracy_loss", "normalised_gap", "acc_ft_to_base", "gap_ft_to_base"]
 REFERENCE_METHODS = ("base", "finetuned")
@@ -56,17 +57,26 @@ def _ratio(numerator, denominator):
         return np.where(denominator == 0, np.nan, numerator / denominator)
 
 
-def add_reference_columns(cells: pd.DataFrame) -> pd.DataFrame:
-    """Attach each row's FT (same seed) and base references and the derived measures."""
+def add_reference_columns(cells: pd.DataFrame, controls: Iterable[str] = (), reference_finetune: str = "full") -> pd.DataFrame:
+    """Attach each row's FT and base references and the derived measures.
+
+    A row's FT is the unedited model of its own recipe and seed; rows of the ``controls``
+    recipes (trained differently, not edited) are compared with ``reference_finetune``.
+    """
+    controls = set(controls)
     base = cells[cells["method"] == "base"][["model", "dataset", "accuracy", "gap"]]
     base = base.rename(columns={"accuracy": "acc_base", "gap": "gap_base"})
-    finetuned = cells[cells["method"] == "finetuned"][["model", "dataset", "seed", "accuracy", "gap"]]
-    finetuned = finetuned.rename(columns={"accuracy": "acc_ft", "gap": "gap_ft"})
-    frame = cells[cells["method"] != "base"].merge(finetuned, on=["model", "dataset", "seed"], how="left")
-    frame = pd.concat([frame, cells[cells["method"] == "base"]], ignore_index=True)
+    finetuned = cells[cells["method"] == "finetuned"][["model", "dataset", "seed", "finetune", "accuracy", "gap"]]
+    finetuned = finetuned.rename(columns={"accuracy": "acc_ft", "gap": "gap_ft", "finetune": "reference"})
+    frame = cells[cells["method"] != "base"].copy()
+    frame["reference"] = [reference_finetune if f in controls else f for f in frame["finetune"]]
+    frame = frame.merge(finetuned, on=["model", "dataset", "seed", "reference"], how="left")
+    base_rows = cells[cells["method"] == "base"].copy()
+    base_rows["reference"] = reference_finetune
+    frame = pd.concat([frame, base_rows], ignore_index=True)
     frame = frame.merge(base, on=["model", "dataset"], how="left")
-    # The base row has no seed; it is compared with the seed-mean FT of its (model, dataset).
-    mean_ft = finetuned.groupby(["model", "dataset"])[["acc_ft", "gap_ft"]].mean()
+    # The base row has no seed; it is compared with the seed-mean FT of the reference recipe.
+    mean_ft = finetuned[finetuned["reference"] == reference_finetune].groupby(["model", "dataset"])[["acc_ft", "gap_ft"]].mean()
     is_base = frame["method"] == "base"
     for column in ("acc_ft", "gap_ft"):
         frame.loc[is_base, column] = [
@@ -79,30 +89,52 @@ def add_reference_columns(cells: pd.DataFrame) -> pd.DataFrame:
     frame["gap_ft_to_base"] = _ratio(frame["gap"] - frame["gap_ft"], frame["gap_base"] - frame["gap_ft"])
     order = {"base": 0, "finetuned": 1}
     frame["_order"] = frame["method"].map(order).fillna(2)
-    frame = frame.sort_values(["model", "dataset", "_order", "method", "retention", "seed"], ascending=[True, True, True, True, False, True])
+    frame = frame.sort_values(
+        ["model", "dataset", "finetune", "_order", "method", "retention", "seed"],
+        ascending=[True, True, True, True, True, False, True], na_position="first",
+    )
     return frame.drop(columns="_order").reset_index(drop=True)
 
 
 def summarise(cells: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of every metric, per (model, dataset, method, retention)."""
+    """Mean and std over seeds of every metric, per (model, dataset, finetune, method, retention)."""
     columns = METRICS + DERIVED + ["acc_ft", "gap_ft", "acc_base", "gap_base", "energy_kept_fraction"]
     columns = [c for c in columns if c in cells]
-    grouped = cells.groupby(["model", "dataset", "method", "retention"], dropna=False, sort=False)
+    keys = ["model", "dataset", "finetune", "reference", "method", "retention"]
+    grouped = cells.groupby(keys, dropna=False, sort=False)
     mean = grouped[columns].mean().add_suffix("_mean")
     std = grouped[columns].std(ddof=1).add_suffix("_std")
     count = grouped.size().rename("n_seeds")
     summary = pd.concat([mean, std, count], axis=1).reset_index()
-    ordered = ["model", "dataset", "method", "retention", "n_seeds"]
+    ordered = keys + ["n_seeds"]
     for column in columns:
         ordered += [f"{column}_mean", f"{column}_std"]
     return summary[ordered]
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """Every (model, dataset, finetune, method, setting) with mean ± std over seeds."""
+    header = ["model", "dataset", "fine-tune", "method", "retention", "accuracy", "gap", "worst group",
+              "bias red. %", "acc. loss pp", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in summary.iterrows():
+        retention = "" if pd.isna(row["retention"]) else f"{100 * row['retention']:g}%"
+        lines.append("| " + " | ".join([
+            str(row["model"]), str(row["dataset"]), "" if pd.isna(row["finetune"]) else str(row["finetune"]),
+            str(row["method"]), retention,
+            _pm(row["accuracy_mean"], row["accuracy_std"], 3), _pm(row["gap_mean"], row["gap_std"], 3),
+            _pm(row["worst_group_accuracy_mean"], row["worst_group_accuracy_std"], 3),
+            _pm(row["bias_reduction_mean"], row["bias_reduction_std"]),
+            _pm(row["accuracy_loss_mean"], row["accuracy_loss_std"]), str(int(row["n_seeds"])),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def sweet_spots(cells: pd.DataFrame, no_cost_pp: float = 2.0) -> pd.DataFrame:
     """Table 1: per (model, dataset, method with a retention), the in-zone maximum."""
     rows = []
     edited = cells[~cells["method"].isin(REFERENCE_METHODS) & cells["retention"].notna()]
-    for (model, dataset, method), group in edited.groupby(["model", "dataset", "method"], sort=False):
+    for (model, dataset, finetune, method), group in edited.groupby(["model", "dataset", "finetune", "method"], sort=False):
         per_r = group.groupby("retention")[["bias_reduction", "accuracy_loss"]].agg(["mean", "std"])
         per_r = per_r.sort_index(ascending=False)
         in_zone = per_r[per_r[("accuracy_loss", "mean")] < no_cost_pp]
@@ -111,6 +143,7 @@ def sweet_spots(cells: pd.DataFrame, no_cost_pp: float = 2.0) -> pd.DataFrame:
         row = {
             "model": model,
             "dataset": dataset,
+            "finetune": finetune,
             "method": method,
             "n_seeds": int(group["seed"].nunique()),
             "gap_ft": float(group.groupby("seed")["gap_ft"].first().mean()),
@@ -145,9 +178,9 @@ def _pm(mean: float, std: float, digits: int = 1) -> str:
 
 
 def table1_markdown(table1: pd.DataFrame, no_cost_pp: float, headline_method: str) -> str:
-    """Markdown Table 1: one row per (model, dataset), one column per method."""
+    """Markdown Table 1: one row per (model, dataset, fine-tune), one column per method."""
     methods = [headline_method] + sorted(set(table1["method"]) - {headline_method})
-    header = ["model", "dataset", "FT acc", "FT gap", "base acc", "base gap"]
+    header = ["model", "dataset", "fine-tune", "FT acc", "FT gap", "base acc", "base gap"]
     header += [f"{m}: bias red. % (r*)" for m in methods]
     lines = [
         f"Table 1: bias reduction at the sweet-spot retention r* (largest seed-mean reduction with "
@@ -156,9 +189,10 @@ def table1_markdown(table1: pd.DataFrame, no_cost_pp: float, headline_method: st
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    for (model, dataset), group in table1.groupby(["model", "dataset"], sort=False):
+    for (model, dataset, finetune), group in table1.groupby(["model", "dataset", "finetune"], sort=False):
         first = group.iloc[0]
-        cells = [model, dataset, f"{first['acc_ft']:.3f}", f"{first['gap_ft']:.3f}", f"{first['acc_base']:.3f}", f"{first['gap_base']:.3f}"]
+        cells = [model, dataset, finetune, f"{first['acc_ft']:.3f}", f"{first['gap_ft']:.3f}",
+                 f"{first['acc_base']:.3f}", f"{first['gap_base']:.3f}"]
         for method in methods:
             match = group[group["method"] == method]
             if match.empty:
@@ -173,15 +207,18 @@ def table1_markdown(table1: pd.DataFrame, no_cost_pp: float, headline_method: st
     return "\n".join(lines) + "\n"
 
 
-def build_tables(cell_paths: Iterable[str | Path], analysis: Mapping) -> dict[str, object]:
-    """All tables from the cell files: cells, summary, table1 (frame) and table1_md (text)."""
-    cells = add_reference_columns(load_cells(cell_paths))
+def build_tables(cell_paths: Iterable[str | Path], analysis: Mapping, controls: Iterable[str] = ()) -> dict[str, object]:
+    """All tables from the cell files: cells, summary (+ markdown), table1 (+ markdown)."""
+    reference = analysis.get("reference_finetune", "full")
+    cells = add_reference_columns(load_cells(cell_paths), controls, reference)
     no_cost = float(analysis.get("no_cost_pp", 2.0))
     table1 = sweet_spots(cells, no_cost)
     headline = analysis.get("sweet_spot_method", "top_k")
+    summary = summarise(cells)
     return {
         "cells": cells,
-        "summary": summarise(cells),
+        "summary": summary,
+        "summary_md": summary_markdown(summary),
         "table1": table1,
         "table1_md": table1_markdown(table1, no_cost, headline),
     }

@@ -9,7 +9,7 @@ from typing import Mapping
 
 from .atomic import write_json
 from .data import read_meta, read_split
-from .edit import apply_spectral_edit
+from .edit import apply_spectral_edit, read_sensitivities
 from .evaluate import evaluate_model
 from .methods import get_method
 from .models import load_model, load_tokenizer
@@ -35,13 +35,14 @@ def evaluate_cell(
     ``cell`` names it (model, dataset, seed, method, retention). ``edit``, when given, turns
     the model in ``model_dir`` (the base model) into the edited one: keys ``factors``,
     ``method`` (a registered method), ``params``, ``retention`` (or None), ``seed``,
-    ``unedited_params``.
+    ``unedited_params`` and, for methods that need them, ``sensitivities`` (a file).
     """
     started = time.time()
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir)
     edit_stats = None
     if edit is not None:
+        extras = read_sensitivities(edit["sensitivities"]) if edit.get("sensitivities") else None
         edit_stats = apply_spectral_edit(
             model,
             edit["factors"],
@@ -50,6 +51,7 @@ def evaluate_cell(
             edit.get("retention"),
             int(edit.get("seed", 0)),
             edit.get("unedited_params", "finetuned"),
+            extras=extras,
         )
         log.info("edited %d matrices, kept %d of %d components", edit_stats["matrices"],
                  edit_stats["kept_components"], edit_stats["total_components"])
@@ -59,7 +61,8 @@ def evaluate_cell(
     log.info("accuracy %.4f gap %.4f worst-group %.4f", metrics["accuracy"], metrics["gap"], metrics["worst_group_accuracy"])
     record = {
         "cell": dict(cell),
-        "edit": {**{k: v for k, v in (edit or {}).items() if k != "factors"}, **edit_stats} if edit else None,
+        "edit": {**{k: v for k, v in (edit or {}).items() if k not in ("factors", "sensitivities")}, **edit_stats}
+        if edit else None,
         "metrics": metrics,
         "seconds": time.time() - started,
         "examples": result["examples"],

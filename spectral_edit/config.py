@@ -119,6 +119,9 @@ def check_config(config: dict, check_files: bool = True) -> None:
                 f"config: grid.datasets: unknown dataset {name!r} (defined: {', '.join(config['datasets'])})"
             )
         _check_dataset(name, config["datasets"][name])
+    for key in ("finetunes", "controls"):
+        for name in grid.get(key, ["full"] if key == "finetunes" else []):
+            resolve_finetune(config, name, where=f"config: grid.{key}")
     for name in grid["methods"]:
         resolve_method(config, name)
     for name in config.get("method_variants", {}):
@@ -164,6 +167,40 @@ def _check_dataset(name: str, spec: Mapping) -> None:
         )
 
 
+# --- fine-tuning recipes -------------------------------------------------------------------
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def resolve_finetune(config: Mapping, name: str, where: str = "config: grid.finetunes") -> dict:
+    """A recipe with its full hyperparameters: the finetune section plus the recipe's overrides."""
+    recipes = config.get("finetunes", {}) or {}
+    if name not in recipes and name != "full":
+        raise ConfigError(f"{where}: unknown fine-tune {name!r} (defined: {', '.join(['full', *recipes])})")
+    recipe = dict(recipes.get(name, {"kind": "full"}))
+    overrides = recipe.pop("overrides", {}) or {}
+    allowed = set(load_schema()["properties"]["finetune"]["properties"])
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"config: finetunes.{name}.overrides: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+        )
+    kind = recipe["kind"]
+    if kind in ("lora", "speclora"):
+        if "rank" not in recipe:
+            raise ConfigError(f"config: finetunes.{name}: kind {kind!r} needs the key 'rank'")
+        recipe.setdefault("alpha", 2 * recipe["rank"])
+        recipe.setdefault("dropout", 0.0)
+        recipe.setdefault("target_modules", list(DEFAULT_LORA_TARGETS))
+    if kind == "speclora" and "top_k" not in recipe:
+        raise ConfigError(f"config: finetunes.{name}: kind 'speclora' needs the key 'top_k'")
+    if kind == "full":
+        extra = sorted(set(recipe) - {"kind"})
+        if extra:
+            raise ConfigError(f"config: finetunes.{name}: key {extra[0]!r} does not apply to kind 'full'")
+    return {"name": name, **recipe, "hyper": {**config["finetune"], **overrides}}
+
+
 # --- methods and the grid -----------------------------------------------------------------
 
 
@@ -192,26 +229,37 @@ class Cell:
     model: str
     dataset: str
     seed: int
+    finetune: str
     method: str
-    retention: str  # as in file names, see layout.format_retention
+    retention: str  # as in file names, see layout.format_retention ("none": no retention)
 
     def wildcards(self) -> dict:
         return {
             "model": self.model,
             "dataset": self.dataset,
             "seed": self.seed,
+            "finetune": self.finetune,
             "method": self.method,
             "retention": self.retention,
         }
 
 
 def grid_cells(config: Mapping) -> Iterator[Cell]:
-    """Every edited-model evaluation cell of the grid."""
+    """Every edited-model evaluation cell of the grid (one per retention, or one "none")."""
     grid = config["grid"]
     for model in grid["models"]:
         for dataset in grid["datasets"]:
             for seed in grid["seeds"]:
-                for method in grid["methods"]:
-                    for retention in grid["retentions"]:
-                        yield Cell(model, dataset, int(seed), method, format_retention(retention))
+                for finetune in grid.get("finetunes", ["full"]):
+                    for name in grid["methods"]:
+                        method, _ = resolve_method(config, name)
+                        retentions = grid["retentions"] if method.uses_retention else [None]
+                        for retention in retentions:
+                            yield Cell(model, dataset, int(seed), finetune, name, format_retention(retention))
+
+
+def grid_finetunes(config: Mapping) -> list[str]:
+    """Every recipe the grid trains: the edited ones, then the controls."""
+    grid = config["grid"]
+    return list(dict.fromkeys([*grid.get("finetunes", ["full"]), *grid.get("controls", [])]))
 

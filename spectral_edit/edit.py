@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 
 from .errors import CheckpointMismatchError
-from .methods import MatrixContext, SpectralMethod
-from .svd_cache import cached_names, iter_factors
+from .methods import MatrixContext, SpectralMethod, layer_index, split_result
+from .svd_cache import cached_names, cached_numerical_ranks, iter_factors
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,27 @@ def edited_update(u: torch.Tensor, new_singular_values: torch.Tensor, vh: torch.
 
 
 def new_singular_values(
-    method: SpectralMethod, singular_values: torch.Tensor, context: MatrixContext
+    method: SpectralMethod, singular_values: torch.Tensor, context: MatrixContext, record: dict | None = None
 ) -> torch.Tensor:
-    result = method.edit(singular_values, context)
+    """S' from the method; what it reports about the matrix goes into ``record``."""
+    result, details = split_result(method.edit(singular_values, context))
+    if record is not None:
+        record.update(details)
     if result.shape != singular_values.shape:
         raise RuntimeError(f"method {method.name} returned shape {tuple(result.shape)} for {context.name}")
     if torch.any(result < 0) or not torch.all(torch.isfinite(result)):
         raise RuntimeError(f"method {method.name} returned negative or non-finite singular values for {context.name}")
     return result
+
+
+def read_sensitivities(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """{matrix name: {"sensitivity_abs": s, "sensitivity_signed": g}} from a sensitivities file."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            kind, name = key.split("/", 1)
+            out.setdefault(name, {})[f"sensitivity_{kind}"] = handle.get_tensor(key)
+    return out
 
 
 @torch.no_grad()
@@ -49,15 +62,24 @@ def apply_spectral_edit(
     retention: float | None,
     seed: int,
     unedited_params: str = "finetuned",
+    extras: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> dict:
-    """Turn a loaded *base* model into the edited model, in place. Returns edit statistics."""
+    """Turn a loaded *base* model into the edited model, in place. Returns edit statistics.
+
+    ``extras`` maps a matrix name to the extra inputs its method needs (e.g. sensitivities).
+    The statistics hold, per matrix, what the method reported (e.g. DG-Hard's kept rank).
+    """
     state = model.state_dict()  # shares storage with the parameters (tied weights appear twice)
     decomposed, passthrough = cached_names(factors_path)
+    ranks = cached_numerical_ranks(factors_path)
     for name in decomposed + (passthrough if unedited_params == "finetuned" else []):
         if name not in state:
             raise CheckpointMismatchError(f"checkpoint mismatch: cached tensor {name!r} is not a parameter of the base model")
+    layers = [layer_index(name) for name in decomposed]
+    num_layers = max((i for i in layers if i is not None), default=-1) + 1
     kept_total = rank_total = 0
     energy_kept = energy_total = 0.0
+    per_matrix = []
     for name, u, s, vh in iter_factors(factors_path, decomposed):
         target = state[name]
         if tuple(target.shape) != (u.shape[0], vh.shape[1]):
@@ -65,10 +87,17 @@ def apply_spectral_edit(
                 f"checkpoint mismatch: {name!r} has shape {tuple(target.shape)} in the base model "
                 f"but {(u.shape[0], vh.shape[1])} in the SVD cache"
             )
-        context = MatrixContext(name, tuple(target.shape), retention, seed, params)
-        s_new = new_singular_values(method, s, context)
+        context = MatrixContext(
+            name, tuple(target.shape), retention, seed, params,
+            numerical_rank=ranks.get(name), num_layers=num_layers, extras=(extras or {}).get(name, {}),
+        )
+        record: dict = {"name": name}
+        s_new = new_singular_values(method, s, context, record)
         target += edited_update(u, s_new, vh).to(target.dtype)
-        kept_total += int(torch.count_nonzero(s_new))
+        kept = int(torch.count_nonzero(s_new))
+        record["kept_components"] = kept
+        per_matrix.append(record)
+        kept_total += kept
         rank_total += s.numel()
         energy_kept += float((s_new.double() ** 2).sum())
         energy_total += float((s.double() ** 2).sum())
@@ -82,4 +111,5 @@ def apply_spectral_edit(
         "total_components": rank_total,
         "energy_kept_fraction": energy_kept / energy_total if energy_total > 0 else float("nan"),
         "unedited_params": unedited_params,
+        "per_matrix": per_matrix,
     }

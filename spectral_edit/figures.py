@@ -1,12 +1,17 @@
 """The papers' figures, drawn from the aggregated tables and the SVD spectra.
 
-trajectory          accuracy loss vs bias reduction, parametric in retention, no-cost zone
-                    shaded, sweet spot ringed (Shortcuts in the Tail, Fig. 2)
+trajectory          accuracy loss vs bias reduction, parametric in retention, for every method
+                    with a retention; no-cost zone shaded, sweet spots ringed (Shortcuts Fig. 2)
 retention_sweep     accuracy and gap vs retention, rescaled FT -> base (Fig. 3/6)
-method_comparison   every method side by side: normalised gap vs retention, and accuracy vs
-                    gap parametric in retention (Fig. 4/7)
+method_comparison   every method side by side: normalised gap vs retention (methods without a
+                    retention as horizontal lines), and accuracy vs gap with the fixed-setting
+                    methods and the training-time controls as points (Fig. 4/7)
 spectrum            singular-value decay of dW on representative MLP matrices, and the
                     fraction of components holding 90% of the energy (Fig. 10)
+controls_pareto     (with controls) the top-k trajectory and the LoRA / SpecLoRA points in the
+                    accuracy-gap plane, no-cost zone, best in-zone point per method ringed (Fig. 5/8)
+layer_subsets       (with the layer-subset methods) |gap| when only one subset of matrices is
+                    truncated, against the fine-tuned and base levels (Fig. 9)
 Every figure is written as PNG and PDF.
 """
 
@@ -29,12 +34,26 @@ from .svd_cache import read_spectrum  # noqa: E402
 
 ZONE_COLOUR = "#2ca02c"
 METHOD_COLOURS = {"top_k": "#1f77b4", "bottom_k": "#d62728", "random_k": "#7f7f7f"}
+CORE_FIGURES = ("trajectory", "retention_sweep", "method_comparison", "spectrum")
+SUBSET_METHODS = ("top_k_attention", "top_k_mlp", "top_k_first_half", "top_k_second_half")
 
 
-def _save(fig, out_stem: Path, formats: Sequence[str]) -> list[Path]:
+def figure_names(config: Mapping) -> list[str]:
+    """The figures a config produces: the core four, plus those of the methods it names."""
+    from .config import resolve_method
+
+    names = list(CORE_FIGURES)
+    if config["grid"].get("controls"):
+        names.append("controls_pareto")
+    if any(resolve_method(config, m)[0].name in SUBSET_METHODS for m in config["grid"]["methods"]):
+        names.append("layer_subsets")
+    return names
+
+
+def save_figure(fig, out_stem: Path, formats: Sequence[str]) -> list[Path]:
     written = []
     for ext in formats:
-        path = out_stem.with_suffix(f".{ext}")
+        path = Path(out_stem).with_suffix(f".{ext}")
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=150)
         written.append(path)
@@ -42,60 +61,90 @@ def _save(fig, out_stem: Path, formats: Sequence[str]) -> list[Path]:
     return written
 
 
-def _colour(method: str, index: int) -> str:
-    return METHOD_COLOURS.get(method, plt.get_cmap("tab10")(index % 10))
-
-
-def _edited(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary[summary["retention"].notna()].sort_values("retention", ascending=False)
+def _colour(method: str, methods: Sequence[str]) -> str:
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    others = [m for m in methods if m not in METHOD_COLOURS]
+    return plt.get_cmap("tab10")((3 + others.index(method)) % 10 if method in others else 9)
 
 
 def _std(frame: pd.DataFrame, column: str) -> np.ndarray:
     return frame[column].fillna(0.0).to_numpy() if column in frame else np.zeros(len(frame))
 
 
+def _edits(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[~summary["method"].isin(["base", "finetuned"])]
+
+
+def _with_retention(summary: pd.DataFrame) -> pd.DataFrame:
+    return _edits(summary)[lambda f: f["retention"].notna()].sort_values("retention", ascending=False)
+
+
+def _edited_finetunes(summary: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(_edits(summary)["finetune"].dropna()))
+
+
+def _panels(summary: pd.DataFrame) -> list[tuple[str, str, str]]:
+    edited = _edits(summary)
+    return list(dict.fromkeys(zip(edited["model"], edited["dataset"], edited["finetune"])))
+
+
+def _log_retention_axis(ax, retentions) -> None:
+    ticks = sorted(set(np.round(np.asarray(retentions, float), 4)))
+    ax.set_xscale("log")
+    if ticks:
+        ax.set_xlim(max(ticks) * 1.3, min(ticks) / 1.3)  # decreasing retention to the right
+        ax.set_xticks(ticks, [f"{100 * t:g}%" for t in ticks], fontsize=7)
+    ax.minorticks_off()
+
+
 def trajectory(summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, out_stem: Path, formats) -> list[Path]:
-    method = analysis.get("sweet_spot_method", "top_k")
     no_cost = float(analysis.get("no_cost_pp", 2.0))
-    data = _edited(summary)
-    data = data[data["method"] == method]
-    models = list(dict.fromkeys(summary["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    data = _with_retention(summary)
+    methods = list(dict.fromkeys(data["method"]))
+    panels = list(dict.fromkeys(zip(data["model"], data["finetune"]))) or [("", "")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
+    for ax, (model, finetune) in zip(axes[0], panels):
         ax.axvspan(0, no_cost, color=ZONE_COLOUR, alpha=0.15, label=f"no-cost zone (< {no_cost:g} pp)")
         ax.axhline(0, color="black", lw=0.6)
         ax.axvline(0, color="black", lw=0.6)
-        for i, (dataset, curve) in enumerate(data[data["model"] == model].groupby("dataset", sort=False)):
-            colour = plt.get_cmap("tab10")(i % 10)
+        subset = data[(data["model"] == model) & (data["finetune"] == finetune)]
+        datasets = list(dict.fromkeys(subset["dataset"]))
+        styles = ["-", "--", ":", "-."]
+        for (dataset, method), curve in subset.groupby(["dataset", "method"], sort=False):
+            colour = _colour(method, methods)
+            style = styles[datasets.index(dataset) % len(styles)]
             x, y = curve["accuracy_loss_mean"].to_numpy(), curve["bias_reduction_mean"].to_numpy()
+            label = method if len(datasets) == 1 else f"{dataset} / {method}"
             ax.errorbar(x, y, xerr=_std(curve, "accuracy_loss_std"), yerr=_std(curve, "bias_reduction_std"),
-                        color=colour, marker="o", ms=4, lw=1.4, capsize=2, label=dataset)
+                        color=colour, ls=style, marker="o", ms=4, lw=1.4, capsize=2, label=label)
             for xi, yi, r in zip(x, y, curve["retention"]):
-                ax.annotate(f"{100 * r:g}%", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7, color=colour)
-            spot = table1[(table1["model"] == model) & (table1["dataset"] == dataset) & (table1["method"] == method)]
+                ax.annotate(f"{100 * r:g}%", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
+            spot = table1[(table1["model"] == model) & (table1["dataset"] == dataset) & (table1["finetune"] == finetune)
+                          & (table1["method"] == method)]
             if len(spot) and not math.isnan(spot.iloc[0]["r_star"]):
                 ring = curve[np.isclose(curve["retention"], spot.iloc[0]["r_star"])]
                 ax.scatter(ring["accuracy_loss_mean"], ring["bias_reduction_mean"], s=260, facecolors="none",
                            edgecolors=colour, linewidths=2, zorder=5)
-        ax.set_title(f"{model}: {method}, parametric in retention")
+        ax.set_title(f"{model} ({finetune}): parametric in retention", fontsize=9)
         ax.set_xlabel("accuracy loss (pp)")
         ax.set_ylabel("bias reduction (%)")
-        ax.legend(fontsize=8, loc="best")
-    fig.suptitle("Bias vs accuracy trajectory (rings: sweet spot r*)", fontsize=11)
-    return _save(fig, out_stem, formats)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Bias vs accuracy trajectories (rings: sweet spot r*)", fontsize=11)
+    return save_figure(fig, out_stem, formats)
 
 
 def retention_sweep(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats) -> list[Path]:
     method = analysis.get("sweet_spot_method", "top_k")
-    data = _edited(summary)
+    data = _with_retention(summary)
     data = data[data["method"] == method]
-    models = list(dict.fromkeys(summary["model"]))
-    datasets = list(dict.fromkeys(summary["dataset"]))
-    fig, axes = plt.subplots(len(datasets), len(models), figsize=(5 * len(models), 3.6 * len(datasets)), squeeze=False)
+    columns = list(dict.fromkeys(zip(data["model"], data["finetune"]))) or [("", "")]
+    datasets = list(dict.fromkeys(data["dataset"])) or [""]
+    fig, axes = plt.subplots(len(datasets), len(columns), figsize=(5 * len(columns), 3.6 * len(datasets)), squeeze=False)
     for row, dataset in enumerate(datasets):
-        for col, model in enumerate(models):
+        for col, (model, finetune) in enumerate(columns):
             ax = axes[row][col]
-            curve = data[(data["model"] == model) & (data["dataset"] == dataset)]
+            curve = data[(data["model"] == model) & (data["dataset"] == dataset) & (data["finetune"] == finetune)]
             r = curve["retention"].to_numpy()
             for column, colour, label in (("acc_ft_to_base", "#1f77b4", "accuracy"), ("gap_ft_to_base", "#d62728", "gap")):
                 mean = curve[f"{column}_mean"].to_numpy()
@@ -104,64 +153,151 @@ def retention_sweep(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, fo
                 ax.fill_between(r, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
             ax.axhline(0, color="black", lw=0.8, ls="--")
             ax.axhline(1, color="black", lw=0.8, ls=":")
-            ax.set_xscale("log")
-            ax.invert_xaxis()
-            ticks = sorted(set(np.round(r, 4)))
-            ax.set_xticks(ticks, [f"{100 * t:g}%" for t in ticks], fontsize=7)
-            ax.minorticks_off()
-            ax.set_title(f"{dataset} / {model}", fontsize=9)
+            _log_retention_axis(ax, r)
+            ax.set_title(f"{dataset} / {model} ({finetune})", fontsize=9)
             ax.set_xlabel("retention r")
             ax.set_ylabel("rescaled: 0 = FT, 1 = base")
             ax.legend(fontsize=8)
     fig.suptitle(f"{method} retention sweep, accuracy and gap rescaled FT → base", fontsize=11)
     fig.tight_layout()
-    return _save(fig, out_stem, formats)
+    return save_figure(fig, out_stem, formats)
+
+
+def _reference_rows(summary, model, dataset):
+    refs = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
+    return refs[refs["method"] == "finetuned"], refs[refs["method"] == "base"]
 
 
 def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats) -> list[Path]:
     no_cost = float(analysis.get("no_cost_pp", 2.0))
-    data = _edited(summary)
-    pairs = list(dict.fromkeys(zip(summary["model"], summary["dataset"])))
-    methods = list(dict.fromkeys(data["method"]))
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 4 * len(pairs)), squeeze=False)
-    for row, (model, dataset) in enumerate(pairs):
+    edited = _edits(summary)
+    methods = list(dict.fromkeys(edited["method"]))
+    edited_finetunes = _edited_finetunes(summary)
+    panels = _panels(summary) or [("", "", "")]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.4 * len(panels)), squeeze=False)
+    for row, (model, dataset, finetune) in enumerate(panels):
         left, right = axes[row]
-        refs = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
-        ft = refs[refs["method"] == "finetuned"]
-        base = refs[refs["method"] == "base"]
-        for i, method in enumerate(methods):
-            curve = data[(data["model"] == model) & (data["dataset"] == dataset) & (data["method"] == method)]
-            colour = _colour(method, i)
-            r = curve["retention"].to_numpy()
-            left.errorbar(r, curve["normalised_gap_mean"], yerr=_std(curve, "normalised_gap_std"), marker="o", ms=4,
-                          color=colour, capsize=2, label=method)
+        here = edited[(edited["model"] == model) & (edited["dataset"] == dataset) & (edited["finetune"] == finetune)]
+        finetuned, base = _reference_rows(summary, model, dataset)
+        own_ft = finetuned[finetuned["finetune"] == finetune]
+        controls = finetuned[~finetuned["finetune"].isin(edited_finetunes)]
+        sweep = here[here["retention"].notna()].sort_values("retention", ascending=False)
+        for method, curve in sweep.groupby("method", sort=False):
+            colour = _colour(method, methods)
+            left.errorbar(curve["retention"], curve["normalised_gap_mean"], yerr=_std(curve, "normalised_gap_std"),
+                          marker="o", ms=4, color=colour, capsize=2, label=method)
             right.errorbar(curve["gap_mean"], curve["accuracy_mean"], xerr=_std(curve, "gap_std"),
                            yerr=_std(curve, "accuracy_std"), marker="o", ms=4, color=colour, capsize=2, label=method)
+        for method, point in here[here["retention"].isna()].groupby("method", sort=False):
+            colour = _colour(method, methods)
+            left.axhline(point["normalised_gap_mean"].iloc[0], color=colour, ls="-.", lw=1.2, label=f"{method} (fixed)")
+            right.errorbar(point["gap_mean"], point["accuracy_mean"], xerr=_std(point, "gap_std"), yerr=_std(point, "accuracy_std"),
+                           marker="P", ms=9, color=colour, ls="none", label=method)
+        for _, control in controls.iterrows():
+            right.scatter(control["gap_mean"], control["accuracy_mean"], marker="D", s=40, color="#8c564b", zorder=6)
+            right.annotate(control["finetune"], (control["gap_mean"], control["accuracy_mean"]), textcoords="offset points",
+                           xytext=(4, -8), fontsize=6, color="#8c564b")
         left.axhline(1, color="black", ls="--", lw=0.8, label="fine-tuned")
         left.axhline(0, color="black", lw=0.6)
-        left.set_xscale("log")
-        left.invert_xaxis()
-        ticks = sorted(set(np.round(data["retention"].to_numpy(), 4)))
-        left.set_xticks(ticks, [f"{100 * t:g}%" for t in ticks], fontsize=7)
-        left.minorticks_off()
+        if len(sweep):
+            _log_retention_axis(left, sweep["retention"])
         left.set_xlabel("retention r")
         left.set_ylabel("normalised gap  Δ_r / |Δ_ft|")
-        left.set_title(f"{dataset} / {model}", fontsize=9)
-        left.legend(fontsize=8)
-        if len(ft):
-            acc_ft = float(ft["accuracy_mean"].iloc[0])
+        left.set_title(f"{dataset} / {model} ({finetune})", fontsize=9)
+        left.legend(fontsize=7)
+        if len(own_ft):
+            acc_ft = float(own_ft["accuracy_mean"].iloc[0])
             right.axhspan(acc_ft - no_cost / 100, max(acc_ft, right.get_ylim()[1]), color=ZONE_COLOUR, alpha=0.12,
                           label=f"no-cost zone (< {no_cost:g} pp)")
-            right.scatter(ft["gap_mean"], ft["accuracy_mean"], marker="*", s=180, color="black", zorder=6, label="fine-tuned")
+            right.scatter(own_ft["gap_mean"], own_ft["accuracy_mean"], marker="*", s=180, color="black", zorder=6, label="fine-tuned")
         if len(base):
             right.scatter(base["gap_mean"], base["accuracy_mean"], marker="s", s=70, color="#9467bd", zorder=6, label="base")
+        if len(controls):
+            right.scatter([], [], marker="D", s=40, color="#8c564b", label="training-time controls")
         right.set_xlabel("gap  Δ = acc_maj − acc_min")
         right.set_ylabel("accuracy")
-        right.set_title(f"{dataset} / {model}: accuracy vs gap, parametric in r", fontsize=9)
-        right.legend(fontsize=8)
-    fig.suptitle("Top-k vs controls", fontsize=11)
+        right.set_title(f"{dataset} / {model} ({finetune}): accuracy vs gap", fontsize=9)
+        right.legend(fontsize=7)
+    fig.suptitle("Methods side by side", fontsize=11)
     fig.tight_layout()
-    return _save(fig, out_stem, formats)
+    return save_figure(fig, out_stem, formats)
+
+
+def controls_pareto(summary: pd.DataFrame, analysis: Mapping, controls: Mapping[str, Mapping], out_stem: Path, formats) -> list[Path]:
+    """Top-k on the reference fine-tune against the training-time controls (LoRA sweep)."""
+    no_cost = float(analysis.get("no_cost_pp", 2.0))
+    reference = analysis.get("reference_finetune", "full")
+    method = analysis.get("sweet_spot_method", "top_k")
+    pairs = list(dict.fromkeys(zip(summary["model"], summary["dataset"])))
+    pairs = [p for p in pairs if p[0] is not None] or [("", "")]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.8 * len(pairs), 4.8), squeeze=False)
+    for ax, (model, dataset) in zip(axes[0], pairs):
+        finetuned, base = _reference_rows(summary, model, dataset)
+        ref = finetuned[finetuned["finetune"] == reference]
+        if ref.empty:
+            ax.set_title(f"{dataset} / {model}: no {reference} fine-tune")
+            continue
+        acc_ft = float(ref["accuracy_mean"].iloc[0])
+        floor = acc_ft - no_cost / 100
+        sweep = summary[(summary["model"] == model) & (summary["dataset"] == dataset) & (summary["finetune"] == reference)
+                        & (summary["method"] == method)].sort_values("retention", ascending=False)
+        points = {method: pd.concat([ref, sweep])}
+        ax.plot(sweep["gap_mean"], sweep["accuracy_mean"], marker="o", ms=4, color="#1f77b4", label=f"{method} ({reference})")
+        for kind in sorted({c["kind"] for c in controls.values()}):
+            names = [n for n, c in controls.items() if c["kind"] == kind]
+            rows = finetuned[finetuned["finetune"].isin(names)]
+            sizes = [20 + 2 * float(controls[n].get("rank", 8)) for n in rows["finetune"]]
+            colour = "#d62728" if kind == "lora" else "#ff7f0e"
+            ax.scatter(rows["gap_mean"], rows["accuracy_mean"], s=sizes, marker="D", color=colour, alpha=0.8, label=kind, zorder=5)
+            for _, r in rows.iterrows():
+                ax.annotate(r["finetune"], (r["gap_mean"], r["accuracy_mean"]), textcoords="offset points", xytext=(5, 3), fontsize=6)
+            points[kind] = rows
+        for name, frame in points.items():
+            zone = frame[frame["accuracy_mean"] > floor]
+            if len(zone):
+                best = zone.loc[zone["gap_mean"].idxmin()]
+                colour = "#1f77b4" if name == method else ("#d62728" if name == "lora" else "#ff7f0e")
+                ax.scatter([best["gap_mean"]], [best["accuracy_mean"]], s=300, facecolors="none", edgecolors=colour, linewidths=2, zorder=6)
+        ax.axhspan(floor, max(ax.get_ylim()[1], acc_ft + 0.01), color=ZONE_COLOUR, alpha=0.12, label=f"no-cost zone (< {no_cost:g} pp)")
+        ax.scatter(ref["gap_mean"], ref["accuracy_mean"], marker="*", s=180, color="black", zorder=7, label=f"{reference} fine-tune")
+        if len(base):
+            ax.scatter(base["gap_mean"], base["accuracy_mean"], marker="s", s=60, color="#9467bd", zorder=7, label="base")
+        ax.set_xlabel("gap  Δ")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{dataset} / {model}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Post-hoc top-k vs rank-constrained training (rings: best in-zone point per method)", fontsize=10)
+    return save_figure(fig, out_stem, formats)
+
+
+def layer_subsets(summary: pd.DataFrame, out_stem: Path, formats) -> list[Path]:
+    """|gap| with truncation on one subset of matrices, against FT and base."""
+    panels = [p for p in _panels(summary) if len(summary[(summary["finetune"] == p[2]) & summary["method"].isin(SUBSET_METHODS)])]
+    panels = panels or [("", "", "")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (model, dataset, finetune) in zip(axes[0], panels):
+        here = summary[(summary["model"] == model) & (summary["dataset"] == dataset) & (summary["finetune"] == finetune)]
+        finetuned, base = _reference_rows(summary, model, dataset)
+        own = finetuned[finetuned["finetune"] == finetune]
+        labels, values, errors = [], [], []
+        for method in SUBSET_METHODS:
+            row = here[here["method"] == method]
+            if len(row):
+                labels.append(method.replace("top_k_", "").replace("_", " "))
+                values.append(abs(float(row["gap_mean"].iloc[0])))
+                errors.append(float(row["gap_std"].fillna(0).iloc[0]))
+        bars = ax.bar(range(len(values)), values, yerr=errors, color="#1f77b4", capsize=3)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        if len(own):
+            ax.axhline(abs(float(own["gap_mean"].iloc[0])), color="black", ls="--", lw=1, label="fine-tuned |Δ|")
+        if len(base):
+            ax.axhline(abs(float(base["gap_mean"].iloc[0])), color="black", ls=":", lw=1, label="base |Δ|")
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylabel("|gap Δ|")
+        ax.set_title(f"{dataset} / {model} ({finetune})", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("Per-layer subset compression (truncation only on the subset)", fontsize=11)
+    return save_figure(fig, out_stem, formats)
 
 
 _LAYER = re.compile(r"\.(\d+)\.")
@@ -185,15 +321,17 @@ def representative_mlp(names: Sequence[str], count: int = 4) -> list[str]:
 
 
 def spectrum(spectra: Sequence[Mapping], out_stem: Path, formats) -> list[Path]:
-    """``spectra``: entries {model, dataset, seed, path} of spectrum.json files."""
+    """``spectra``: entries {model, dataset, seed, finetune, path} of spectrum.json files."""
     grid = np.linspace(0, 1, 200)
     curves: dict[tuple[str, str], list[np.ndarray]] = {}
     energy: dict[tuple[str, str], list[float]] = {}
     energy_mlp: dict[tuple[str, str], list[float]] = {}
+    several = len({entry.get("finetune") for entry in spectra}) > 1
     for entry in spectra:
         content = read_spectrum(entry["path"])
         by_name = {m["name"]: m for m in content["matrices"]}
-        key = (entry["model"], entry["dataset"])
+        label = f"{entry['dataset']} / {entry.get('finetune')}" if several else entry["dataset"]
+        key = (entry["model"], label)
         for name in representative_mlp(list(by_name)):
             s = np.asarray(by_name[name]["singular_values"], float)
             if s.max() > 0:
@@ -207,42 +345,49 @@ def spectrum(spectra: Sequence[Mapping], out_stem: Path, formats) -> list[Path]:
     fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 7.5), squeeze=False)
     for col, model in enumerate(models):
         top, bottom = axes[0][col], axes[1][col]
-        datasets = [d for (m, d) in energy if m == model]
-        for i, dataset in enumerate(datasets):
+        labels = [d for (m, d) in energy if m == model]
+        for i, label in enumerate(labels):
             colour = plt.get_cmap("tab10")(i % 10)
-            stack = np.array(curves.get((model, dataset), []))
+            stack = np.array(curves.get((model, label), []))
             if stack.size:
                 mean, std = stack.mean(0), stack.std(0)
-                top.plot(grid, mean, color=colour, label=dataset)
+                top.plot(grid, mean, color=colour, label=label)
                 top.fill_between(grid, np.clip(mean - std, 1e-6, None), mean + std, color=colour, alpha=0.2, lw=0)
         top.set_yscale("log")
         top.set_xlabel("component index i / r")
         top.set_ylabel("σ_i / σ_max")
         top.set_title(f"{model}: dW spectrum, representative MLP matrices (mean ± std)", fontsize=9)
         top.legend(fontsize=8)
-        positions = np.arange(len(datasets))
-        all_mean = [100 * np.mean(energy[(model, d)]) for d in datasets]
-        mlp_mean = [100 * np.mean(energy_mlp.get((model, d), [np.nan])) for d in datasets]
+        positions = np.arange(len(labels))
+        all_mean = [100 * np.mean(energy[(model, d)]) for d in labels]
+        mlp_mean = [100 * np.mean(energy_mlp.get((model, d), [np.nan])) for d in labels]
         bars = bottom.bar(positions - 0.2, all_mean, width=0.4, label="all decomposed matrices")
         bars_mlp = bottom.bar(positions + 0.2, mlp_mean, width=0.4, label="representative MLP")
         for bar_group in (bars, bars_mlp):
             bottom.bar_label(bar_group, fmt="%.0f%%", fontsize=8)
-        bottom.set_xticks(positions, datasets, fontsize=8)
+        bottom.set_xticks(positions, labels, fontsize=8)
         bottom.set_ylim(0, 105)
         bottom.set_ylabel("% of components for 90% of energy")
         bottom.legend(fontsize=8)
     fig.suptitle("Singular-value decay of dW = W_ft − W_base", fontsize=11)
     fig.tight_layout()
-    return _save(fig, out_stem, formats)
+    return save_figure(fig, out_stem, formats)
 
 
 def draw_all(summary: pd.DataFrame, table1: pd.DataFrame, spectra: Sequence[Mapping], analysis: Mapping,
-             out_dir: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+             out_dir: str | Path, names: Sequence[str], controls: Mapping[str, Mapping] | None = None,
+             formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    drawers = {
+        "trajectory": lambda stem: trajectory(summary, table1, analysis, stem, formats),
+        "retention_sweep": lambda stem: retention_sweep(summary, analysis, stem, formats),
+        "method_comparison": lambda stem: method_comparison(summary, analysis, stem, formats),
+        "spectrum": lambda stem: spectrum(spectra, stem, formats),
+        "controls_pareto": lambda stem: controls_pareto(summary, analysis, controls or {}, stem, formats),
+        "layer_subsets": lambda stem: layer_subsets(summary, stem, formats),
+    }
     written = []
-    written += trajectory(summary, table1, analysis, out_dir / "trajectory", formats)
-    written += retention_sweep(summary, analysis, out_dir / "retention_sweep", formats)
-    written += method_comparison(summary, analysis, out_dir / "method_comparison", formats)
-    written += spectrum(spectra, out_dir / "spectrum", formats)
+    for name in names:
+        written += drawers[name](out_dir / name)
     return written

@@ -1,9 +1,21 @@
-"""Full-parameter supervised fine-tuning with the model's chat template.
+"""Supervised fine-tuning with the model's chat template: full, LoRA or SpecLoRA.
 
 Each example is the chat (user: prompt with the text, assistant: the label word); the loss is
 on the answer tokens only. Training runs through ``transformers.Trainer`` (AdamW, schedule,
 seeding, progress bar); ``full_determinism`` makes a run with the same config and seed
 reproduce the same weights on the same hardware and thread count.
+
+Recipes (``kind``):
+  full      every parameter is trained;
+  lora      PEFT LoRA on the target modules, alpha = 2r by default; a rank above a matrix's
+            smaller dimension is capped to it (and logged), keeping alpha / r;
+  speclora  SpecLoRA (arXiv 2505.23099): y = (Gamma (.) W) x + B A x with a learnable scale on
+            the top_k singular directions of each frozen target matrix W (Gamma (.) W =
+            W + U_k diag(d - 1) S_k V_k^T, d initialised to 1) plus a PEFT LoRA branch.
+            The paper's efficient form scales the first k rows of W instead, as a positional
+            stand-in for the top directions; we scale the singular directions themselves.
+Every recipe's result is saved as a full checkpoint (LoRA merged into W), so the SVD cache,
+edits and evaluation treat all recipes alike.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, Train
 
 from .atomic import atomic_directory_files, write_json
 from .data import read_split
+from .errors import ConfigError
 from .models import load_model, load_tokenizer
 from .prompts import PromptFormatter
 
@@ -50,6 +63,89 @@ def build_training_dataset(formatter: PromptFormatter, train_path: str | Path, m
     return datasets.Dataset.from_list(rows)
 
 
+def _lora_config(model: torch.nn.Module, recipe: Mapping):
+    """PEFT LoraConfig with ranks capped at each target matrix's smaller dimension."""
+    from peft import LoraConfig
+
+    rank, alpha = int(recipe["rank"]), float(recipe["alpha"])
+    targets = list(recipe["target_modules"])
+    smallest: dict[str, int] = {}
+    for name, module in model.named_modules():
+        short = name.split(".")[-1]
+        if isinstance(module, torch.nn.Linear) and short in targets:
+            smallest[short] = min(smallest.get(short, 10**9), min(module.weight.shape))
+    missing = sorted(set(targets) - set(smallest))
+    if missing:
+        raise ConfigError(f"finetunes: target module {missing[0]!r} is not a linear layer of the model")
+    rank_pattern, alpha_pattern, capped = {}, {}, {}
+    for short, limit in sorted(smallest.items()):
+        if rank > limit:
+            rank_pattern[short], alpha_pattern[short] = limit, alpha * limit / rank
+            capped[short] = limit
+    if capped:
+        log.warning("LoRA rank %d exceeds the smaller dimension of %s: capped to %s (alpha / r kept)",
+                    rank, ", ".join(capped), capped)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=float(recipe.get("dropout", 0.0)), target_modules=targets,
+        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, bias="none", task_type="CAUSAL_LM",
+    )
+    return config, capped
+
+
+class TopDirectionScale(torch.nn.Module):
+    """Parametrisation W -> W + U_k diag(d - 1) S_k V_k^T with learnable d (initialised to 1)."""
+
+    def __init__(self, weight: torch.Tensor, top_k: int):
+        super().__init__()
+        u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+        k = min(top_k, s.numel())
+        self.register_buffer("u", u[:, :k].to(weight.dtype).contiguous())
+        self.register_buffer("sv", (s[:k, None] * vh[:k]).to(weight.dtype).contiguous())
+        self.scale = torch.nn.Parameter(torch.ones(k, dtype=weight.dtype))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.u @ ((self.scale - 1)[:, None] * self.sv)
+
+
+def _wrap_for_recipe(model: torch.nn.Module, recipe: Mapping) -> tuple[torch.nn.Module, dict]:
+    """The trainable model for a recipe and what the log should say about it."""
+    kind = recipe.get("kind", "full")
+    if kind == "full":
+        return model, {}
+    from peft import get_peft_model
+    from torch.nn.utils import parametrize
+
+    config, capped = _lora_config(model, recipe)
+    peft_model = get_peft_model(model, config)
+    info = {"lora_rank": int(recipe["rank"]), "lora_alpha": float(recipe["alpha"]), "capped_ranks": capped}
+    if kind == "speclora":
+        scaled = 0
+        for name, module in peft_model.named_modules():
+            base_layer = getattr(module, "base_layer", None)
+            if isinstance(base_layer, torch.nn.Linear) and name.split(".")[-1] in recipe["target_modules"]:
+                parametrize.register_parametrization(base_layer, "weight", TopDirectionScale(base_layer.weight, int(recipe["top_k"])))
+                scaled += 1
+        info.update(speclora_top_k=int(recipe["top_k"]), speclora_matrices=scaled)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    info["trainable_parameters"] = trainable
+    log.info("%s: %d trainable parameters", kind, trainable)
+    return peft_model, info
+
+
+def _merge_recipe(model: torch.nn.Module, recipe: Mapping) -> torch.nn.Module:
+    """A plain model whose weights include the recipe's update (LoRA merged, scales applied)."""
+    kind = recipe.get("kind", "full")
+    if kind == "full":
+        return model
+    from torch.nn.utils import parametrize
+
+    if kind == "speclora":
+        for module in model.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model.merge_and_unload()
+
+
 def finetune(
     base_dir: str | Path,
     train_path: str | Path,
@@ -58,11 +154,14 @@ def finetune(
     hyper: Mapping,
     seed: int,
     progress: bool = True,
+    recipe: Mapping | None = None,
 ) -> dict:
-    """Fine-tune the base model in ``base_dir`` and save it (with train_log.json) to ``out_dir``."""
+    """Fine-tune the base model in ``base_dir`` and save it (with train_log.json) to ``out_dir``.
+
+    ``recipe`` is a resolved fine-tuning recipe (kind and its keys); None means full SFT.
+    """
+    recipe = dict(recipe or {"kind": "full"})
     tokenizer = load_tokenizer(base_dir)
-    model = load_model(base_dir)
-    model.train()
     formatter = PromptFormatter(tokenizer, dataset_spec["prompt"], dataset_spec["label_words"])
     train_set = build_training_dataset(formatter, train_path, int(hyper.get("max_length", 512)))
     use_cuda = torch.cuda.is_available()
@@ -92,18 +191,26 @@ def finetune(
             dataloader_num_workers=0,
             disable_tqdm=not progress,
         )
+        # The model is built after TrainingArguments: full_determinism re-seeds at creation,
+        # so LoRA's random initialisation depends on the seed alone.
+        model = load_model(base_dir)
+        model.train()
+        trainable, recipe_info = _wrap_for_recipe(model, recipe)
         trainer = Trainer(
-            model=model,
+            model=trainable,
             args=args,
             train_dataset=train_set,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             callbacks=[losses],
         )
         result = trainer.train()
+    model = _merge_recipe(trainable, recipe)
     model.eval()
     train_log = {
         "seed": int(seed),
+        "recipe": recipe,
         "hyperparameters": dict(hyper),
+        **recipe_info,
         "train_examples": len(train_set),
         "epochs": float(result.metrics.get("epoch", 0.0)),
         "final_loss": losses.history[-1]["loss"] if losses.history else None,
@@ -117,5 +224,5 @@ def finetune(
         model.save_pretrained(scratch_out)
         tokenizer.save_pretrained(scratch_out)
         write_json(Path(scratch_out) / "train_log.json", train_log)
-    log.info("fine-tuned in %.0f s, final loss %s", train_log["seconds"], train_log["final_loss"])
+    log.info("fine-tuned (%s) in %.0f s, final loss %s", recipe.get("kind"), train_log["seconds"], train_log["final_loss"])
     return train_log

@@ -2,6 +2,8 @@
 
 The Snakemake rules use these templates as their output patterns, and the library uses them
 to find files, so the two never disagree. One file per cell: every piece caches on its own.
+A fine-tune is named by a recipe (``full``, ``lora-r16``, ``speclora-k32``, ...), so every
+recipe's checkpoint, SVD cache and cells sit side by side.
 """
 
 from __future__ import annotations
@@ -13,24 +15,33 @@ LOGS = "logs"
 BASE_MODEL_DIR = RESULTS + "/models/{model}"
 # Prepared dataset splits per dataset.
 DATA_DIR = RESULTS + "/data/{dataset}"
-# Fine-tuned checkpoint per (model, dataset, seed).
-FINETUNE_DIR = RESULTS + "/finetune/{model}/{dataset}/seed{seed}"
-# SVD cache of dW per (model, dataset, seed).
-SVD_DIR = RESULTS + "/svd/{model}/{dataset}/seed{seed}"
-# Evaluation cells.
-CELL = RESULTS + "/cells/{model}/{dataset}/seed{seed}/{method}/r{retention}.json"
-FINETUNED_CELL = RESULTS + "/cells/{model}/{dataset}/seed{seed}/finetuned.json"
+# Fine-tuned checkpoint per (model, dataset, seed, recipe).
+FINETUNE_DIR = RESULTS + "/finetune/{model}/{dataset}/seed{seed}/{finetune}"
+# SVD cache of dW per fine-tuned checkpoint.
+SVD_DIR = RESULTS + "/svd/{model}/{dataset}/seed{seed}/{finetune}"
+# Calibration-gradient sensitivities per fine-tuned checkpoint and calibration size.
+SENSITIVITY = RESULTS + "/sensitivity/{model}/{dataset}/seed{seed}/{finetune}/ncal{ncal}.safetensors"
+# Evaluation cells. A method without a retention has the retention key "none".
+CELL = RESULTS + "/cells/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}.json"
+FINETUNED_CELL = RESULTS + "/cells/{model}/{dataset}/seed{seed}/{finetune}/finetuned.json"
 BASE_CELL = RESULTS + "/cells/{model}/{dataset}/base.json"
+# Per-checkpoint diagnostics of dW.
+DIAGNOSTICS_DIR = RESULTS + "/diagnostics/{model}/{dataset}/seed{seed}/{finetune}"
 # Aggregates.
 TABLES_DIR = RESULTS + "/tables"
 FIGURES_DIR = RESULTS + "/figures"
 
-FIGURES = ("trajectory", "retention_sweep", "method_comparison", "spectrum")
+NO_RETENTION = "none"
 FIGURE_FORMATS = ("png", "pdf")
 
 
-def format_retention(retention: float) -> str:
+def format_retention(retention: float | None) -> str:
     """The retention as it appears in file names: shortest exact decimal, e.g. 0.05 -> '0.05'."""
+    if retention is None:
+        return NO_RETENTION
     text = repr(float(retention))
     return text[:-2] if text.endswith(".0") else text
 
+
+def parse_retention(text: str) -> float | None:
+    return None if text == NO_RETENTION else float(text)

@@ -76,6 +76,19 @@ def energy_fraction(singular_values: torch.Tensor | np.ndarray, level: float = E
     return k, k / len(s)
 
 
+def numerical_rank(singular_values: torch.Tensor, base: torch.Tensor, finetuned: torch.Tensor) -> int:
+    """Components above the fp32 rounding noise of W_ft - W_base.
+
+    Each weight is stored in fp32, so the difference carries rounding errors of about
+    eps * |W| per entry; a noise matrix of that size has singular values up to about
+    eps * rms(W) * (sqrt(m) + sqrt(n)). A LoRA update of rank r has r components above it.
+    """
+    m, n = base.shape
+    rms = max(float(base.double().pow(2).mean().sqrt()), float(finetuned.double().pow(2).mean().sqrt()))
+    floor = torch.finfo(torch.float32).eps * rms * (math.sqrt(m) + math.sqrt(n))
+    return int((singular_values > floor).sum())
+
+
 def svd_of_update(base: torch.Tensor, finetuned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD of finetuned - base, computed in float64 and returned as float32."""
     delta = finetuned.double() - base.double()
@@ -98,18 +111,21 @@ def compute_svd_cache(
         raise CheckpointMismatchError(f"no 2-D weight matrix to decompose in {base_weights}")
     tensors: dict[str, torch.Tensor] = {}
     matrices = []
+    ranks: dict[str, int] = {}
     with safe_open(str(base_weights), framework="pt") as base, safe_open(str(finetuned_weights), framework="pt") as ft:
         for name in tqdm(names, desc="svd", unit="matrix", disable=not progress, mininterval=5):
             w_base, w_ft = base.get_tensor(name), ft.get_tensor(name)
             u, s, vh = svd_of_update(w_base, w_ft)
             tensors[f"U/{name}"], tensors[f"S/{name}"], tensors[f"Vh/{name}"] = u, s, vh
             k90, frac90 = energy_fraction(s)
+            ranks[name] = numerical_rank(s, w_base, w_ft)
             delta_norm = float(torch.linalg.vector_norm(s.double()))
             base_norm = float(torch.linalg.vector_norm(w_base.double()))
             matrices.append({
                 "name": name,
                 "shape": list(w_base.shape),
                 "rank": int(s.numel()),
+                "numerical_rank": ranks[name],
                 "energy90_components": k90,
                 "energy90_fraction": frac90,
                 "delta_frobenius": delta_norm,
@@ -120,7 +136,7 @@ def compute_svd_cache(
             tensors[f"finetuned/{name}"] = ft.get_tensor(name).contiguous()
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "factors.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"decomposed": json.dumps(names)})
+        save_file(tensors, str(tmp), metadata={"decomposed": json.dumps(names), "numerical_rank": json.dumps(ranks)})
     fractions = [m["energy90_fraction"] for m in matrices if not math.isnan(m["energy90_fraction"])]
     spectrum = {
         "include_embeddings": include_embeddings,
@@ -143,6 +159,11 @@ def cached_names(factors_path: str | Path) -> tuple[list[str], list[str]]:
         decomposed = json.loads(handle.metadata()["decomposed"])
         passthrough = [k[len("finetuned/"):] for k in handle.keys() if k.startswith("finetuned/")]
     return decomposed, sorted(passthrough)
+
+
+def cached_numerical_ranks(factors_path: str | Path) -> dict[str, int]:
+    with safe_open(str(factors_path), framework="pt") as handle:
+        return json.loads(handle.metadata().get("numerical_rank", "{}"))
 
 
 def read_spectrum(path: str | Path) -> dict:

@@ -9,9 +9,10 @@ import pytest
 from spectral_edit.aggregate import build_tables, sweet_spots
 
 
-def _cell(tmp_path, method, seed, retention, accuracy, gap):
+def _cell(tmp_path, method, seed, retention, accuracy, gap, finetune="full"):
     record = {
-        "cell": {"model": "m", "dataset": "d", "seed": seed, "method": method, "retention": retention},
+        "cell": {"model": "m", "dataset": "d", "seed": seed, "method": method, "retention": retention,
+                 "finetune": None if method == "base" else finetune},
         "edit": None,
         "metrics": {
             "n": 4, "accuracy": accuracy, "accuracy_majority": accuracy + gap / 2,
@@ -19,7 +20,7 @@ def _cell(tmp_path, method, seed, retention, accuracy, gap):
             "group_accuracy": {"g": accuracy},
         },
     }
-    path = tmp_path / f"{method}-{seed}-{retention}.json"
+    path = tmp_path / f"{finetune}-{method}-{seed}-{retention}.json"
     path.write_text(json.dumps(record))
     return path
 

@@ -100,3 +100,37 @@ def test_method_variants_resolve_with_params(config):
     assert method.name == "random_k" and params == {"seed_offset": 7}
     config["method_variants"]["random_k_b"]["seeed"] = 1
     _fails(config, "unknown parameter 'seeed'")
+
+
+def test_finetune_recipes_resolve_with_overrides(config):
+    from spectral_edit.config import resolve_finetune
+
+    config["finetunes"] = {"lora-r8": {"kind": "lora", "rank": 8, "overrides": {"learning_rate": 1e-4}}}
+    config["grid"]["controls"] = ["lora-r8"]
+    validate_schema(config)
+    check_config(config, check_files=False)
+    recipe = resolve_finetune(config, "lora-r8")
+    assert recipe["alpha"] == 16 and recipe["hyper"]["learning_rate"] == 1e-4
+    assert recipe["hyper"]["steps"] == config["finetune"]["steps"]  # same steps as full SFT
+    assert resolve_finetune(config, "full")["kind"] == "full"
+
+
+@pytest.mark.parametrize("finetunes, grid, culprit", [
+    ({}, {"controls": ["lora-r9"]}, "grid.controls: unknown fine-tune 'lora-r9'"),
+    ({"l": {"kind": "lora"}}, {"controls": ["l"]}, "finetunes.l: kind 'lora' needs the key 'rank'"),
+    ({"s": {"kind": "speclora", "rank": 4}}, {"finetunes": ["full", "s"]}, "kind 'speclora' needs the key 'top_k'"),
+    ({"l": {"kind": "lora", "rank": 4, "overrides": {"stepz": 3}}}, {"controls": ["l"]}, "overrides: unknown key 'stepz'"),
+    ({"l": {"kind": "lora", "rnak": 4}}, {"controls": ["l"]}, "unknown key 'rnak'"),
+])
+def test_bad_recipes_name_the_culprit(config, finetunes, grid, culprit):
+    config["finetunes"] = finetunes
+    config["grid"].update(grid)
+    _fails(config, culprit)
+
+
+def test_methods_without_retention_get_one_cell(config):
+    config["grid"]["methods"] = ["top_k", "dg_hard"]
+    validate_schema(config)
+    cells = list(grid_cells(config))
+    assert [c.retention for c in cells if c.method == "dg_hard"] == ["none"]
+    assert len(cells) == len(config["grid"]["retentions"]) + 1

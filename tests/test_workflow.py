@@ -60,8 +60,9 @@ def test_full_run_writes_every_artifact(workdir):
     for figure in ("trajectory", "retention_sweep", "method_comparison", "spectrum"):
         for ext in ("png", "pdf"):
             assert (workdir / f"results/figures/{figure}.{ext}").stat().st_size > 1000
-    assert (workdir / "results/svd/tiny/tiny-reviews/seed0/factors.safetensors").is_file()
-    assert "loss" in (workdir / "logs/finetune/tiny/tiny-reviews/seed0.log").read_text()
+    assert (workdir / "results/svd/tiny/tiny-reviews/seed0/full/factors.safetensors").is_file()
+    assert (workdir / "results/diagnostics/tiny/tiny-reviews/seed0/full/subspace_alignment.csv").is_file()
+    assert "loss" in (workdir / "logs/finetune/tiny/tiny-reviews/seed0/full.log").read_text()
     assert not list((workdir / "results").rglob("*.tmp")) and not list((workdir / "results").rglob(".incomplete-*"))
     # Every cell is its own file; the full-retention-free grid never writes an edited model.
     assert len(list((workdir / "results/cells").rglob("*.json"))) == len(cells)
@@ -91,10 +92,51 @@ def test_changing_a_finetune_hyperparameter_reruns_it_and_its_dependants(workdir
     grid = yaml.safe_load(TINY.read_text())["grid"]
     plan = planned_jobs(workdir, {"finetune": {"learning_rate": 1.0e-3}})
     assert plan == {
-        "finetune": 1, "svd_cache": 1, "evaluate_finetuned": 1,
+        "finetune": 1, "svd_cache": 1, "evaluate_finetuned": 1, "subspace_diagnostics": 1,
         "evaluate_edit": len(grid["methods"]) * len(grid["retentions"]),
         "aggregate": 1, "figures": 1, "all": 1,
     }
+
+
+@pytest.mark.parametrize("overlay, extra_jobs", [
+    ({"grid": {"methods": ["dg_hard"]}}, {"marchenko_pastur_diagnostics": 1}),
+    ({"grid": {"methods": ["surgery"]},
+      "method_variants": {"surgery": {"method": "spectral_surgery", "policy": "abs_select", "calibration_size": 8}}},
+     {"sensitivities": 1}),
+    ({"grid": {"methods": ["top_k_mlp"]}}, {}),
+])
+def test_adding_a_method_without_retention_plans_one_cell(workdir, overlay, extra_jobs):
+    grid = yaml.safe_load(TINY.read_text())["grid"]
+    overlay = {**overlay, "grid": {"methods": grid["methods"] + overlay["grid"]["methods"]}}
+    assert planned_jobs(workdir, overlay) == {"evaluate_edit": 1, **extra_jobs, "aggregate": 1, "figures": 1, "all": 1}
+
+
+def test_adding_a_lora_control_plans_its_fine_tune_and_reference_cell_only(workdir):
+    overlay = {"grid": {"controls": ["lora-r4"]}, "finetunes": {"lora-r4": {"kind": "lora", "rank": 4}}}
+    assert planned_jobs(workdir, overlay) == {"finetune": 1, "evaluate_finetuned": 1, "aggregate": 1, "figures": 1, "all": 1}
+
+
+def test_every_method_runs_on_full_and_speclora_updates(tmp_path):
+    """The all-methods overlay: every registered method, a LoRA control and a SpecLoRA fine-tune."""
+    overlay = yaml.safe_load((REPO / "tests" / "tiny_all_methods.yaml").read_text())
+    overlay["grid"]["retentions"] = [0.5]
+    overlay["grid"]["controls"] = ["lora-r4"]
+    snakemake(tmp_path, overlay=overlay)
+    cells = pd.read_csv(tmp_path / "results/tables/cells.csv")
+    edited = cells[~cells["method"].isin(["base", "finetuned"])]
+    for finetune in overlay["grid"]["finetunes"]:
+        assert set(edited[edited["finetune"] == finetune]["method"]) == set(overlay["grid"]["methods"])
+    assert set(cells[cells["method"] == "finetuned"]["finetune"]) == {"full", "speclora-k4", "lora-r4"}
+    assert cells["accuracy"].notna().all()
+    for figure in ("controls_pareto", "layer_subsets", "method_comparison", "trajectory"):
+        assert (tmp_path / f"results/figures/{figure}.png").stat().st_size > 1000
+    for finetune in overlay["grid"]["finetunes"]:
+        diagnostics = tmp_path / f"results/diagnostics/tiny/tiny-reviews/seed0/{finetune}"
+        assert pd.read_csv(diagnostics / "dg_hard_ranks.csv")["rank_kept"].ge(0).all()
+        assert (diagnostics / "marchenko_pastur.pdf").is_file() and (diagnostics / "subspace_alignment.png").is_file()
+    dg = cells[cells["method"] == "dg_hard"]
+    assert dg["retention"].isna().all()
+    assert (tmp_path / "results/cells/tiny/tiny-reviews/seed0/full/dg_hard/retention-none.json").is_file()
 
 
 @pytest.mark.parametrize(

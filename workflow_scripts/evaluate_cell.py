@@ -2,6 +2,7 @@
 # fine-tuned reference and the base reference.
 from spectral_edit.cells import evaluate_cell
 from spectral_edit.jobs import job_logging
+from spectral_edit.layout import parse_retention
 
 w = snakemake.wildcards
 inp = snakemake.input
@@ -9,9 +10,9 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate"):
     cell = {"model": w.model, "dataset": w.dataset}
     edit = None
     if "factors" in inp.keys():
-        retention = float(w.retention)
+        retention = parse_retention(w.retention)
         method = snakemake.params.method
-        cell.update(seed=int(w.seed), method=w.method, retention=retention)
+        cell.update(seed=int(w.seed), finetune=w.finetune, method=w.method, retention=retention)
         edit = {
             "factors": inp.factors,
             "method": method["name"],
@@ -19,13 +20,14 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate"):
             "retention": retention,
             "seed": int(w.seed),
             "unedited_params": snakemake.params.unedited_params,
+            "sensitivities": inp.get("sensitivities"),
         }
         model_file = inp.base_weights
     elif "seed" in w.keys():
-        cell.update(seed=int(w.seed), method="finetuned", retention=None)
+        cell.update(seed=int(w.seed), finetune=w.finetune, method="finetuned", retention=None)
         model_file = inp.model_weights
     else:
-        cell.update(seed=None, method="base", retention=None)
+        cell.update(seed=None, finetune=None, method="base", retention=None)
         model_file = inp.model_weights
     evaluate_cell(
         model_dir=model_file.rsplit("/", 1)[0],

@@ -6,11 +6,14 @@ from spectral_edit.figures import draw_all
 from spectral_edit.jobs import job_logging
 
 with job_logging(snakemake.log[0], snakemake.threads, "figures") as log:
+    names = list(dict.fromkeys(Path(p).stem for p in snakemake.output))
     written = draw_all(
         summary=pd.read_csv(snakemake.input.summary),
         table1=pd.read_csv(snakemake.input.table1),
         spectra=snakemake.params.spectra,
         analysis=snakemake.params.analysis,
         out_dir=Path(snakemake.output[0]).parent,
+        names=names,
+        controls=snakemake.params.controls,
     )
     log.info("wrote %s", ", ".join(str(p) for p in written))

@@ -15,7 +15,8 @@ import importlib
 import math
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+import re
+from typing import Callable, Mapping, Tuple, Union
 
 import torch
 
@@ -31,18 +32,40 @@ class MatrixContext:
     retention: float | None  # None for methods without a retention
     seed: int  # the cell's seed, for methods that draw random numbers
     params: Mapping[str, object] = field(default_factory=dict)
+    numerical_rank: int | None = None  # components above fp32 rounding noise (a LoRA update: r)
+    num_layers: int = 0  # decoder layers of the model, for layer-dependent methods
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)  # e.g. calibration sensitivities
+
+    @property
+    def layer(self) -> int | None:
+        return layer_index(self.name)
+
+    @property
+    def module(self) -> str:
+        """The module's own name, e.g. 'down_proj' (the part before '.weight')."""
+        parts = self.name.split(".")
+        return parts[-2] if len(parts) >= 2 and parts[-1] == "weight" else parts[-1]
+
+    @property
+    def rank(self) -> int:
+        return int(self.numerical_rank) if self.numerical_rank is not None else min(self.shape)
 
 
-EditFunction = Callable[[torch.Tensor, MatrixContext], torch.Tensor]
+EditResult = Union[torch.Tensor, Tuple[torch.Tensor, Mapping[str, object]]]
+EditFunction = Callable[[torch.Tensor, MatrixContext], EditResult]
 
 
 @dataclass(frozen=True)
 class SpectralMethod:
+    """A registered method. ``edit`` returns S' or (S', a record of what it did to the matrix)."""
+
     name: str
     edit: EditFunction
     uses_retention: bool
     defaults: Mapping[str, object]
     summary: str
+    needs: tuple[str, ...] = ()  # extra inputs, e.g. ("sensitivities",)
+    check: Callable[[Mapping[str, object]], None] | None = None  # raises ValueError on bad params
 
     def resolve_params(self, given: Mapping[str, object], where: str) -> dict:
         unknown = sorted(set(given) - set(self.defaults))
@@ -51,21 +74,37 @@ class SpectralMethod:
                 f"{where}: unknown parameter {unknown[0]!r} for method {self.name!r} "
                 f"(known: {', '.join(sorted(self.defaults)) or 'none'})"
             )
-        return {**self.defaults, **given}
+        params = {**self.defaults, **given}
+        if self.check is not None:
+            try:
+                self.check(params)
+            except ValueError as error:
+                raise ConfigError(f"{where}: {error}") from None
+        return params
 
 
 _REGISTRY: dict[str, SpectralMethod] = {}
 _loaded = False
 
 
-def register(name: str, *, uses_retention: bool, defaults: Mapping[str, object] | None = None):
+def register(
+    name: str,
+    *,
+    uses_retention: bool,
+    defaults: Mapping[str, object] | None = None,
+    needs: tuple[str, ...] = (),
+    summary: str | None = None,
+    check: Callable[[Mapping[str, object]], None] | None = None,
+):
     """Decorator that registers an edit function under ``name``."""
 
     def decorate(function: EditFunction) -> EditFunction:
         if name in _REGISTRY:
             raise RuntimeError(f"spectral method {name!r} registered twice")
-        summary = (function.__doc__ or "").strip().splitlines()[0] if function.__doc__ else ""
-        _REGISTRY[name] = SpectralMethod(name, function, uses_retention, dict(defaults or {}), summary)
+        text = summary or ((function.__doc__ or "").strip().splitlines() or [""])[0]
+        _REGISTRY[name] = SpectralMethod(
+            name, function, uses_retention, dict(defaults or {}), text, tuple(needs), check
+        )
         return function
 
     return decorate
@@ -107,3 +146,19 @@ def keep_only(singular_values: torch.Tensor, indices: torch.Tensor) -> torch.Ten
     kept = torch.zeros_like(singular_values)
     kept[indices] = singular_values[indices]
     return kept
+
+
+_LAYER = re.compile(r"\.layers?\.(\d+)\.|\.h\.(\d+)\.|\.blocks?\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer a parameter belongs to, from its name (None for embeddings, head)."""
+    match = _LAYER.search(name)
+    return int(next(g for g in match.groups() if g is not None)) if match else None
+
+
+def split_result(result: EditResult) -> tuple[torch.Tensor, dict]:
+    if isinstance(result, tuple):
+        values, record = result
+        return values, dict(record)
+    return result, {}

@@ -1,0 +1,14 @@
+from spectral_edit.jobs import job_logging
+from spectral_edit.sensitivity import compute_sensitivities
+
+with job_logging(snakemake.log[0], snakemake.threads, "sensitivities"):
+    compute_sensitivities(
+        model_dir=snakemake.input.model_weights.rsplit("/", 1)[0],
+        factors_path=snakemake.input.factors,
+        train_path=snakemake.input.train,
+        dataset_spec=snakemake.params.prompt,
+        out_path=snakemake.output[0],
+        calibration_size=int(snakemake.wildcards.ncal),
+        seed=int(snakemake.wildcards.seed),
+        max_length=int(snakemake.params.max_length),
+    )
