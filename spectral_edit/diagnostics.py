@@ -188,30 +188,33 @@ def subspace_alignment(factors_path: str | Path, top_m: int = 4) -> tuple[dict, 
 
 
 def subspace_figure(results: Mapping, title: str, out_stem: Path, formats) -> list[Path]:
+    """Two rows of heatmaps (|u1^T u1| and Align_U per module type) and the o_proj/down_proj curve."""
     modules = [m for m in results if "~" not in m]
-    fig, axes = plt.subplots(2, len(modules) + 1, figsize=(3.0 * (len(modules) + 1), 6.0), squeeze=False)
+    columns = max(len(modules), 1)
+    fig = plt.figure(figsize=(2.6 * columns + 1.0, 8.4), layout="constrained")
+    grid = fig.add_gridspec(3, columns + 1, width_ratios=[1] * columns + [0.08], height_ratios=[1, 1, 0.8])
+    image = None
     for col, module in enumerate(modules):
         entry = results[module]
-        for row, (key, label) in enumerate((("u1", "|u1ᵀu1|"), ("align", f"Align_U (m={entry['m']})"))):
-            ax = axes[row][col]
+        for row, (key, label) in enumerate((("u1", "|u1ᵀu1|"), ("align", f"Align_U, m={entry['m']}"))):
+            ax = fig.add_subplot(grid[row, col])
             image = ax.imshow(entry[key], vmin=0, vmax=1, cmap="viridis", origin="lower")
             ax.set_title(f"{module}: {label}", fontsize=8)
             ax.set_xlabel("layer", fontsize=7)
             ax.tick_params(labelsize=6)
             if row == 1:
-                ax.text(0.02, 0.98, f"random {entry['m'] / entry['d']:.3f}", transform=ax.transAxes, va="top", fontsize=6, color="white")
-    fig.colorbar(image, ax=axes[:, :len(modules)].ravel().tolist(), shrink=0.6)
+                ax.text(0.03, 0.97, f"random {entry['m'] / entry['d']:.3f}", transform=ax.transAxes, va="top", fontsize=6, color="white")
+    if image is not None:
+        fig.colorbar(image, cax=fig.add_subplot(grid[:2, columns]))
     synergy = results.get("o_proj~down_proj")
-    ax = axes[0][-1]
+    ax = fig.add_subplot(grid[2, :columns])
     if synergy:
-        ax.plot(synergy["layers"], synergy["per_layer"], marker="o", ms=3)
+        ax.plot(synergy["layers"], synergy["per_layer"], marker="o", ms=3, label="Align_U(o_proj, down_proj), same layer")
         ax.axhline(synergy["m"] / synergy["d"], color="black", ls="--", lw=0.8, label="random m/d")
         ax.set_ylim(0, 1)
-        ax.set_title("o_proj vs down_proj, same layer", fontsize=8)
-        ax.set_xlabel("layer", fontsize=7)
-        ax.legend(fontsize=6)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.legend(fontsize=7)
     else:
         ax.axis("off")
-    axes[1][-1].axis("off")
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, out_stem, formats)
