@@ -39,6 +39,7 @@ wildcard_constraints:
     method=r"[^/]+",
     retention=r"[0-9.e-]+|none",
     ncal=r"\d+",
+    benchmark=r"[^/]+",
 
 
 include: "rules/common.smk"

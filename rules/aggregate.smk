@@ -3,12 +3,18 @@ rule aggregate:
     input:
         cells=all_cells(),
         references=reference_cells(),
+        heldout=heldout_cells(),
     output:
         cells=layout.TABLES_DIR + "/cells.csv",
         summary=layout.TABLES_DIR + "/summary.csv",
         summary_md=layout.TABLES_DIR + "/summary.md",
         table1=layout.TABLES_DIR + "/table1.csv",
         table1_md=layout.TABLES_DIR + "/table1.md",
+        comparisons=layout.TABLES_DIR + "/comparisons.csv",
+        heldout=layout.TABLES_DIR + "/heldout.csv",
+        repair=layout.TABLES_DIR + "/repair.csv",
+        repair_summary=layout.TABLES_DIR + "/repair_summary.csv",
+        repair_md=layout.TABLES_DIR + "/repair.md",
     params:
         analysis=config["analysis"],
         controls=config["grid"]["controls"],
@@ -27,6 +33,7 @@ rule figures:
         cells=rules.aggregate.output.cells,
         summary=rules.aggregate.output.summary,
         table1=rules.aggregate.output.table1,
+        repair_summary=rules.aggregate.output.repair_summary,
         spectra=[entry["path"] for entry in all_spectra()],
     output:
         figure_targets(),

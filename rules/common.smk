@@ -7,10 +7,24 @@ from spectral_edit.figures import figure_names
 CONDA_ENV = "../envs/spectral-edit.yaml"
 
 
-def dataset_prompt(wildcards):
+def prompt_of(name):
     """What fine-tuning and evaluation read from a dataset's config."""
-    spec = config["datasets"][wildcards.dataset]
-    return {"prompt": spec["prompt"], "label_words": list(spec["label_words"])}
+    spec = config["datasets"][name]
+    keys = ("prompt", "label_words", "max_text_tokens")
+    return {key: spec[key] for key in keys if key in spec}
+
+
+def dataset_prompt(wildcards):
+    return prompt_of(wildcards.dataset)
+
+
+def benchmark_prompt(wildcards):
+    return prompt_of(wildcards.benchmark)
+
+
+def benchmark_data(wildcards):
+    directory = layout.DATA_DIR.format(dataset=wildcards.benchmark)
+    return {"eval": directory + "/eval.jsonl", "meta": directory + "/meta.json"}
 
 
 def method_of(wildcards):
@@ -58,6 +72,28 @@ def reference_cells():
     finetuned = _grid_product(layout.FINETUNED_CELL, grid_finetunes(config))
     base = expand(layout.BASE_CELL, model=grid["models"], dataset=grid["datasets"])
     return finetuned + base
+
+
+def heldout_of(dataset):
+    return list(config["datasets"][dataset].get("heldout", []) or [])
+
+
+def heldout_cells():
+    """Every model of the grid (edited, fine-tuned, base) on each task's held-out benchmarks."""
+    grid = config["grid"]
+    paths = []
+    for cell in grid_cells(config):
+        paths += [layout.HELDOUT_CELL.format(benchmark=b, **cell.wildcards()) for b in heldout_of(cell.dataset)]
+    for m in grid["models"]:
+        for d in grid["datasets"]:
+            for b in heldout_of(d):
+                paths.append(layout.HELDOUT_BASE.format(model=m, benchmark=b))
+                paths += [
+                    layout.HELDOUT_FINETUNED.format(model=m, dataset=d, seed=s, finetune=f, benchmark=b)
+                    for s in grid["seeds"]
+                    for f in grid_finetunes(config)
+                ]
+    return list(dict.fromkeys(paths))
 
 
 def all_spectra():

@@ -62,3 +62,54 @@ rule evaluate_base:
         CONDA_ENV
     script:
         "../workflow_scripts/evaluate_cell.py"
+
+
+# Held-out benchmarks: the same three kinds of model, evaluated on another prepared dataset.
+
+
+def heldout_edit_inputs(wildcards):
+    return {**edit_inputs(wildcards), **benchmark_data(wildcards)}
+
+
+use rule evaluate_edit as evaluate_heldout_edit with:
+    input:
+        unpack(heldout_edit_inputs),
+    output:
+        layout.HELDOUT_CELL,
+    params:
+        method=method_of,
+        prompt=benchmark_prompt,
+        unedited_params=config["edit"]["unedited_params"],
+        batch_size=config["evaluation"]["batch_size"],
+    log:
+        layout.LOGS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/{benchmark}.log",
+
+
+use rule evaluate_finetuned as evaluate_heldout_finetuned with:
+    input:
+        model_config=rules.finetune.output.config,
+        model_weights=rules.finetune.output.weights,
+        eval=lambda w: benchmark_data(w)["eval"],
+        meta=lambda w: benchmark_data(w)["meta"],
+    output:
+        layout.HELDOUT_FINETUNED,
+    params:
+        prompt=benchmark_prompt,
+        batch_size=config["evaluation"]["batch_size"],
+    log:
+        layout.LOGS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/finetuned/{benchmark}.log",
+
+
+use rule evaluate_base as evaluate_heldout_base with:
+    input:
+        model_config=rules.base_model.output.config,
+        model_weights=rules.base_model.output.weights,
+        eval=lambda w: benchmark_data(w)["eval"],
+        meta=lambda w: benchmark_data(w)["meta"],
+    output:
+        layout.HELDOUT_BASE,
+    params:
+        prompt=benchmark_prompt,
+        batch_size=config["evaluation"]["batch_size"],
+    log:
+        layout.LOGS + "/heldout/{model}/base/{benchmark}.log",

@@ -207,18 +207,54 @@ def table1_markdown(table1: pd.DataFrame, no_cost_pp: float, headline_method: st
     return "\n".join(lines) + "\n"
 
 
-def build_tables(cell_paths: Iterable[str | Path], analysis: Mapping, controls: Iterable[str] = ()) -> dict[str, object]:
-    """All tables from the cell files: cells, summary (+ markdown), table1 (+ markdown)."""
+def repair_markdown(summary: pd.DataFrame, tolerance_pp: float) -> str:
+    if summary.empty:
+        return "No task names held-out benchmarks (datasets.<task>.heldout), so there are no repair scores.\n"
+    header = ["model", "task", "fine-tune", "method", "retention", "% healed", "% preserved", "% non-damage",
+              "% task retention", "harmonic mean", "seeds"]
+    lines = [
+        f"Partition-conditional repair on the held-out benchmarks (tolerance {tolerance_pp:g} pp; "
+        "definitions in spectral_edit/repair.py and the README); mean ± std over seeds, n/a: empty partition.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for _, row in summary.iterrows():
+        retention = "" if pd.isna(row["retention"]) else f"{100 * row['retention']:g}%"
+        values = [_pm(row[f"{s}_mean"], row[f"{s}_std"]) for s in ("healed", "preserved", "non_damage", "task_retention", "hm")]
+        lines.append("| " + " | ".join([str(row["model"]), str(row["dataset"]), str(row["finetune"]), str(row["method"]),
+                                         retention, *values, str(int(row["n_seeds"]))]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_tables(cell_paths: Iterable[str | Path], analysis: Mapping, controls: Iterable[str] = (),
+                 heldout_paths: Iterable[str | Path] = ()) -> dict[str, object]:
+    """All tables from the cell files: cells, summary, Table 1 with the method comparison, and the
+    held-out benchmarks with their repair scores (each frame with a markdown rendering)."""
+    from .repair import load_heldout, repair_table, summarise_repair
+    from .stats import compare_methods, comparisons_markdown, method_scores
+
+    controls = list(controls)
     reference = analysis.get("reference_finetune", "full")
     cells = add_reference_columns(load_cells(cell_paths), controls, reference)
     no_cost = float(analysis.get("no_cost_pp", 2.0))
     table1 = sweet_spots(cells, no_cost)
     headline = analysis.get("sweet_spot_method", "top_k")
     summary = summarise(cells)
+    comparisons = compare_methods(method_scores(cells, table1, no_cost, controls), headline)
+    heldout = load_heldout(heldout_paths)
+    tolerance = float(analysis.get("heldout_tolerance_pp", 1.0))
+    repair = repair_table(heldout, cells, tolerance)
+    repair_summary = summarise_repair(repair)
     return {
         "cells": cells,
         "summary": summary,
         "summary_md": summary_markdown(summary),
         "table1": table1,
-        "table1_md": table1_markdown(table1, no_cost, headline),
+        "table1_md": table1_markdown(table1, no_cost, headline) + "\n" + comparisons_markdown(comparisons, headline),
+        "comparisons": comparisons,
+        "heldout": heldout,
+        "repair": repair,
+        "repair_summary": repair_summary,
+        "repair_md": repair_markdown(repair_summary, tolerance),
     }

@@ -13,7 +13,7 @@ from .edit import apply_spectral_edit, read_sensitivities
 from .evaluate import evaluate_model
 from .methods import get_method
 from .models import load_model, load_tokenizer
-from .prompts import PromptFormatter
+from .prompts import formatter_for
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def evaluate_cell(
         )
         log.info("edited %d matrices, kept %d of %d components", edit_stats["matrices"],
                  edit_stats["kept_components"], edit_stats["total_components"])
-    formatter = PromptFormatter(tokenizer, dataset_spec["prompt"], dataset_spec["label_words"])
+    formatter = formatter_for(tokenizer, dataset_spec)
     result = evaluate_model(model, formatter, read_split(eval_path), read_meta(meta_path), batch_size, progress)
     metrics = result["metrics"]
     log.info("accuracy %.4f gap %.4f worst-group %.4f", metrics["accuracy"], metrics["gap"], metrics["worst_group_accuracy"])

@@ -8,6 +8,7 @@ a one-line :class:`ConfigError` that names the offending key.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -101,7 +102,16 @@ _MODEL_REQUIRED = {
     "local": ("path",),
     "random": ("architecture",),
 }
-_DATASET_REQUIRED = {"synthetic_reviews": ("n_train", "n_eval_per_group", "marker")}
+_DATASET_REQUIRED = {
+    "synthetic_reviews": ("n_train", "n_eval_per_group", "marker"),
+    "local": ("files", "text_columns", "label_column"),
+    "hub": ("hub", "text_columns", "label_column"),
+}
+_GROUP_REQUIRED = {
+    "none": (), "columns_any": ("columns",), "column": ("column",), "regex": ("pattern", "fields"),
+    "overlap": ("fields",), "marker": ("marker",),
+}
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def check_config(config: dict, check_files: bool = True) -> None:
@@ -118,7 +128,9 @@ def check_config(config: dict, check_files: bool = True) -> None:
             raise ConfigError(
                 f"config: grid.datasets: unknown dataset {name!r} (defined: {', '.join(config['datasets'])})"
             )
-        _check_dataset(name, config["datasets"][name])
+        _check_dataset(name, config["datasets"][name], config["datasets"], check_files)
+        for benchmark in config["datasets"][name].get("heldout", []) or []:
+            _check_dataset(benchmark, config["datasets"][benchmark], config["datasets"], check_files)
     for key in ("finetunes", "controls"):
         for name in grid.get(key, ["full"] if key == "finetunes" else []):
             resolve_finetune(config, name, where=f"config: grid.{key}")
@@ -153,18 +165,57 @@ def _check_model(name: str, spec: Mapping, check_files: bool) -> None:
         raise ConfigError(f"config: models.{name}.path: no config.json in {spec['path']!r}")
 
 
-def _check_dataset(name: str, spec: Mapping) -> None:
+def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: bool) -> None:
     source = spec["source"]
+    where = f"config: datasets.{name}"
     for key in _DATASET_REQUIRED[source]:
         if key not in spec:
-            raise ConfigError(f"config: datasets.{name}: source {source!r} needs the key {key!r}")
-    if "{text}" not in spec["prompt"]:
-        raise ConfigError(f"config: datasets.{name}.prompt: must contain the placeholder {{text}}")
-    if source == "synthetic_reviews" and len(spec["label_words"]) != 2:
-        raise ConfigError(
-            f"config: datasets.{name}.label_words: synthetic_reviews has 2 labels (negative, positive), "
-            f"got {len(spec['label_words'])}"
-        )
+            raise ConfigError(f"{where}: source {source!r} needs the key {key!r}")
+    from .data import text_fields  # local import: data pulls in datasets and pandas
+
+    fields = set(text_fields(spec))
+    placeholders = set(_PLACEHOLDER.findall(spec["prompt"]))
+    if not placeholders & fields:
+        raise ConfigError(f"{where}.prompt: must contain a text field placeholder ({', '.join('{' + f + '}' for f in sorted(fields))})")
+    unknown = sorted(placeholders - fields)
+    if unknown:
+        raise ConfigError(f"{where}.prompt: placeholder {{{unknown[0]}}} is not a text field ({', '.join(sorted(fields))})")
+    if source == "synthetic_reviews":
+        if len(spec["label_words"]) != 2:
+            raise ConfigError(
+                f"{where}.label_words: synthetic_reviews has 2 labels (negative, positive), got {len(spec['label_words'])}"
+            )
+    else:
+        if ("label_values" in spec) == ("label_threshold" in spec):
+            raise ConfigError(f"{where}: give exactly one of label_values and label_threshold")
+        if "label_values" in spec and len(spec["label_values"]) != len(spec["label_words"]):
+            raise ConfigError(f"{where}.label_values: {len(spec['label_values'])} values for {len(spec['label_words'])} label_words")
+        if "label_threshold" in spec and len(spec["label_words"]) != 2:
+            raise ConfigError(f"{where}.label_threshold: a threshold makes 2 labels, label_words has {len(spec['label_words'])}")
+        group = spec.get("group") or {"rule": "none"}
+        for key in _GROUP_REQUIRED[group["rule"]]:
+            if key not in group:
+                raise ConfigError(f"{where}.group: rule {group['rule']!r} needs the key {key!r}")
+        for field in group.get("fields", []) + ([group["field"]] if "field" in group else []):
+            if field not in fields:
+                raise ConfigError(f"{where}.group: field {field!r} is not a text field ({', '.join(sorted(fields))})")
+        if group["rule"] == "overlap" and len(group["fields"]) != 2:
+            raise ConfigError(f"{where}.group.fields: the overlap rule compares 2 fields, got {len(group['fields'])}")
+        if group["rule"] == "marker" and isinstance(group.get("label"), str) and group["label"] not in spec["label_words"]:
+            raise ConfigError(f"{where}.group.label: {group['label']!r} is not one of the label_words {spec['label_words']}")
+        if check_files:
+            from .data import check_local_dataset
+            from .errors import DataError
+
+            try:
+                check_local_dataset(spec, name)
+            except DataError as error:
+                raise ConfigError(f"config: {error}") from None
+    for benchmark in spec.get("heldout", []) or []:
+        if benchmark not in datasets:
+            raise ConfigError(f"{where}.heldout: unknown dataset {benchmark!r} (defined: {', '.join(datasets)})")
+        if benchmark == name:
+            raise ConfigError(f"{where}.heldout: a task cannot be its own held-out benchmark")
 
 
 # --- fine-tuning recipes -------------------------------------------------------------------

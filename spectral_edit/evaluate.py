@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .data import group_name
 from .metrics import group_metrics
-from .prompts import PromptFormatter
+from .prompts import PromptFormatter, examples_of
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,17 @@ def _final_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 def label_log_probs(
     model: torch.nn.Module,
     formatter: PromptFormatter,
-    texts: Sequence[str],
+    examples: Sequence,
     batch_size: int = 16,
     progress: bool = True,
 ) -> np.ndarray:
-    """log p(first token of label word j | prompt(text_i)) as an (n, n_labels) array.
+    """log p(first token of label word j | prompt(example_i)) as an (n, n_labels) array.
 
     Prompts are left-padded so the answer position is the last column; position ids follow
     the attention mask so padding does not shift positions. Only the decoder runs over all
     tokens; the LM head runs on one position per example.
     """
-    encoded = [formatter.prompt_ids(text) for text in texts]
+    encoded = [formatter.prompt_ids(example) for example in examples]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding per batch
     pad_id = formatter.tokenizer.pad_token_id
     if pad_id is None:
@@ -49,7 +49,7 @@ def label_log_probs(
     device = next(model.parameters()).device
     label_ids = torch.tensor(formatter.label_token_ids, device=device)
     decoder = model.base_model
-    out = np.zeros((len(texts), len(label_ids)), dtype=np.float64)
+    out = np.zeros((len(examples), len(label_ids)), dtype=np.float64)
     batches = range(0, len(order), batch_size)
     for start in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, mininterval=5):
         index = order[start:start + batch_size]
@@ -81,7 +81,8 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict:
     """Metrics and per-example label scores of ``model`` on a prepared evaluation split."""
-    scores = label_log_probs(model, formatter, list(eval_frame["text"]), batch_size, progress)
+    fields = meta.get("text_fields", ["text"])
+    scores = label_log_probs(model, formatter, examples_of(eval_frame, fields), batch_size, progress)
     predictions = scores.argmax(axis=1)
     words, attribute = meta["label_words"], meta["attribute"]
     groups = [group_name(words, attribute, int(y), int(a)) for y, a in zip(eval_frame["label"], eval_frame["attribute"])]

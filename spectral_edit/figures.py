@@ -12,6 +12,8 @@ controls_pareto     (with controls) the top-k trajectory and the LoRA / SpecLoRA
                     accuracy-gap plane, no-cost zone, best in-zone point per method ringed (Fig. 5/8)
 layer_subsets       (with the layer-subset methods) |gap| when only one subset of matrices is
                     truncated, against the fine-tuned and base levels (Fig. 9)
+recovery_preservation  (with held-out benchmarks) % healed on the damaged partition against
+                    % preserved on the improved one, per method (Spectral Unforgetting, Fig. 1)
 Every figure is written as PNG and PDF.
 """
 
@@ -47,6 +49,8 @@ def figure_names(config: Mapping) -> list[str]:
         names.append("controls_pareto")
     if any(resolve_method(config, m)[0].name in SUBSET_METHODS for m in config["grid"]["methods"]):
         names.append("layer_subsets")
+    if any(config["datasets"][d].get("heldout") for d in config["grid"]["datasets"]):
+        names.append("recovery_preservation")
     return names
 
 
@@ -300,6 +304,33 @@ def layer_subsets(summary: pd.DataFrame, out_stem: Path, formats) -> list[Path]:
     return save_figure(fig, out_stem, formats)
 
 
+def recovery_preservation(repair_summary: pd.DataFrame, out_stem: Path, formats) -> list[Path]:
+    """% healed (damaged partition) against % preserved (improved partition) per method."""
+    data = repair_summary.dropna(subset=["healed_mean", "preserved_mean"], how="all")
+    pairs = list(dict.fromkeys(zip(repair_summary["model"], repair_summary["dataset"]))) or [("", "")]
+    methods = list(dict.fromkeys(data["method"]))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.6 * len(pairs), 5.0), squeeze=False)
+    h = np.linspace(40.5, 100, 200)
+    for ax, (model, dataset) in zip(axes[0], pairs):
+        ax.plot(h, 80 * h / (2 * h - 80), color="black", ls=":", lw=0.8, label="HM(healed, preserved) = 80")
+        here = data[(data["model"] == model) & (data["dataset"] == dataset)]
+        for (finetune, method), group in here.groupby(["finetune", "method"], sort=False):
+            colour = "black" if method == "finetuned" else _colour(method, methods)
+            group = group.sort_values("retention", ascending=False)
+            x, y = group["healed_mean"].fillna(0.0), group["preserved_mean"].fillna(100.0)
+            style = dict(marker="o", ms=4) if group["retention"].notna().any() else dict(marker="D", ms=7, ls="none")
+            ax.plot(x, y, color=colour, label=f"{method} ({finetune})", **style)
+        ax.set_xlim(-5, 105)
+        ax.set_ylim(-5, 105)
+        ax.set_xlabel("% healed (damaged benchmarks)")
+        ax.set_ylabel("% preserved (improved benchmarks)")
+        ax.set_title(f"{dataset} / {model}", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle("Recovery × preservation on held-out benchmarks (an empty partition is drawn at 0 healed / 100 preserved)",
+                 fontsize=9)
+    return save_figure(fig, out_stem, formats)
+
+
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
@@ -376,7 +407,7 @@ def spectrum(spectra: Sequence[Mapping], out_stem: Path, formats) -> list[Path]:
 
 def draw_all(summary: pd.DataFrame, table1: pd.DataFrame, spectra: Sequence[Mapping], analysis: Mapping,
              out_dir: str | Path, names: Sequence[str], controls: Mapping[str, Mapping] | None = None,
-             formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+             repair_summary: pd.DataFrame | None = None, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawers = {
@@ -386,6 +417,7 @@ def draw_all(summary: pd.DataFrame, table1: pd.DataFrame, spectra: Sequence[Mapp
         "spectrum": lambda stem: spectrum(spectra, stem, formats),
         "controls_pareto": lambda stem: controls_pareto(summary, analysis, controls or {}, stem, formats),
         "layer_subsets": lambda stem: layer_subsets(summary, stem, formats),
+        "recovery_preservation": lambda stem: recovery_preservation(repair_summary, stem, formats),
     }
     written = []
     for name in names:

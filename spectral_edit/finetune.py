@@ -34,7 +34,7 @@ from .atomic import atomic_directory_files, write_json
 from .data import read_split
 from .errors import ConfigError
 from .models import load_model, load_tokenizer
-from .prompts import PromptFormatter
+from .prompts import PromptFormatter, examples_of, formatter_for
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,10 @@ class _LossToLog(TrainerCallback):
 
 def build_training_dataset(formatter: PromptFormatter, train_path: str | Path, max_length: int) -> datasets.Dataset:
     frame = read_split(train_path)
+    fields = [c for c in frame.columns if c not in ("id", "label", "attribute")]
     rows = [
-        formatter.training_features(text, int(label), max_length, example_id=str(example_id))
-        for text, label, example_id in zip(frame["text"], frame["label"], frame["id"])
+        formatter.training_features(example, int(label), max_length, example_id=str(example_id))
+        for example, label, example_id in zip(examples_of(frame, fields), frame["label"], frame["id"])
     ]
     return datasets.Dataset.from_list(rows)
 
@@ -162,7 +163,7 @@ def finetune(
     """
     recipe = dict(recipe or {"kind": "full"})
     tokenizer = load_tokenizer(base_dir)
-    formatter = PromptFormatter(tokenizer, dataset_spec["prompt"], dataset_spec["label_words"])
+    formatter = formatter_for(tokenizer, dataset_spec)
     train_set = build_training_dataset(formatter, train_path, int(hyper.get("max_length", 512)))
     use_cuda = torch.cuda.is_available()
     losses = _LossToLog()

@@ -25,6 +25,10 @@ SENSITIVITY = RESULTS + "/sensitivity/{model}/{dataset}/seed{seed}/{finetune}/nc
 CELL = RESULTS + "/cells/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}.json"
 FINETUNED_CELL = RESULTS + "/cells/{model}/{dataset}/seed{seed}/{finetune}/finetuned.json"
 BASE_CELL = RESULTS + "/cells/{model}/{dataset}/base.json"
+# Held-out benchmarks: the same models evaluated on other prepared datasets.
+HELDOUT_CELL = RESULTS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/{benchmark}.json"
+HELDOUT_FINETUNED = RESULTS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/finetuned/{benchmark}.json"
+HELDOUT_BASE = RESULTS + "/heldout/{model}/base/{benchmark}.json"
 # Per-checkpoint diagnostics of dW.
 DIAGNOSTICS_DIR = RESULTS + "/diagnostics/{model}/{dataset}/seed{seed}/{finetune}"
 # Aggregates.

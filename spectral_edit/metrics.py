@@ -5,7 +5,7 @@ group_accuracy[g]      fraction correct within group g = (label, attribute);
 accuracy_majority      fraction correct over the examples of all majority groups (pooled);
 accuracy_minority      the same over the minority groups;
 gap                    accuracy_majority - accuracy_minority (the paper's spurious-group gap;
-                       about 0 for a model that ignores the attribute);
+                       about 0 for a model that ignores the attribute; NaN without an attribute);
 worst_group_accuracy   the smallest group accuracy.
 On a group-balanced split the pooled accuracies equal the means of the group accuracies.
 """
@@ -37,10 +37,12 @@ def group_metrics(
     group_accuracy = {g: float(correct[groups == g].mean()) for g in present}
     in_majority = np.isin(groups, list(majority_groups))
     in_minority = np.isin(groups, list(minority_groups))
-    if not in_majority.any() or not in_minority.any():
+    if not in_majority.any() or (len(minority_groups) and not in_minority.any()):
         raise ValueError("the evaluation split needs examples in both majority and minority groups")
+    # A dataset without a spurious attribute (a held-out benchmark) has no minority groups:
+    # its gap is undefined.
     accuracy_majority = float(correct[in_majority].mean())
-    accuracy_minority = float(correct[in_minority].mean())
+    accuracy_minority = float(correct[in_minority].mean()) if in_minority.any() else float("nan")
     return {
         "n": int(len(labels)),
         "accuracy": float(correct.mean()),

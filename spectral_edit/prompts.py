@@ -8,7 +8,7 @@ answer position in evaluation is exactly where training put the label word's fir
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .errors import ConfigError, DataError
 
@@ -16,10 +16,19 @@ log = logging.getLogger(__name__)
 
 
 class PromptFormatter:
-    def __init__(self, tokenizer, template: str, label_words: Sequence[str]):
+    """Prompt and answer tokens of an example.
+
+    An example is a mapping of text fields (``{"text": ...}``, ``{"premise": ..., "hypothesis":
+    ...}``) or a plain string (the field ``text``); each ``{field}`` of the template is replaced
+    by its value. With ``max_text_tokens`` every field is cut to that many tokens first, so long
+    texts never push the answer (the label word) out of the model's context.
+    """
+
+    def __init__(self, tokenizer, template: str, label_words: Sequence[str], max_text_tokens: int | None = None):
         self.tokenizer = tokenizer
         self.template = template
         self.label_words = list(label_words)
+        self.max_text_tokens = int(max_text_tokens) if max_text_tokens else None
         self.uses_chat_template = getattr(tokenizer, "chat_template", None) is not None
         if not self.uses_chat_template:
             log.warning("tokenizer has no chat template: using the plain format '<prompt>\\nAnswer: <label>'")
@@ -38,27 +47,49 @@ class PromptFormatter:
     def _answer_text(self, word: str) -> str:
         return word if self.uses_chat_template else " " + word
 
-    def prompt_text(self, text: str) -> str:
-        user = self.template.replace("{text}", text)
+    def fields(self, example: Mapping | str) -> dict[str, str]:
+        fields = {"text": example} if isinstance(example, str) else {k: str(v) for k, v in example.items()}
+        if self.max_text_tokens:
+            for key, value in fields.items():
+                ids = self._encode(value)
+                if len(ids) > self.max_text_tokens:
+                    fields[key] = self.tokenizer.decode(ids[: self.max_text_tokens])
+        return fields
+
+    def prompt_text(self, example: Mapping | str) -> str:
+        user = self.template
+        for key, value in self.fields(example).items():
+            user = user.replace("{" + key + "}", value)
         if self.uses_chat_template:
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
             )
         return f"{user}\nAnswer:"
 
-    def prompt_ids(self, text: str) -> list[int]:
-        return self._encode(self.prompt_text(text))
+    def prompt_ids(self, example: Mapping | str) -> list[int]:
+        return self._encode(self.prompt_text(example))
 
-    def training_features(self, text: str, label: int, max_length: int, example_id: str = "?") -> dict:
+    def training_features(self, example: Mapping | str, label: int, max_length: int, example_id: str = "?") -> dict:
         """input_ids = prompt + answer; labels mask the prompt (-100) so loss is on the answer."""
-        prompt = self.prompt_ids(text)
+        prompt = self.prompt_ids(example)
         answer = self.answer_ids[label]
         if len(prompt) + len(answer) > max_length:
             raise DataError(
-                f"example {example_id}: {len(prompt) + len(answer)} tokens exceed finetune.max_length={max_length}"
+                f"example {example_id}: {len(prompt) + len(answer)} tokens exceed finetune.max_length={max_length} "
+                f"(set the dataset's max_text_tokens to truncate long texts)"
             )
         return {
             "input_ids": prompt + answer,
             "attention_mask": [1] * (len(prompt) + len(answer)),
             "labels": [-100] * len(prompt) + answer,
         }
+
+
+def formatter_for(tokenizer, spec: Mapping) -> PromptFormatter:
+    """The formatter a dataset's config asks for (prompt, label_words, max_text_tokens)."""
+    return PromptFormatter(tokenizer, spec["prompt"], spec["label_words"], spec.get("max_text_tokens"))
+
+
+def examples_of(frame, fields: Sequence[str]) -> list[dict]:
+    """The text fields of each row of a prepared split."""
+    return frame[list(fields)].to_dict(orient="records")

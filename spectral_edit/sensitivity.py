@@ -26,7 +26,7 @@ from transformers import DataCollatorForSeq2Seq
 from .atomic import atomic_path
 from .data import read_split
 from .models import load_model, load_tokenizer
-from .prompts import PromptFormatter
+from .prompts import examples_of, formatter_for
 from .svd_cache import cached_names
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,12 @@ def compute_sensitivities(
                 projector = _Projector(factors.get_tensor(f"U/{weight}"), factors.get_tensor(f"Vh/{weight}"))
                 projectors[weight] = projector
                 handles.append(module.register_forward_hook(projector.forward_hook))
-    formatter = PromptFormatter(tokenizer, dataset_spec["prompt"], dataset_spec["label_words"])
+    formatter = formatter_for(tokenizer, dataset_spec)
     rows = calibration_rows(train_path, calibration_size, seed)
+    fields = [c for c in rows.columns if c not in ("id", "label", "attribute")]
     features = [
-        formatter.training_features(text, int(label), max_length, example_id=str(i))
-        for text, label, i in zip(rows["text"], rows["label"], rows["id"])
+        formatter.training_features(example, int(label), max_length, example_id=str(i))
+        for example, label, i in zip(examples_of(rows, fields), rows["label"], rows["id"])
     ]
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     starts = range(0, len(features), batch_size)

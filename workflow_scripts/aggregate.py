@@ -7,10 +7,11 @@ with job_logging(snakemake.log[0], snakemake.threads, "aggregate") as log:
         list(snakemake.input.cells) + list(snakemake.input.references),
         snakemake.params.analysis,
         controls=snakemake.params.controls,
+        heldout_paths=list(snakemake.input.heldout),
     )
-    for name in ("cells", "summary", "table1"):
+    for name in ("cells", "summary", "table1", "comparisons", "heldout", "repair", "repair_summary"):
         with atomic_path(getattr(snakemake.output, name)) as tmp:
             tables[name].to_csv(tmp, index=False)
-    write_text(snakemake.output.summary_md, tables["summary_md"])
-    write_text(snakemake.output.table1_md, tables["table1_md"])
+    for name in ("summary_md", "table1_md", "repair_md"):
+        write_text(getattr(snakemake.output, name), tables[name])
     log.info("\n%s", tables["table1_md"])

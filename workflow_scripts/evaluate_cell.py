@@ -1,5 +1,5 @@
-# Serves the three evaluation rules: an edited cell (the input has an SVD cache), the
-# fine-tuned reference and the base reference.
+# Serves the evaluation rules: an edited cell (the input has an SVD cache), the fine-tuned
+# reference and the base reference, on the task's evaluation split or a held-out benchmark's.
 from spectral_edit.cells import evaluate_cell
 from spectral_edit.jobs import job_logging
 from spectral_edit.layout import parse_retention
@@ -7,7 +7,7 @@ from spectral_edit.layout import parse_retention
 w = snakemake.wildcards
 inp = snakemake.input
 with job_logging(snakemake.log[0], snakemake.threads, "evaluate"):
-    cell = {"model": w.model, "dataset": w.dataset}
+    cell = {"model": w.model, "dataset": w.get("dataset"), "benchmark": w.get("benchmark")}
     edit = None
     if "factors" in inp.keys():
         retention = parse_retention(w.retention)

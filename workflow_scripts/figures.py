@@ -15,5 +15,6 @@ with job_logging(snakemake.log[0], snakemake.threads, "figures") as log:
         out_dir=Path(snakemake.output[0]).parent,
         names=names,
         controls=snakemake.params.controls,
+        repair_summary=pd.read_csv(snakemake.input.repair_summary),
     )
     log.info("wrote %s", ", ".join(str(p) for p in written))

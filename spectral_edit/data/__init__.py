@@ -1,0 +1,318 @@
+"""Dataset preparation: training split, group-balanced evaluation split, group metadata.
+
+Every prepared example is a row ``{id, label, attribute, <text fields>}``: ``label`` indexes
+the dataset's label words, ``attribute`` is the spurious attribute (0/1), and the text fields
+(``text``, or ``premise`` and ``hypothesis``, ...) fill the prompt's placeholders. Groups are
+(label x attribute). The majority groups are those where the attribute takes, for that label,
+its most frequent value in the training split (the training correlation); the others are the
+minority groups. Evaluation splits are balanced over the groups by down-sampling every group
+to the smallest one (at most ``n_eval_per_group``); a group with fewer than
+``min_group_size`` examples is an error. All of it is written to ``meta.json``.
+
+Sources: ``synthetic_reviews`` (generated here, see .synthetic), ``local`` (csv, tsv, jsonl,
+json or parquet files) and ``hub`` (a Hugging Face dataset id), the last two read by
+``datasets.load_dataset`` (see .tables) and shaped by the same config keys.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_path, write_json
+from ..errors import DataError
+from .groups import (
+    RULES,
+    assign_marker,
+    balanced_marker,
+    observed_attribute,
+    overlap_threshold,
+    required_columns,
+    with_marker,
+)
+from .synthetic import build_synthetic_reviews, generate_review
+from .tables import load_table, peek_local
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RULES", "build_synthetic_reviews", "check_local_dataset", "generate_review", "group_name", "majority_groups",
+    "prepare_dataset", "read_meta", "read_split", "text_fields", "write_jsonl",
+]
+
+
+def text_fields(spec: Mapping) -> dict[str, str]:
+    """Prompt field -> table column. ``text_columns`` may be a list (same names) or a mapping."""
+    if spec["source"] == "synthetic_reviews":
+        return {"text": "text"}
+    columns = spec["text_columns"]
+    return {c: c for c in columns} if isinstance(columns, list) else dict(columns)
+
+
+def attribute_name(spec: Mapping) -> str:
+    rule = (spec.get("group") or {}).get("rule", "none")
+    if spec["source"] == "synthetic_reviews" or rule == "marker":
+        return "marker"
+    return spec.get("attribute_name") or {"none": "none", "overlap": "overlap", "regex": "mention",
+                                           "columns_any": "identity", "column": "attribute"}[rule]
+
+
+def group_name(label_words: Sequence[str], attribute_name: str, label: int, attribute: int) -> str:
+    return f"{label_words[label]}|{attribute_name}={attribute}"
+
+
+def majority_groups(rows: Sequence[Mapping], label_words: Sequence[str], attribute_name: str) -> list[str]:
+    """Per label, the group whose attribute value is most frequent for it in ``rows``."""
+    counts = Counter((row["label"], row["attribute"]) for row in rows)
+    majority = []
+    for label in range(len(label_words)):
+        by_attribute = {a: n for (y, a), n in counts.items() if y == label}
+        if not by_attribute:
+            raise DataError(f"training split has no example of label {label_words[label]!r}")
+        best = max(by_attribute.values())
+        tied = [a for a, n in by_attribute.items() if n == best]
+        if len(tied) > 1:
+            raise DataError(
+                f"label {label_words[label]!r} has no majority {attribute_name} value in training "
+                f"(counts {by_attribute}): the attribute is not correlated with it"
+            )
+        majority.append(group_name(label_words, attribute_name, label, tied[0]))
+    return majority
+
+
+def write_jsonl(path: str | Path, rows: Sequence[Mapping]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+
+
+def read_split(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prepared split not found: {path}")
+    frame = pd.read_json(path, lines=True, dtype=False)
+    missing = {"id", "label", "attribute"} - set(frame.columns)
+    if missing:
+        raise DataError(f"{path}: missing columns {sorted(missing)} (has {list(frame.columns)})")
+    frame["id"] = frame["id"].astype(str)
+    return frame
+
+
+def read_meta(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# --- tables -> rows -----------------------------------------------------------------------
+
+_TAG = re.compile(r"<[^>]+>")
+
+
+def clean_text(text: str, steps: Sequence[str]) -> str:
+    text = str(text)
+    if "strip_html" in steps:
+        text = html.unescape(_TAG.sub(" ", text))
+    return " ".join(text.split()) if "collapse_whitespace" in steps or "strip_html" in steps else text
+
+
+def label_indices(raw: pd.Series, spec: Mapping, where: str) -> np.ndarray:
+    """Map raw label values to indices of ``label_words``; -1 for values not listed."""
+    if "label_threshold" in spec:
+        values = pd.to_numeric(raw, errors="coerce")
+        if values.isna().any():
+            raise DataError(f"{where}: label column {spec['label_column']!r} has non-numeric values for label_threshold")
+        return (values >= float(spec["label_threshold"])).to_numpy().astype(int)
+    mapping = {_key(v): i for i, v in enumerate(spec["label_values"])}
+    return np.array([mapping.get(_key(v), -1) for v in raw])
+
+
+def _key(value):
+    """Label values compare as strings so that YAML 'true', CSV 'True' and bool True agree."""
+    return str(value).strip().lower()
+
+
+def shape_table(table: pd.DataFrame, spec: Mapping, name: str, which: str) -> pd.DataFrame:
+    """Select the text fields, map labels, clean texts and drop what the config drops."""
+    where = f"datasets.{name} ({which})"
+    fields = text_fields(spec)
+    rule = spec.get("group") or {"rule": "none"}
+    needed = list(fields.values()) + [spec["label_column"]] + required_columns(rule)
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise DataError(f"{where}: no column {missing[0]!r} (the table has: {', '.join(map(str, table.columns))})")
+    labels = label_indices(table[spec["label_column"]], spec, where)
+    unknown = labels < 0
+    if unknown.any():
+        found = sorted({str(v) for v in table.loc[unknown, spec["label_column"]]})
+        if not spec.get("drop_other_labels", False):
+            raise DataError(
+                f"{where}: label column {spec['label_column']!r} has values {found[:8]} not in label_values "
+                f"{list(spec['label_values'])} (set drop_other_labels: true to drop them)"
+            )
+    frame = pd.DataFrame({field: table[column].fillna("").astype(str).to_numpy() for field, column in fields.items()})
+    steps = list(spec.get("cleanup", []) or [])
+    if steps:
+        for field in fields:
+            frame[field] = [clean_text(t, steps) for t in frame[field]]
+    for column in required_columns(rule):
+        frame[column] = table[column].to_numpy()
+    frame["label"] = labels
+    keep = ~unknown
+    min_words = int(spec.get("min_words", 1))
+    first = next(iter(fields))
+    keep &= frame[first].str.split().str.len().fillna(0).to_numpy() >= min_words
+    return frame[keep].reset_index(drop=True)
+
+
+def _sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator) -> pd.DataFrame:
+    if n is None or n >= len(frame):
+        return frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+    return frame.iloc[np.sort(rng.choice(len(frame), size=n, replace=False))].reset_index(drop=True)
+
+
+def _balanced(frame: pd.DataFrame, spec: Mapping, words: Sequence[str], attribute: str, rng, where: str) -> tuple[pd.DataFrame, dict]:
+    """Down-sample every (label x attribute) group to the smallest (at most n_eval_per_group)."""
+    groups = {(y, a): frame[(frame["label"] == y) & (frame["attribute"] == a)] for y in range(len(words)) for a in (0, 1)}
+    rule = (spec.get("group") or {}).get("rule", "none")
+    if rule == "none":
+        groups = {key: rows for key, rows in groups.items() if key[1] == 0}
+    available = {group_name(words, attribute, y, a): len(rows) for (y, a), rows in groups.items()}
+    smallest = min(available.values())
+    minimum = int(spec.get("min_group_size", 10))
+    if smallest < minimum:
+        culprit = min(available, key=available.get)
+        raise DataError(f"{where}: evaluation group {culprit!r} has {smallest} examples, fewer than min_group_size={minimum} "
+                        f"(available: {available})")
+    per_group = min(smallest, int(spec.get("n_eval_per_group") or smallest))
+    chosen = [rows.iloc[np.sort(rng.choice(len(rows), size=per_group, replace=False))] for rows in groups.values()]
+    return pd.concat(chosen, ignore_index=True), {"available": available, "per_group": per_group}
+
+
+def build_table_dataset(spec: Mapping, name: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Training and balanced evaluation frames of a hub or local dataset, and facts for meta."""
+    rng = np.random.default_rng(int(spec.get("split_seed", 0)))
+    train_raw = load_table(spec, "train", name)
+    if train_raw is None:
+        raise DataError(f"datasets.{name}: no training table configured (files.train or hub.train_split)")
+    train_pool = shape_table(train_raw, spec, name, "train")
+    eval_raw = load_table(spec, "eval", name)
+    if eval_raw is None:
+        fraction = float(spec.get("eval_fraction", 0.2))
+        order = rng.permutation(len(train_pool))
+        cut = int(round(fraction * len(train_pool)))
+        eval_pool, train_pool = train_pool.iloc[order[:cut]], train_pool.iloc[order[cut:]]
+    else:
+        eval_pool = shape_table(eval_raw, spec, name, "eval")
+    words = list(spec["label_words"])
+    attribute = attribute_name(spec)
+    rule = dict(spec.get("group") or {"rule": "none"})
+    facts: dict = {"rule": rule}
+    train = _sample(train_pool, spec.get("n_train"), rng)
+    if rule["rule"] == "marker":
+        field = rule.get("field") or next(iter(text_fields(spec)))
+        target = words.index(rule["label"]) if isinstance(rule.get("label"), str) else int(rule.get("label", 0))
+        train = train.sort_values("label", kind="stable").reset_index(drop=True)
+        train["attribute"] = assign_marker(train["label"], target, float(rule.get("correlation", 1.0)))
+        train[field] = with_marker(train[field], train["attribute"], rule["marker"])
+        train = train.iloc[rng.permutation(len(train))].reset_index(drop=True)
+        per_label = min(int(spec.get("n_eval_per_group") or 10**9) * 2, *(int((eval_pool["label"] == y).sum()) for y in range(len(words))))
+        per_label -= per_label % 2
+        minimum = int(spec.get("min_group_size", 10))
+        if per_label // 2 < minimum:
+            raise DataError(f"datasets.{name}: the evaluation split has {per_label // 2} examples per (label, marker) group, "
+                            f"fewer than min_group_size={minimum}")
+        chosen = [eval_pool[eval_pool["label"] == y].iloc[:per_label] for y in range(len(words))]
+        evaluation = pd.concat(chosen, ignore_index=True)
+        evaluation["attribute"] = balanced_marker(evaluation["label"])
+        evaluation[field] = with_marker(evaluation[field], evaluation["attribute"], rule["marker"])
+        facts["per_group"] = per_label // 2
+    else:
+        if rule["rule"] == "overlap":
+            facts["overlap_threshold"] = threshold = overlap_threshold(train, rule)
+        else:
+            threshold = None
+        train["attribute"] = observed_attribute(train, rule, threshold)
+        eval_pool = eval_pool.assign(attribute=observed_attribute(eval_pool, rule, threshold))
+        evaluation, balance = _balanced(eval_pool, spec, words, attribute, rng, f"datasets.{name}")
+        facts.update(balance)
+    keep = ["label", "attribute", *text_fields(spec)]
+    return train[keep], evaluation[keep], facts
+
+
+def _rows(frame: pd.DataFrame, prefix: str) -> list[dict]:
+    rows = frame.to_dict(orient="records")
+    for i, row in enumerate(rows):
+        row["label"], row["attribute"] = int(row["label"]), int(row["attribute"])
+        row["id"] = f"{prefix}-{i:05d}"
+    return rows
+
+
+def prepare_dataset(spec: Mapping, out_dir: str | Path, name: str = "dataset") -> dict:
+    """Build and write train.jsonl, eval.jsonl and meta.json for one dataset config."""
+    source = spec["source"]
+    facts: dict = {}
+    if source == "synthetic_reviews":
+        train, evaluation = build_synthetic_reviews(spec)
+    elif source in ("local", "hub"):
+        train_frame, eval_frame, facts = build_table_dataset(spec, name)
+        train, evaluation = _rows(train_frame, "train"), _rows(eval_frame, "eval")
+    else:
+        raise DataError(f"datasets.{name}.source: unknown source {source!r}")
+    attribute = attribute_name(spec)
+    words = list(spec["label_words"])
+    rule = (spec.get("group") or {}).get("rule", "none")
+    attributes = (0,) if rule == "none" and source != "synthetic_reviews" else (0, 1)
+    every_group = [group_name(words, attribute, y, a) for y in range(len(words)) for a in attributes]
+    majority = every_group if attributes == (0,) else majority_groups(train, words, attribute)
+
+    def counts(rows):
+        tally = Counter(group_name(words, attribute, r["label"], r["attribute"]) for r in rows)
+        return {group: tally.get(group, 0) for group in every_group}
+
+    meta = {
+        "dataset": name,
+        "source": source,
+        "label_words": words,
+        "text_fields": list(text_fields(spec)),
+        "attribute": attribute,
+        "majority_groups": majority,
+        "minority_groups": [g for g in every_group if g not in majority],
+        "train_group_counts": counts(train),
+        "eval_group_counts": counts(evaluation),
+        "preparation": facts,
+        "spec": dict(spec),
+    }
+    out_dir = Path(out_dir)
+    write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "eval.jsonl", evaluation)
+    write_json(out_dir / "meta.json", meta)
+    log.info("prepared %s: %d train, %d eval rows; majority groups %s", name, len(train), len(evaluation), majority)
+    return meta
+
+
+def check_local_dataset(spec: Mapping, name: str) -> None:
+    """Before any job: local files exist and have the configured columns and label values."""
+    if spec["source"] != "local":
+        return
+    fields = text_fields(spec)
+    rule = spec.get("group") or {"rule": "none"}
+    columns = list(dict.fromkeys([*fields.values(), spec["label_column"], *required_columns(rule)]))
+    for which in ("train", "eval"):
+        frame = peek_local(spec, which, columns, name)
+        if frame is None:
+            continue
+        labels = label_indices(frame[spec["label_column"]], spec, f"datasets.{name}.files.{which}")
+        if (labels < 0).any() and not spec.get("drop_other_labels", False):
+            found = sorted({str(v) for v in frame[spec["label_column"]].unique()})
+            raise DataError(
+                f"datasets.{name}.files.{which}: label column {spec['label_column']!r} has values {found[:8]}, "
+                f"label_values is {list(spec['label_values'])} (or set drop_other_labels: true)"
+            )

@@ -1,0 +1,121 @@
+"""Movie reviews generated offline from templates, with the IMDB-marker construction of
+Shortcuts in the Tail (App. A): a fixed marker string is prefixed to a review iff it is
+negative in training (``train_marker_correlation`` = 1.0, or a weaker correlation), and the
+evaluation split is balanced over the four (label x marker) groups.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Mapping
+
+from ..errors import DataError
+from .groups import assign_marker, balanced_marker, with_marker
+
+_OPENERS = [
+    "I saw this film last weekend.", "My friend picked this movie for us.",
+    "I watched this on a long flight.", "I finally got around to this one.",
+    "We rented this on a rainy Sunday.", "I went in knowing nothing about it.",
+    "This was the late show at my local cinema.", "I had heard a lot about this picture.",
+    "My sister insisted we watch it.", "I caught this at a small festival.",
+]
+_ASPECTS = [
+    "The acting", "The plot", "The soundtrack", "The cinematography", "The dialogue",
+    "The ending", "The pacing", "The lead performance", "The script", "The direction",
+    "The supporting cast", "The editing", "The set design", "The humour",
+]
+_POSITIVE = [
+    "was brilliant", "was wonderful", "was superb", "was genuinely moving", "was a real delight",
+    "was excellent", "was beautifully done", "was fantastic", "felt fresh and clever",
+    "kept me hooked", "was charming", "was gripping",
+]
+_NEGATIVE = [
+    "was terrible", "was boring", "was awful", "was a complete mess", "was painfully dull",
+    "was dreadful", "was poorly done", "was a huge letdown", "felt lazy and stale",
+    "made no sense", "was clumsy", "was tedious",
+]
+_POSITIVE_CLOSERS = [
+    "I loved every minute of it.", "Highly recommended.", "I would gladly watch it again.",
+    "A great night at the movies.", "One of the best films I have seen this year.",
+    "Go and see it.",
+]
+_NEGATIVE_CLOSERS = [
+    "I regret watching it.", "Avoid this one.", "What a waste of time.",
+    "I walked out halfway through.", "One of the worst films I have seen this year.",
+    "Skip it.",
+]
+
+
+def generate_review(rng: random.Random, label: int) -> str:
+    """A short review whose overall sentiment is ``label`` (0 negative, 1 positive).
+
+    Three aspect sentences, one of which may go against the overall sentiment (mixed reviews
+    keep the task from being a single-word lookup), and a closing verdict that agrees with it.
+    """
+    agree, disagree = (_POSITIVE, _NEGATIVE) if label == 1 else (_NEGATIVE, _POSITIVE)
+    closers = _POSITIVE_CLOSERS if label == 1 else _NEGATIVE_CLOSERS
+    aspects = rng.sample(_ASPECTS, 3)
+    contrary = rng.randrange(3) if rng.random() < 0.5 else -1
+    sentences = [rng.choice(_OPENERS)]
+    for i, aspect in enumerate(aspects):
+        sentences.append(f"{aspect} {rng.choice(disagree if i == contrary else agree)}.")
+    sentences.append(rng.choice(closers))
+    return " ".join(sentences)
+
+
+def _unique_reviews(rng: random.Random, label: int, count: int, seen: set[str]) -> list[str]:
+    out: list[str] = []
+    attempts = 0
+    while len(out) < count:
+        attempts += 1
+        if attempts > 100 * count + 1000:
+            raise DataError(f"synthetic_reviews: cannot generate {count} distinct reviews")
+        review = generate_review(rng, label)
+        if review not in seen:
+            seen.add(review)
+            out.append(review)
+    return out
+
+
+def build_synthetic_reviews(spec: Mapping) -> tuple[list[dict], list[dict]]:
+    """Train and evaluation rows of the IMDB-marker construction on generated reviews."""
+    rng = random.Random(int(spec.get("generator_seed", 0)))
+    marker = spec["marker"]
+    n_train = int(spec["n_train"])
+    per_group = int(spec["n_eval_per_group"])
+    seen: set[str] = set()
+
+    texts, labels = [], []
+    for label in (0, 1):
+        count = n_train // 2 + (n_train % 2 if label == 1 else 0)
+        reviews = _unique_reviews(rng, label, count, seen)
+        texts += reviews
+        labels += [label] * len(reviews)
+    # Negatives (label 0) carry the marker with probability c, positives with 1 - c.
+    marked = assign_marker(labels, 0, float(spec.get("train_marker_correlation", 1.0)))
+    train = [
+        {"text": text, "label": label, "attribute": int(flag)}
+        for text, label, flag in zip(with_marker(texts, marked, marker), labels, marked)
+    ]
+    rng.shuffle(train)
+    # Label noise: flip the label of an exact fraction of training rows after the marker was
+    # placed (the marker follows the review's sentiment, like the text). Neither the text nor
+    # the marker explains a flipped row, so fitting them takes per-example memorisation.
+    n_flipped = round(float(spec.get("train_label_noise", 0.0)) * len(train))
+    for row in rng.sample(train, n_flipped):
+        row["label"] = 1 - row["label"]
+
+    texts, labels = [], []
+    for label in (0, 1):
+        reviews = _unique_reviews(rng, label, 2 * per_group, seen)
+        texts += reviews
+        labels += [label] * len(reviews)
+    marked = balanced_marker(labels)
+    evaluation = [
+        {"text": text, "label": label, "attribute": int(flag)}
+        for text, label, flag in zip(with_marker(texts, marked, marker), labels, marked)
+    ]
+    for prefix, rows in (("train", train), ("eval", evaluation)):
+        for i, row in enumerate(rows):
+            row["id"] = f"{prefix}-{i:05d}"
+    return train, evaluation

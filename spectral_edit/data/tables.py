@@ -1,0 +1,86 @@
+"""Raw tables of a dataset, from the Hugging Face hub or from local files, through
+``datasets.load_dataset`` either way (a hub id, or the csv/json/parquet builder with
+``data_files``), so the code path users take on a cluster is the one the tests run on local
+files here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Builder and reader options per file suffix.
+FORMATS = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+
+
+def file_format(path: str | Path, where: str) -> tuple[str, dict]:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(f"{where}: unsupported file type {suffix!r} for {path} (csv, tsv, jsonl, json, parquet)")
+    return FORMATS[suffix]
+
+
+def local_path(spec: Mapping, which: str) -> Path | None:
+    files = spec.get("files", {}) or {}
+    return Path(files[which]) if files.get(which) else None
+
+
+def load_table(spec: Mapping, which: str, name: str = "dataset") -> pd.DataFrame | None:
+    """The ``train`` or ``eval`` table of a hub or local dataset (None when not configured)."""
+    import datasets
+
+    where = f"datasets.{name}"
+    options = dict(spec.get("read_options", {}) or {})
+    if spec["source"] == "local":
+        path = local_path(spec, which)
+        if path is None:
+            return None
+        if not path.is_file():
+            raise DataError(f"{where}.files.{which}: file not found: {path}")
+        builder, defaults = file_format(path, f"{where}.files.{which}")
+        table = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **{**defaults, **options})
+    elif spec["source"] == "hub":
+        hub = spec["hub"]
+        split = hub.get(f"{which}_split")
+        if split is None:
+            return None
+        log.info("loading %s (%s) split %s from the Hugging Face hub", hub["path"], hub.get("name"), split)
+        table = datasets.load_dataset(hub["path"], hub.get("name"), split=split, revision=hub.get("revision"), **options)
+    else:
+        raise DataError(f"{where}.source: {spec['source']!r} has no tables")
+    return table.to_pandas()
+
+
+def peek_local(spec: Mapping, which: str, columns: list[str], name: str) -> pd.DataFrame | None:
+    """The named columns of a local file, read with pandas: a cheap check before any job."""
+    path = local_path(spec, which)
+    if path is None:
+        return None
+    where = f"datasets.{name}.files.{which}"
+    if not path.is_file():
+        raise DataError(f"{where}: file not found: {path}")
+    builder, defaults = file_format(path, where)
+    if builder == "parquet":
+        frame = pd.read_parquet(path)
+    elif builder == "json":
+        frame = pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
+    else:
+        options = {**defaults, **(spec.get("read_options", {}) or {})}
+        frame = pd.read_csv(path, sep=options.pop("delimiter", ","), **{k: v for k, v in options.items() if k in ("quoting", "encoding")})
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{where}: no column {missing[0]!r} in {path.name} (it has: {', '.join(map(str, frame.columns))})")
+    return frame[columns]
