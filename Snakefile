@@ -22,6 +22,9 @@ from spectral_edit.errors import ConfigError
 configfile: "config.yaml"
 
 
+report: "rules/captions/workflow.rst"
+
+
 try:
     validate(config, str(SCHEMA_PATH))
 except WorkflowError as error:

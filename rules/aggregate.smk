@@ -6,14 +6,14 @@ rule aggregate:
         heldout=heldout_cells(),
     output:
         cells=layout.TABLES_DIR + "/cells.csv",
-        summary=layout.TABLES_DIR + "/summary.csv",
+        summary=report(layout.TABLES_DIR + "/summary.csv", caption="captions/summary.rst", category="Tables"),
         summary_md=layout.TABLES_DIR + "/summary.md",
-        table1=layout.TABLES_DIR + "/table1.csv",
+        table1=report(layout.TABLES_DIR + "/table1.csv", caption="captions/table1.rst", category="Tables"),
         table1_md=layout.TABLES_DIR + "/table1.md",
-        comparisons=layout.TABLES_DIR + "/comparisons.csv",
+        comparisons=report(layout.TABLES_DIR + "/comparisons.csv", caption="captions/comparisons.rst", category="Tables"),
         heldout=layout.TABLES_DIR + "/heldout.csv",
         repair=layout.TABLES_DIR + "/repair.csv",
-        repair_summary=layout.TABLES_DIR + "/repair_summary.csv",
+        repair_summary=report(layout.TABLES_DIR + "/repair_summary.csv", caption="captions/repair.rst", category="Tables"),
         repair_md=layout.TABLES_DIR + "/repair.md",
     params:
         analysis=config["analysis"],
@@ -36,7 +36,7 @@ rule figures:
         repair_summary=rules.aggregate.output.repair_summary,
         spectra=[entry["path"] for entry in all_spectra()],
     output:
-        figure_targets(),
+        figure_targets(),  # the PNGs are in the report, each with the caption of its name
     params:
         analysis=config["analysis"],
         spectra=all_spectra(),

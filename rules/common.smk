@@ -126,4 +126,17 @@ def diagnostics_targets():
 
 
 def figure_targets():
-    return expand(layout.FIGURES_DIR + "/{figure}.{ext}", figure=figure_names(config), ext=layout.FIGURE_FORMATS)
+    """Every figure as PNG and PDF; the PNGs go into the report with their captions."""
+    targets = []
+    for name in figure_names(config):
+        for ext in layout.FIGURE_FORMATS:
+            path = f"{layout.FIGURES_DIR}/{name}.{ext}"
+            targets.append(report(path, caption=f"captions/{name}.rst", category="Figures") if ext == "png" else path)
+    return targets
+
+
+def diagnostic_figures(name):
+    """A diagnostic figure per checkpoint, PNG in the report (one subcategory per checkpoint)."""
+    png = report(layout.DIAGNOSTICS_DIR + f"/{name}.png", caption=f"captions/{name}.rst", category="Diagnostics",
+                 subcategory="{model} / {dataset} / seed {seed} / {finetune}")
+    return [png, layout.DIAGNOSTICS_DIR + f"/{name}.pdf"]

@@ -13,6 +13,7 @@ rule evaluate_edit:
         prompt=dataset_prompt,
         unedited_params=config["edit"]["unedited_params"],
         batch_size=config["evaluation"]["batch_size"],
+        runtime=config["runtime"],
     log:
         layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}.log",
     threads: 1
@@ -34,6 +35,7 @@ rule evaluate_finetuned:
     params:
         prompt=dataset_prompt,
         batch_size=config["evaluation"]["batch_size"],
+        runtime=config["runtime"],
     log:
         layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{finetune}/finetuned.log",
     threads: 1
@@ -55,6 +57,7 @@ rule evaluate_base:
     params:
         prompt=dataset_prompt,
         batch_size=config["evaluation"]["batch_size"],
+        runtime=config["runtime"],
     log:
         layout.LOGS + "/evaluate/{model}/{dataset}/base.log",
     threads: 1
@@ -81,6 +84,7 @@ use rule evaluate_edit as evaluate_heldout_edit with:
         prompt=benchmark_prompt,
         unedited_params=config["edit"]["unedited_params"],
         batch_size=config["evaluation"]["batch_size"],
+        runtime=config["runtime"],
     log:
         layout.LOGS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/{benchmark}.log",
 
@@ -96,6 +100,7 @@ use rule evaluate_finetuned as evaluate_heldout_finetuned with:
     params:
         prompt=benchmark_prompt,
         batch_size=config["evaluation"]["batch_size"],
+        runtime=config["runtime"],
     log:
         layout.LOGS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/finetuned/{benchmark}.log",
 
@@ -111,5 +116,6 @@ use rule evaluate_base as evaluate_heldout_base with:
     params:
         prompt=benchmark_prompt,
         batch_size=config["evaluation"]["batch_size"],
+        runtime=config["runtime"],
     log:
         layout.LOGS + "/heldout/{model}/base/{benchmark}.log",

@@ -11,6 +11,7 @@ rule finetune:
     params:
         recipe=lambda w: resolve_finetune(config, w.finetune),
         prompt=dataset_prompt,
+        runtime=config["runtime"],
     log:
         layout.LOGS + "/finetune/{model}/{dataset}/seed{seed}/{finetune}.log",
     threads: workflow.cores

@@ -29,6 +29,7 @@ rule sensitivities:
     params:
         prompt=dataset_prompt,
         max_length=config["finetune"]["max_length"],
+        runtime=config["runtime"],
     log:
         layout.LOGS + "/sensitivities/{model}/{dataset}/seed{seed}/{finetune}/ncal{ncal}.log",
     threads: workflow.cores
@@ -44,7 +45,7 @@ rule subspace_diagnostics:
         factors=rules.svd_cache.output.factors,
     output:
         table=layout.DIAGNOSTICS_DIR + "/subspace_alignment.csv",
-        figures=expand(layout.DIAGNOSTICS_DIR + "/subspace_alignment.{ext}", ext=layout.FIGURE_FORMATS, allow_missing=True),
+        figures=diagnostic_figures("subspace_alignment"),
     params:
         top_m=config["diagnostics"]["subspace_top_m"],
     log:
@@ -62,7 +63,7 @@ rule marchenko_pastur_diagnostics:
         spectrum=rules.svd_cache.output.spectrum,
     output:
         table=layout.DIAGNOSTICS_DIR + "/dg_hard_ranks.csv",
-        figures=expand(layout.DIAGNOSTICS_DIR + "/marchenko_pastur.{ext}", ext=layout.FIGURE_FORMATS, allow_missing=True),
+        figures=diagnostic_figures("marchenko_pastur"),
     params:
         dg_hard=dg_hard_params(),
         layers=config["diagnostics"]["representative_layers"],

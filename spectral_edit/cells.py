@@ -14,6 +14,7 @@ from .evaluate import evaluate_model
 from .methods import get_method
 from .models import load_model, load_tokenizer
 from .prompts import formatter_for
+from .runtime import resolve as resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def evaluate_cell(
     edit: Mapping | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    runtime: Mapping | None = None,
 ) -> dict:
     """Evaluate one cell and write ``out_path``.
 
@@ -55,6 +57,8 @@ def evaluate_cell(
         )
         log.info("edited %d matrices, kept %d of %d components", edit_stats["matrices"],
                  edit_stats["kept_components"], edit_stats["total_components"])
+    device, dtype = resolve_runtime(runtime)
+    model = model.to(device=device, dtype=dtype)  # after the fp32 edit
     formatter = formatter_for(tokenizer, dataset_spec)
     result = evaluate_model(model, formatter, read_split(eval_path), read_meta(meta_path), batch_size, progress)
     metrics = result["metrics"]
@@ -64,6 +68,7 @@ def evaluate_cell(
         "edit": {**{k: v for k, v in (edit or {}).items() if k not in ("factors", "sensitivities")}, **edit_stats}
         if edit else None,
         "metrics": metrics,
+        "runtime": {"device": str(device), "dtype": str(dtype).replace("torch.", "")},
         "seconds": time.time() - started,
         "examples": result["examples"],
     }

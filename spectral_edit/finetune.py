@@ -35,6 +35,7 @@ from .data import read_split
 from .errors import ConfigError
 from .models import load_model, load_tokenizer
 from .prompts import PromptFormatter, examples_of, formatter_for
+from .runtime import resolve as resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def finetune(
     seed: int,
     progress: bool = True,
     recipe: Mapping | None = None,
+    runtime: Mapping | None = None,
 ) -> dict:
     """Fine-tune the base model in ``base_dir`` and save it (with train_log.json) to ``out_dir``.
 
@@ -165,7 +167,8 @@ def finetune(
     tokenizer = load_tokenizer(base_dir)
     formatter = formatter_for(tokenizer, dataset_spec)
     train_set = build_training_dataset(formatter, train_path, int(hyper.get("max_length", 512)))
-    use_cuda = torch.cuda.is_available()
+    device, dtype = resolve_runtime(runtime)
+    use_cuda = device.type == "cuda"
     losses = _LossToLog()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
@@ -189,6 +192,9 @@ def finetune(
             data_seed=int(seed),
             full_determinism=True,
             use_cpu=not use_cuda,
+            # Mixed precision on a GPU: fp32 master weights, bf16/fp16 compute.
+            bf16=use_cuda and dtype == torch.bfloat16,
+            fp16=use_cuda and dtype == torch.float16,
             dataloader_num_workers=0,
             disable_tqdm=not progress,
         )
@@ -217,7 +223,8 @@ def finetune(
         "final_loss": losses.history[-1]["loss"] if losses.history else None,
         "mean_train_loss": float(result.training_loss),
         "seconds": time.time() - started,
-        "device": "cuda" if use_cuda else "cpu",
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
         "loss_curve": losses.history,
     }

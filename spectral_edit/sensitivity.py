@@ -27,6 +27,7 @@ from .atomic import atomic_path
 from .data import read_split
 from .models import load_model, load_tokenizer
 from .prompts import examples_of, formatter_for
+from .runtime import resolve as resolve_runtime
 from .svd_cache import cached_names
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ class _Projector:
 
     def backward_hook(self, grad_output: torch.Tensor):
         per_example = ((grad_output.detach() @ self.u) * self.projected_input).sum(dim=1).double()  # (B, r)
-        self.sum_abs += per_example.abs().sum(0)
-        self.sum_signed += per_example.sum(0)
+        self.sum_abs += per_example.abs().sum(0).cpu()
+        self.sum_signed += per_example.sum(0).cpu()
         self.projected_input = None
 
 
@@ -81,10 +82,12 @@ def compute_sensitivities(
     batch_size: int = 4,
     max_length: int = 512,
     progress: bool = True,
+    runtime: Mapping | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mean |g_k| and mean g_k per projection matrix of a fine-tuned model; writes safetensors."""
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
+    device, _ = resolve_runtime(runtime)
+    model = load_model(model_dir, device)  # fp32: the sensitivities are small differences
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     model.enable_input_require_grads()
@@ -98,7 +101,7 @@ def compute_sensitivities(
         for module_name, module in model.named_modules():
             weight = f"{module_name}.weight"
             if isinstance(module, torch.nn.Linear) and module_name.split(".")[-1] in PROJECTIONS and weight in wanted:
-                projector = _Projector(factors.get_tensor(f"U/{weight}"), factors.get_tensor(f"Vh/{weight}"))
+                projector = _Projector(factors.get_tensor(f"U/{weight}").to(device), factors.get_tensor(f"Vh/{weight}").to(device))
                 projectors[weight] = projector
                 handles.append(module.register_forward_hook(projector.forward_hook))
     formatter = formatter_for(tokenizer, dataset_spec)
@@ -113,6 +116,7 @@ def compute_sensitivities(
     try:
         for start in tqdm(starts, desc="sensitivities", unit="batch", disable=not progress, mininterval=5):
             batch = collate(features[start:start + batch_size])
+            batch = {key: value.to(device) for key, value in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             per_example_answer_loss(logits, batch["labels"]).sum().backward()
     finally:

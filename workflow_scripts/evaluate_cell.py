@@ -38,4 +38,5 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate"):
         cell=cell,
         edit=edit,
         batch_size=snakemake.params.batch_size,
+        runtime=snakemake.params.runtime,
     )

@@ -11,4 +11,5 @@ with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
         hyper=recipe.pop("hyper"),
         seed=int(snakemake.wildcards.seed),
         recipe=recipe,
+        runtime=snakemake.params.runtime,
     )

@@ -11,4 +11,5 @@ with job_logging(snakemake.log[0], snakemake.threads, "sensitivities"):
         calibration_size=int(snakemake.wildcards.ncal),
         seed=int(snakemake.wildcards.seed),
         max_length=int(snakemake.params.max_length),
+        runtime=snakemake.params.runtime,
     )
