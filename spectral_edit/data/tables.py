@@ -1,4 +1,4 @@
-"""Raw tables of a dataset, from the Hugging Face hub or from local files, through
+"""Raw tables of a dataset, from the Hugging Face hub or from files (local, or http(s)), through
 ``datasets.load_dataset`` either way (a hub id, or the csv/json/parquet builder with
 ``data_files``), so the code path users take on a cluster is the one the tests run on local
 files here.
@@ -38,6 +38,12 @@ def local_path(spec: Mapping, which: str) -> Path | None:
     return Path(files[which]) if files.get(which) else None
 
 
+def is_url(spec: Mapping, which: str) -> bool:
+    """A file given as an http(s) address: ``datasets`` downloads it (no offline check)."""
+    value = str((spec.get("files", {}) or {}).get(which, ""))
+    return value.startswith(("http://", "https://"))
+
+
 def load_table(spec: Mapping, which: str, name: str = "dataset") -> pd.DataFrame | None:
     """The ``train`` or ``eval`` table of a hub or local dataset (None when not configured)."""
     import datasets
@@ -48,10 +54,11 @@ def load_table(spec: Mapping, which: str, name: str = "dataset") -> pd.DataFrame
         path = local_path(spec, which)
         if path is None:
             return None
-        if not path.is_file():
+        location = spec["files"][which] if is_url(spec, which) else str(path)
+        if not is_url(spec, which) and not path.is_file():
             raise DataError(f"{where}.files.{which}: file not found: {path}")
         builder, defaults = file_format(path, f"{where}.files.{which}")
-        table = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **{**defaults, **options})
+        table = datasets.load_dataset(builder, data_files={"data": location}, split="data", **{**defaults, **options})
     elif spec["source"] == "hub":
         hub = spec["hub"]
         split = hub.get(f"{which}_split")
@@ -67,7 +74,7 @@ def load_table(spec: Mapping, which: str, name: str = "dataset") -> pd.DataFrame
 def peek_local(spec: Mapping, which: str, columns: list[str], name: str) -> pd.DataFrame | None:
     """The named columns of a local file, read with pandas: a cheap check before any job."""
     path = local_path(spec, which)
-    if path is None:
+    if path is None or is_url(spec, which):
         return None
     where = f"datasets.{name}.files.{which}"
     if not path.is_file():
