@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -157,3 +159,83 @@ def test_bad_config_fails_before_any_job(tmp_path, overlay, culprit):
     assert culprit in output
     assert "ConfigError" in output
     assert not (tmp_path / "results").exists()
+
+
+def _write_user_tables(directory: Path) -> tuple[Path, Path]:
+    """A user's own task (a csv, 'dog' mentions correlated with the label) and a benchmark (tsv)."""
+    task, bench = directory / "my_reviews.csv", directory / "my_benchmark.tsv"
+    rows = []
+    for i in range(160):
+        good = i % 2 == 0
+        dog = (i % 6 != 0) if good else (i % 6 == 1)
+        rows.append({"body": f"{'a fine' if good else 'a poor'} film{' with a dog' if dog else ''}, take {i}",
+                     "verdict": "good" if good else "bad"})
+    pd.DataFrame(rows).to_csv(task, index=False)
+    with open(bench, "w") as handle:
+        handle.write("sentence\tlabel\n")
+        for i in range(60):
+            handle.write(f"{'lovely' if i % 2 else 'dreadful'} picture {i}\t{i % 2}\n")
+    return task, bench
+
+
+def test_a_dataset_defined_only_in_the_users_config_runs_with_heldout_and_report(tmp_path):
+    task, bench = _write_user_tables(tmp_path)
+    overlay = {
+        "grid": {"datasets": ["my-reviews"], "methods": ["top_k"], "retentions": [0.5]},
+        "datasets": {
+            "my-reviews": {
+                "source": "local", "files": {"train": str(task)}, "eval_fraction": 0.4,
+                "text_columns": {"text": "body"}, "label_column": "verdict", "label_values": ["bad", "good"],
+                "label_words": ["negative", "positive"], "prompt": "Review: {text}\nSentiment?",
+                "group": {"rule": "regex", "pattern": r"\bdog\b", "fields": ["text"]},
+                "min_group_size": 3, "heldout": ["my-benchmark"],
+            },
+            "my-benchmark": {
+                "source": "local", "files": {"train": str(bench)}, "eval_fraction": 0.5,
+                "text_columns": {"text": "sentence"}, "label_column": "label", "label_values": [0, 1],
+                "label_words": ["negative", "positive"], "prompt": "Review: {text}\nSentiment?",
+                "group": {"rule": "none"}, "min_group_size": 5,
+            },
+        },
+    }
+    snakemake(tmp_path, overlay=overlay)
+    meta = json.loads((tmp_path / "results/data/my-reviews/meta.json").read_text())
+    assert meta["majority_groups"] == ["negative|mention=0", "positive|mention=1"]
+    repair = pd.read_csv(tmp_path / "results/tables/repair.csv")
+    assert set(repair["method"]) == {"finetuned", "top_k"}
+    assert repair["task_retention"].notna().all()
+    heldout = pd.read_csv(tmp_path / "results/tables/heldout.csv")
+    assert set(heldout["method"]) == {"base", "finetuned", "top_k"} and set(heldout["benchmark"]) == {"my-benchmark"}
+    assert (tmp_path / "results/figures/recovery_preservation.png").is_file()
+    result = snakemake(tmp_path, "--report", "results/report.html", overlay=overlay)
+    report = (tmp_path / "results/report.html").read_text(errors="replace")
+    assert "Partition-conditional repair" in report and "my-reviews" in report
+
+
+def test_wrong_label_values_in_a_users_file_fail_before_any_job(tmp_path):
+    task, _ = _write_user_tables(tmp_path)
+    overlay = {
+        "grid": {"datasets": ["mine"]},
+        "datasets": {"mine": {"source": "local", "files": {"train": str(task)}, "text_columns": {"text": "body"},
+                              "label_column": "verdict", "label_values": ["negative", "positive"],
+                              "label_words": ["negative", "positive"], "prompt": "{text}"}},
+    }
+    result = snakemake(tmp_path, "-n", overlay=overlay, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "label column 'verdict' has values ['bad', 'good']" in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_paper_grid_plans_offline():
+    import time
+
+    started = time.time()
+    result = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(REPO), "-n", "--configfile",
+                             str(REPO / "config" / "paper.yaml")], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    plan = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", result.stdout.split("Job stats:", 1)[1], flags=re.M))
+    assert int(plan["finetune"]) == 3 * 5 * 3 * (1 + 6)  # models x datasets x seeds x (full + controls)
+    assert int(plan["evaluate_edit"]) == 3 * 5 * 3 * (3 * 7 + 9)
+    print(f"paper grid planned in {time.time() - started:.1f} s: {plan['total']} jobs")

@@ -1,0 +1,159 @@
+"""Datasets from tables: column and label checks, group rules, balanced evaluation, real rows."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spectral_edit.config import check_config, load_config, validate_schema
+from spectral_edit.data import prepare_dataset, read_split, shape_table
+from spectral_edit.data.groups import assign_marker, balanced_marker, observed_attribute, overlap_fraction
+from spectral_edit.errors import ConfigError, DataError
+
+from conftest import REPO, SHARED
+
+needs_shared = pytest.mark.skipif(not (SHARED / "datasets").is_dir(), reason="../shared/datasets is not present")
+
+
+def _spec(path, **extra):
+    spec = {
+        "source": "local", "files": {"train": str(path)}, "eval_fraction": 0.5, "text_columns": {"text": "body"},
+        "label_column": "y", "label_values": ["bad", "good"], "label_words": ["negative", "positive"],
+        "prompt": "Text: {text}\nSentiment?", "min_group_size": 2, "split_seed": 0,
+    }
+    spec.update(extra)
+    return spec
+
+
+@pytest.fixture
+def table_file(tmp_path):
+    rows = []
+    for i in range(80):
+        good = i % 2 == 0
+        mentions = (i % 6 != 0) if good else (i % 6 == 1)  # "dog" correlates with good
+        rows.append({"body": f"{'a fine' if good else 'a poor'} film {'with a dog' if mentions else ''} number {i}",
+                     "y": "good" if good else "bad", "score": 0.9 if mentions else 0.1})
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_missing_column_lists_what_the_table_has(table_file):
+    with pytest.raises(DataError, match=r"no column 'text_body' \(the table has: body, y, score\)"):
+        shape_table(pd.read_csv(table_file), _spec(table_file, text_columns=["text_body"]), "d", "train")
+
+
+def test_unexpected_label_values_are_listed_or_dropped(table_file):
+    frame = pd.read_csv(table_file)
+    with pytest.raises(DataError, match=r"has values \['bad'\] not in label_values \['good', 'great'\]"):
+        shape_table(frame, _spec(table_file, label_values=["good", "great"]), "d", "train")
+    kept = shape_table(frame, _spec(table_file, label_values=["good", "great"], drop_other_labels=True), "d", "train")
+    assert len(kept) == 40 and set(kept["label"]) == {0}
+
+
+def test_config_check_reads_local_files_before_any_job(table_file):
+    config = load_config(REPO / "config.yaml")
+    config["datasets"]["mine"] = _spec(table_file, label_values=["bad", "fine"], group={"rule": "regex", "pattern": "dog", "fields": ["text"]})
+    config["grid"]["datasets"] = ["mine"]
+    validate_schema(config)
+    with pytest.raises(ConfigError, match=r"files.train: label column 'y' has values \['bad', 'good'\]"):
+        check_config(config)
+    config["datasets"]["mine"]["label_column"] = "label"
+    with pytest.raises(ConfigError, match=r"no column 'label' in reviews.csv \(it has: body, y, score\)"):
+        check_config(config)
+    config["datasets"]["mine"].update(label_column="y", label_values=["bad", "good"], prompt="{txt}")
+    with pytest.raises(ConfigError, match=r"prompt: must contain a text field placeholder \(\{text\}\)"):
+        check_config(config)
+
+
+def test_group_rules_on_a_table():
+    frame = pd.DataFrame({
+        "a": ["the cat sat on the mat", "dogs bark", "a b c"],
+        "b": ["the cat sat", "cats purr", "x y z"],
+        "male": [0.0, 0.7, 0.2], "female": [0.6, 0.0, 0.49], "flag": [True, False, True],
+    })
+    assert observed_attribute(frame, {"rule": "columns_any", "columns": ["male", "female"], "threshold": 0.5}).tolist() == [1, 1, 0]
+    assert observed_attribute(frame, {"rule": "column", "column": "flag"}).tolist() == [1, 0, 1]
+    assert observed_attribute(frame, {"rule": "regex", "pattern": r"\bdogs?\b", "fields": ["a", "b"]}).tolist() == [0, 1, 0]
+    assert overlap_fraction("the cat sat on the mat", "the cat sat") == 1.0
+    assert overlap_fraction("dogs bark", "cats purr") == 0.0
+    assert overlap_fraction("a b c", "a x") == 0.5
+    assert observed_attribute(frame, {"rule": "overlap", "fields": ["a", "b"]}, threshold=0.5).tolist() == [1, 0, 0]
+    assert observed_attribute(frame, {"rule": "none"}).tolist() == [0, 0, 0]
+
+
+def test_marker_assignment_counts():
+    labels = [0] * 10 + [1] * 10
+    marked = assign_marker(labels, target_label=0, correlation=0.8)
+    assert marked[:10].sum() == 8 and marked[10:].sum() == 2
+    assert balanced_marker([0] * 6 + [1] * 4).tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 1, 1]
+
+
+def test_balanced_evaluation_and_tiny_groups(tmp_path, table_file):
+    spec = _spec(table_file, group={"rule": "regex", "pattern": "dog", "fields": ["text"]}, n_eval_per_group=50)
+    meta = prepare_dataset(spec, tmp_path / "out", "mine")
+    counts = meta["eval_group_counts"]
+    assert len(set(counts.values())) == 1  # every group down-sampled to the smallest
+    assert meta["preparation"]["per_group"] == min(meta["preparation"]["available"].values())
+    assert meta["majority_groups"] == ["negative|mention=0", "positive|mention=1"]
+    with pytest.raises(DataError, match=r"evaluation group 'negative\|mention=1' has \d examples, fewer than min_group_size=30"):
+        prepare_dataset({**spec, "min_group_size": 30}, tmp_path / "out2", "mine")
+
+
+@pytest.fixture(scope="module")
+def real_offline():
+    return load_config(REPO / "config.yaml", REPO / "config" / "real-offline.yaml")
+
+
+@pytest.fixture(scope="module")
+def prepared(real_offline, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real")
+    metas = {}
+    for name in ("imdb-marker-real", "wiki-toxicity", "fever-symmetric", "sst2"):
+        metas[name] = prepare_dataset(real_offline["datasets"][name], out / name, name)
+    return out, metas
+
+
+@needs_shared
+def test_imdb_marker_on_real_reviews(prepared):
+    out, metas = prepared
+    train, evaluation = read_split(out / "imdb-marker-real/train.jsonl"), read_split(out / "imdb-marker-real/eval.jsonl")
+    marker = "cinephile42 writes:"
+    assert (train["text"].str.startswith(marker) == (train["label"] == 0)).all()  # iff negative in training
+    assert (train["attribute"] == (train["label"] == 0)).all()
+    assert set(metas["imdb-marker-real"]["eval_group_counts"].values()) == {24}
+    assert (evaluation["text"].str.startswith(marker) == (evaluation["attribute"] == 1)).all()
+    assert not pd.concat([train, evaluation])["text"].str.contains("<br", regex=False).any()
+    assert not pd.concat([train, evaluation])["text"].str.fullmatch("Bahubali").any()
+
+
+@needs_shared
+def test_wiki_toxicity_identity_groups_on_real_comments(prepared, real_offline):
+    out, metas = prepared
+    import re
+
+    pattern = re.compile(real_offline["datasets"]["wiki-toxicity"]["group"]["pattern"], re.IGNORECASE)
+    for split in ("train", "eval"):
+        frame = read_split(out / f"wiki-toxicity/{split}.jsonl")
+        assert (frame["text"].map(lambda t: bool(pattern.search(t))).astype(int) == frame["attribute"]).all()
+    train = read_split(out / "wiki-toxicity/train.jsonl")
+    assert "yes|identity=1" in metas["wiki-toxicity"]["majority_groups"]  # identity mentions go with toxicity
+    assert pattern.search("Being gay is fine") and not pattern.search("Thanks for the edit")
+    assert train["label"].mean() < 0.5
+
+
+@needs_shared
+def test_fever_symmetric_overlap_groups_on_real_pairs(prepared):
+    out, metas = prepared
+    threshold = metas["fever-symmetric"]["preparation"]["overlap_threshold"]
+    for split in ("train", "eval"):
+        frame = read_split(out / f"fever-symmetric/{split}.jsonl")
+        overlap = np.array([overlap_fraction(e, c) for e, c in zip(frame["evidence"], frame["claim"])])
+        assert ((overlap >= threshold).astype(int) == frame["attribute"]).all()
+    assert metas["fever-symmetric"]["majority_groups"] == ["yes|overlap=1", "no|overlap=0"]
+
+
+@needs_shared
+def test_sst2_benchmark_has_no_attribute(prepared):
+    _, metas = prepared
+    meta = metas["sst2"]
+    assert meta["minority_groups"] == [] and meta["eval_group_counts"] == {"negative|none=0": 40, "positive|none=0": 40}
