@@ -8,6 +8,8 @@ rule svd_cache:
         spectrum=layout.SVD_DIR + "/spectrum.json",
     params:
         include_embeddings=config["svd"]["include_embeddings"],
+        batch_size=config["svd"]["batch_size"],
+        runtime=config["runtime"],
     log:
         layout.LOGS + "/svd_cache/{model}/{dataset}/seed{seed}/{finetune}.log",
     threads: workflow.cores

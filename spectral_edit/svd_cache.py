@@ -22,11 +22,11 @@ from typing import Iterable
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path, write_json
+from .atomic import write_json
 from .errors import CheckpointMismatchError
+from .safetensors_stream import StreamingSafetensorsWriter
 
 log = logging.getLogger(__name__)
 
@@ -96,47 +96,111 @@ def svd_of_update(base: torch.Tensor, finetuned: torch.Tensor) -> tuple[torch.Te
     return u.float().contiguous(), s.float().contiguous(), vh.float().contiguous()
 
 
+def _svd_batch(deltas: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched thin SVD of a (b, m, n) stack: fp32 on a GPU, float64 on the CPU (cheap there)."""
+    if device.type == "cpu":
+        u, s, vh = torch.linalg.svd(deltas.double(), full_matrices=False)
+    else:
+        u, s, vh = torch.linalg.svd(deltas.to(device, torch.float32), full_matrices=False)
+    return u.float().cpu(), s.float().cpu(), vh.float().cpu()
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def batched_svds(
+    deltas: list[torch.Tensor], device: torch.device, batch_size: int
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dict]:
+    """SVDs of same-shape matrices, ``batch_size`` at a time on ``device``.
+
+    On out-of-memory the batch is halved and retried; a single matrix that still does not fit
+    goes to the CPU. Returns the factors in input order and what happened (for the log).
+    """
+    results: list = []
+    events = {"device": str(device), "batch_size": batch_size, "halvings": 0, "cpu_fallbacks": 0}
+    start, size = 0, max(1, batch_size)
+    while start < len(deltas):
+        chunk = deltas[start:start + size]
+        try:
+            u, s, vh = _svd_batch(torch.stack(chunk), device)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not _is_out_of_memory(error) or device.type == "cpu":
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if size > 1:
+                size = max(1, size // 2)
+                events["halvings"] += 1
+                log.warning("SVD out of memory on %s: batch size now %d", device, size)
+                continue
+            log.warning("SVD of one %s matrix does not fit on %s: computed on the CPU", tuple(chunk[0].shape), device)
+            events["cpu_fallbacks"] += 1
+            u, s, vh = _svd_batch(chunk[0][None], torch.device("cpu"))
+        results.extend(zip(u.unbind(0), s.unbind(0), vh.unbind(0)))
+        start += len(chunk)
+    events["final_batch_size"] = size
+    return [(u.contiguous(), s.contiguous(), vh.contiguous()) for u, s, vh in results], events
+
+
+def _shape_batches(names: list[str], shapes: dict[str, tuple], batch_size: int) -> list[list[str]]:
+    """Names grouped by shape, in runs of at most ``batch_size`` (order within a shape kept)."""
+    by_shape: dict[tuple, list[str]] = {}
+    for name in names:
+        by_shape.setdefault(tuple(shapes[name]), []).append(name)
+    return [group[i:i + batch_size] for group in by_shape.values() for i in range(0, len(group), batch_size)]
+
+
 def compute_svd_cache(
     base_weights: str | Path,
     finetuned_weights: str | Path,
     out_dir: str | Path,
     include_embeddings: bool = True,
     progress: bool = True,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
 ) -> dict:
-    """Decompose every selected dW and write factors.safetensors and spectrum.json."""
+    """Decompose every selected dW and write factors.safetensors and spectrum.json.
+
+    Memory is bounded by one batch: tensors are read lazily (``safe_open``) a batch of
+    same-shape matrices at a time and the factors are streamed to disk as they are computed,
+    so the base model, the fine-tuned model and all factors are never held at once.
+    """
+    device = torch.device(device)
     base_shapes, ft_shapes = tensor_shapes(base_weights), tensor_shapes(finetuned_weights)
     check_matching(base_shapes, ft_shapes)
     names = decomposed_names(base_shapes, include_embeddings)
     if not names:
         raise CheckpointMismatchError(f"no 2-D weight matrix to decompose in {base_weights}")
-    tensors: dict[str, torch.Tensor] = {}
-    matrices = []
+    batch_size = max(1, int(batch_size))
+    records: dict[str, dict] = {}
     ranks: dict[str, int] = {}
-    with safe_open(str(base_weights), framework="pt") as base, safe_open(str(finetuned_weights), framework="pt") as ft:
-        for name in tqdm(names, desc="svd", unit="matrix", disable=not progress, mininterval=5):
-            w_base, w_ft = base.get_tensor(name), ft.get_tensor(name)
-            u, s, vh = svd_of_update(w_base, w_ft)
-            tensors[f"U/{name}"], tensors[f"S/{name}"], tensors[f"Vh/{name}"] = u, s, vh
-            k90, frac90 = energy_fraction(s)
-            ranks[name] = numerical_rank(s, w_base, w_ft)
-            delta_norm = float(torch.linalg.vector_norm(s.double()))
-            base_norm = float(torch.linalg.vector_norm(w_base.double()))
-            matrices.append({
-                "name": name,
-                "shape": list(w_base.shape),
-                "rank": int(s.numel()),
-                "numerical_rank": ranks[name],
-                "energy90_components": k90,
-                "energy90_fraction": frac90,
-                "delta_frobenius": delta_norm,
-                "relative_update": delta_norm / base_norm if base_norm > 0 else math.nan,
-                "singular_values": [float(x) for x in s],
-            })
-        for name in sorted(set(ft_shapes) - set(names)):
-            tensors[f"finetuned/{name}"] = ft.get_tensor(name).contiguous()
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / "factors.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"decomposed": json.dumps(names), "numerical_rank": json.dumps(ranks)})
+    fallbacks = {"halvings": 0, "cpu_fallbacks": 0}
+    with StreamingSafetensorsWriter(out_dir / "factors.safetensors") as writer, \
+            safe_open(str(base_weights), framework="pt") as base, \
+            safe_open(str(finetuned_weights), framework="pt") as ft, \
+            tqdm(total=len(names), desc="svd", unit="matrix", disable=not progress, mininterval=5) as bar:
+        for batch in _shape_batches(names, base_shapes, batch_size):
+            pairs = [(base.get_tensor(name), ft.get_tensor(name)) for name in batch]
+            deltas = [(w_ft.double() - w_base.double()) if device.type == "cpu" else (w_ft.float() - w_base.float())
+                      for w_base, w_ft in pairs]
+            factors, events = batched_svds(deltas, device, batch_size)
+            del deltas
+            for key in fallbacks:
+                fallbacks[key] += events[key]
+            batch_size = events["final_batch_size"]  # keep a halved size for the next batches
+            for name, (w_base, w_ft), (u, s, vh) in zip(batch, pairs, factors):
+                writer.add(f"U/{name}", u)
+                writer.add(f"S/{name}", s)
+                writer.add(f"Vh/{name}", vh)
+                ranks[name] = numerical_rank(s, w_base, w_ft)
+                records[name] = _matrix_record(name, w_base, s, ranks[name])
+            bar.update(len(batch))
+        for name in sorted(set(ft_shapes) - set(names)):
+            writer.add(f"finetuned/{name}", ft.get_tensor(name))
+        writer.close({"decomposed": json.dumps(names), "numerical_rank": json.dumps(ranks)})
+    matrices = [records[name] for name in names]
     fractions = [m["energy90_fraction"] for m in matrices if not math.isnan(m["energy90_fraction"])]
     spectrum = {
         "include_embeddings": include_embeddings,
@@ -144,13 +208,34 @@ def compute_svd_cache(
         "n_matrices": len(matrices),
         "mean_energy90_fraction": float(np.mean(fractions)) if fractions else math.nan,
         "passthrough": sorted(set(ft_shapes) - set(names)),
+        "device": str(device),
+        "oom_batch_halvings": fallbacks["halvings"],
+        "oom_cpu_fallbacks": fallbacks["cpu_fallbacks"],
         "matrices": matrices,
     }
     write_json(out_dir / "spectrum.json", spectrum)
     log.info(
-        "SVD cache: %d matrices, mean 90%%-energy fraction %.3f", len(matrices), spectrum["mean_energy90_fraction"]
+        "SVD cache: %d matrices on %s, mean 90%%-energy fraction %.3f", len(matrices), device,
+        spectrum["mean_energy90_fraction"],
     )
     return spectrum
+
+
+def _matrix_record(name: str, w_base: torch.Tensor, s: torch.Tensor, numerical: int) -> dict:
+    k90, frac90 = energy_fraction(s)
+    delta_norm = float(torch.linalg.vector_norm(s.double()))
+    base_norm = float(torch.linalg.vector_norm(w_base.double()))
+    return {
+        "name": name,
+        "shape": list(w_base.shape),
+        "rank": int(s.numel()),
+        "numerical_rank": numerical,
+        "energy90_components": k90,
+        "energy90_fraction": frac90,
+        "delta_frobenius": delta_norm,
+        "relative_update": delta_norm / base_norm if base_norm > 0 else math.nan,
+        "singular_values": [float(x) for x in s],
+    }
 
 
 def cached_names(factors_path: str | Path) -> tuple[list[str], list[str]]:

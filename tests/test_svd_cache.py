@@ -106,3 +106,81 @@ def test_mismatched_checkpoints_are_named(tmp_path, tiny_base_dir):
     with pytest.raises(CheckpointMismatchError, match=r"up_proj.weight' has shape \(64, 32\) in the base"):
         compute_svd_cache(tiny_base_dir / "model.safetensors", tmp_path / "reshaped.safetensors", tmp_path / "b", progress=False)
     assert not (tmp_path / "a" / "factors.safetensors").exists()
+
+
+def test_streaming_writer_round_trips_through_safe_open(tmp_path):
+    from spectral_edit.safetensors_stream import StreamingSafetensorsWriter
+
+    tensors = {
+        "a": torch.randn(3, 5),
+        "b/c": torch.arange(7, dtype=torch.int64),
+        "half": torch.randn(4, dtype=torch.bfloat16),
+        "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+    }
+    writer = StreamingSafetensorsWriter(tmp_path / "x.safetensors")
+    for name, value in tensors.items():
+        writer.add(name, value)
+    assert not (tmp_path / "x.safetensors").exists()  # nothing under the final name before close
+    writer.close({"note": "streamed"})
+    loaded = load_file(tmp_path / "x.safetensors")
+    assert sorted(loaded) == sorted(tensors)
+    for name, value in tensors.items():
+        assert loaded[name].dtype == value.dtype
+        torch.testing.assert_close(loaded[name], value, rtol=0, atol=0)
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        assert f.metadata() == {"note": "streamed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]  # the data scratch file is gone
+
+
+def test_batch_size_does_not_change_the_cache(cache, tmp_path, tiny_base_dir, tiny_finetuned_dir):
+    out, _ = cache
+    compute_svd_cache(tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", tmp_path,
+                      progress=False, batch_size=8)
+    one, batched = load_file(out / "factors.safetensors"), load_file(tmp_path / "factors.safetensors")
+    assert sorted(one) == sorted(batched)
+    for name in one:
+        torch.testing.assert_close(batched[name], one[name], rtol=0, atol=0)
+
+
+def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(monkeypatch):
+    """The GPU path on a CPU machine: a fake device that runs out of memory above a batch size."""
+    import spectral_edit.svd_cache as svd_cache
+
+    real = svd_cache._svd_batch
+    calls = []
+
+    def svd_with_small_gpu(deltas, device):
+        calls.append((device.type, deltas.shape[0]))
+        if device.type != "cpu" and deltas.shape[0] > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(deltas, torch.device("cpu"))
+
+    monkeypatch.setattr(svd_cache, "_svd_batch", svd_with_small_gpu)
+    deltas = [torch.randn(6, 4, generator=torch.Generator().manual_seed(i)) for i in range(5)]
+    expected = [torch.linalg.svd(d.double(), full_matrices=False)[1].float() for d in deltas]
+
+    limit = 2
+    factors, events = svd_cache.batched_svds(deltas, torch.device("cuda"), batch_size=8)
+    assert events["halvings"] == 2 and events["final_batch_size"] == 2 and events["cpu_fallbacks"] == 0
+    assert calls[:3] == [("cuda", 5), ("cuda", 4), ("cuda", 2)]
+    for (u, s, vh), delta, s_expected in zip(factors, deltas, expected):
+        torch.testing.assert_close(s, s_expected)
+        torch.testing.assert_close((u * s) @ vh, delta, rtol=0, atol=1e-5)
+
+    limit, calls[:] = 0, []
+    factors, events = svd_cache.batched_svds(deltas, torch.device("cuda"), batch_size=4)
+    assert events["cpu_fallbacks"] == 5 and events["final_batch_size"] == 1
+    assert [c for c in calls if c[0] == "cpu"] == [("cpu", 1)] * 5
+    torch.testing.assert_close(factors[3][1], expected[3])
+
+
+def test_other_errors_are_not_taken_for_out_of_memory(monkeypatch):
+    import spectral_edit.svd_cache as svd_cache
+
+    def broken(deltas, device):
+        raise RuntimeError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(svd_cache, "_svd_batch", broken)
+    with pytest.raises(RuntimeError, match="failed to converge"):
+        svd_cache.batched_svds([torch.ones(2, 2)], torch.device("cuda"), batch_size=2)
