@@ -54,6 +54,13 @@ include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
 
 
+# Small bookkeeping jobs run where Snakemake runs, not as cluster jobs.
+localrules:
+    all,
+    aggregate,
+    figures,
+
+
 rule all:
     default_target: True
     input:

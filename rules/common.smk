@@ -3,23 +3,35 @@
 
 from spectral_edit.config import grid_cells, grid_finetunes, resolve_finetune, resolve_method
 from spectral_edit.figures import figure_names
+from spectral_edit.resources import rule_resources
 
 CONDA_ENV = "../envs/spectral-edit.yaml"
 
 
-def prompt_of(name):
-    """What fine-tuning and evaluation read from a dataset's config."""
+def prompt_of(name, evaluation=False):
+    """What fine-tuning (and calibration) or evaluation reads from a dataset's config.
+
+    Evaluation takes ``eval_prompt`` when set, so changing it reruns only the evaluations;
+    the resolved value is the param, so spelling out the default changes nothing.
+    """
     spec = config["datasets"][name]
     keys = ("prompt", "label_words", "max_text_tokens")
-    return {key: spec[key] for key in keys if key in spec}
+    prompt = {key: spec[key] for key in keys if key in spec}
+    if evaluation and "eval_prompt" in spec:
+        prompt["prompt"] = spec["eval_prompt"]
+    return prompt
 
 
 def dataset_prompt(wildcards):
     return prompt_of(wildcards.dataset)
 
 
+def evaluation_prompt(wildcards):
+    return prompt_of(wildcards.dataset, evaluation=True)
+
+
 def benchmark_prompt(wildcards):
-    return prompt_of(wildcards.benchmark)
+    return prompt_of(wildcards.benchmark, evaluation=True)
 
 
 def benchmark_data(wildcards):
@@ -29,7 +41,7 @@ def benchmark_data(wildcards):
 
 def method_of(wildcards):
     method, params = resolve_method(config, wildcards.method)
-    return {"name": method.name, "params": params}
+    return {"name": method.name, "params": params, "code": method.source_digest}
 
 
 def checkpoint_dirs(wildcards):
@@ -140,3 +152,28 @@ def diagnostic_figures(name):
     png = report(layout.DIAGNOSTICS_DIR + f"/{name}.png", caption=f"captions/{name}.rst", category="Diagnostics",
                  subcategory="{model} / {dataset} / seed {seed} / {finetune}")
     return [png, layout.DIAGNOSTICS_DIR + f"/{name}.pdf"]
+
+
+def cluster_resources(kind, with_recipe=False):
+    """Resources of a rule's jobs from the model's size (spectral_edit/resources.py).
+
+    A profile's set-resources overrides them per rule; a local run ignores gpu and runtime.
+    """
+
+    def pick(key):
+        def value(wildcards):
+            spec = config["models"][wildcards.model] if "model" in wildcards.keys() else {}
+            recipe = resolve_finetune(config, wildcards.finetune) if with_recipe else None
+            return rule_resources(kind, spec, config, recipe)[key]
+
+        return value
+
+    resources = {key: pick(key) for key in ("gpu", "mem_mb", "runtime", "cpus_per_task")}
+    if kind == "evaluate":
+        resources["cell_slots"] = 1  # see profiles/slurm: grouped cells run one at a time
+    return resources
+
+
+# On a cluster the evaluation cells of one fine-tuned checkpoint are submitted together: the
+# profile's group-components sets how many cells one SLURM job runs. Locally groups are inactive.
+CELL_GROUP = "cells_{model}_{dataset}_seed{seed}_{finetune}"

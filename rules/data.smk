@@ -5,7 +5,9 @@ rule prepare_dataset:
         eval=layout.DATA_DIR + "/eval.jsonl",
         meta=layout.DATA_DIR + "/meta.json",
     params:
-        spec=lambda w: config["datasets"][w.dataset],
+        # eval_prompt is read by the evaluation cells only; leaving it out keeps a change of it
+        # from rerunning the data and everything trained on it.
+        spec=lambda w: {k: v for k, v in config["datasets"][w.dataset].items() if k != "eval_prompt"},
     log:
         layout.LOGS + "/prepare_dataset/{dataset}.log",
     threads: 1

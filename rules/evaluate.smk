@@ -10,10 +10,14 @@ rule evaluate_edit:
         layout.CELL,
     params:
         method=method_of,
-        prompt=dataset_prompt,
+        prompt=evaluation_prompt,
         unedited_params=config["edit"]["unedited_params"],
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
+    resources:
+        **cluster_resources("evaluate"),
+    group:
+        CELL_GROUP
     log:
         layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}.log",
     threads: 1
@@ -33,9 +37,13 @@ rule evaluate_finetuned:
     output:
         layout.FINETUNED_CELL,
     params:
-        prompt=dataset_prompt,
+        prompt=evaluation_prompt,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
+    resources:
+        **cluster_resources("evaluate"),
+    group:
+        CELL_GROUP
     log:
         layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{finetune}/finetuned.log",
     threads: 1
@@ -55,9 +63,11 @@ rule evaluate_base:
     output:
         layout.BASE_CELL,
     params:
-        prompt=dataset_prompt,
+        prompt=evaluation_prompt,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
+    resources:
+        **cluster_resources("evaluate"),
     log:
         layout.LOGS + "/evaluate/{model}/{dataset}/base.log",
     threads: 1

@@ -12,6 +12,8 @@ rule finetune:
         recipe=lambda w: resolve_finetune(config, w.finetune),
         prompt=dataset_prompt,
         runtime=config["runtime"],
+    resources:
+        **cluster_resources("finetune", with_recipe=True),
     log:
         layout.LOGS + "/finetune/{model}/{dataset}/seed{seed}/{finetune}.log",
     threads: workflow.cores

@@ -5,6 +5,8 @@ rule base_model:
         weights=layout.BASE_MODEL_DIR + "/model.safetensors",
     params:
         spec=lambda w: config["models"][w.model],
+    resources:
+        **cluster_resources("base_model"),
     log:
         layout.LOGS + "/base_model/{model}.log",
     threads: 1

@@ -10,6 +10,8 @@ rule svd_cache:
         include_embeddings=config["svd"]["include_embeddings"],
         batch_size=config["svd"]["batch_size"],
         runtime=config["runtime"],
+    resources:
+        **cluster_resources("svd_cache"),
     log:
         layout.LOGS + "/svd_cache/{model}/{dataset}/seed{seed}/{finetune}.log",
     threads: workflow.cores
@@ -32,6 +34,8 @@ rule sensitivities:
         prompt=dataset_prompt,
         max_length=config["finetune"]["max_length"],
         runtime=config["runtime"],
+    resources:
+        **cluster_resources("sensitivities"),
     log:
         layout.LOGS + "/sensitivities/{model}/{dataset}/seed{seed}/{finetune}/ncal{ncal}.log",
     threads: workflow.cores

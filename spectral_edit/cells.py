@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Mapping
@@ -70,6 +72,8 @@ def evaluate_cell(
         "metrics": metrics,
         "runtime": {"device": str(device), "dtype": str(dtype).replace("torch.", "")},
         "seconds": time.time() - started,
+        # Where it ran: a cluster job id is provenance (and lets a test see grouped cells).
+        "job": {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname()},
         "examples": result["examples"],
     }
     write_json(out_path, record)

@@ -174,12 +174,15 @@ def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: boo
     from .data import text_fields  # local import: data pulls in datasets and pandas
 
     fields = set(text_fields(spec))
-    placeholders = set(_PLACEHOLDER.findall(spec["prompt"]))
-    if not placeholders & fields:
-        raise ConfigError(f"{where}.prompt: must contain a text field placeholder ({', '.join('{' + f + '}' for f in sorted(fields))})")
-    unknown = sorted(placeholders - fields)
-    if unknown:
-        raise ConfigError(f"{where}.prompt: placeholder {{{unknown[0]}}} is not a text field ({', '.join(sorted(fields))})")
+    for key in ("prompt", "eval_prompt"):
+        if key not in spec:
+            continue
+        placeholders = set(_PLACEHOLDER.findall(spec[key]))
+        if not placeholders & fields:
+            raise ConfigError(f"{where}.{key}: must contain a text field placeholder ({', '.join('{' + f + '}' for f in sorted(fields))})")
+        unknown = sorted(placeholders - fields)
+        if unknown:
+            raise ConfigError(f"{where}.{key}: placeholder {{{unknown[0]}}} is not a text field ({', '.join(sorted(fields))})")
     if source == "synthetic_reviews":
         if len(spec["label_words"]) != 2:
             raise ConfigError(

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .data import group_name
 from .metrics import group_metrics
 from .prompts import PromptFormatter, examples_of
+from .runtime import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,25 @@ def _final_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     if cap:  # Gemma-style soft-capping applies to the logits the model would return
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+def _batch_label_log_probs(model, decoder, encoded, index, pad_id, label_ids, device) -> np.ndarray:
+    width = max(len(encoded[i]) for i in index)
+    input_ids = torch.full((len(index), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(index), width), dtype=torch.long)
+    for row, i in enumerate(index):
+        ids = encoded[i]
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        mask[row, width - len(ids):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = decoder(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        use_cache=False,
+    ).last_hidden_state[:, -1]
+    log_probs = torch.log_softmax(_final_logits(model, hidden).float(), dim=-1)
+    return log_probs[:, label_ids].double().cpu().numpy()
 
 
 @torch.no_grad()
@@ -39,7 +59,8 @@ def label_log_probs(
 
     Prompts are left-padded so the answer position is the last column; position ids follow
     the attention mask so padding does not shift positions. Only the decoder runs over all
-    tokens; the LM head runs on one position per example.
+    tokens; the LM head runs on one position per example. ``batch_size`` is halved on
+    out-of-memory until the batch fits.
     """
     encoded = [formatter.prompt_ids(example) for example in examples]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding per batch
@@ -50,25 +71,24 @@ def label_log_probs(
     label_ids = torch.tensor(formatter.label_token_ids, device=device)
     decoder = model.base_model
     out = np.zeros((len(examples), len(label_ids)), dtype=np.float64)
-    batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, mininterval=5):
-        index = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in index)
-        input_ids = torch.full((len(index), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(index), width), dtype=torch.long)
-        for row, i in enumerate(index):
-            ids = encoded[i]
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            mask[row, width - len(ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = decoder(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            use_cache=False,
-        ).last_hidden_state[:, -1]
-        log_probs = torch.log_softmax(_final_logits(model, hidden).float(), dim=-1)
-        out[index] = log_probs[:, label_ids].double().cpu().numpy()
+    # The configured batch size is a ceiling: on out-of-memory the batch is halved and retried,
+    # so one setting works from a laptop CPU to a large GPU.
+    size, start = max(1, batch_size), 0
+    with tqdm(total=len(order), desc="evaluate", unit="example", disable=not progress, mininterval=5) as bar:
+        while start < len(order):
+            index = order[start:start + size]
+            try:
+                out[index] = _batch_label_log_probs(model, decoder, encoded, index, pad_id, label_ids, device)
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not is_out_of_memory(error) or size == 1:
+                    raise
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                size //= 2
+                log.warning("evaluation out of memory on %s: batch size now %d", device, size)
+                continue
+            start += len(index)
+            bar.update(len(index))
     return out
 
 

@@ -20,7 +20,11 @@ edits and evaluation treat all recipes alike.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +57,49 @@ class _LossToLog(TrainerCallback):
                 entry["learning_rate"] = float(logs["learning_rate"])
             self.history.append(entry)
             log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, entry["loss"])
+
+
+CHECKPOINT_DIR = ".checkpoints"
+_COMPLETE_MARKER = "checkpoint-complete.json"
+
+
+class _MarkCheckpointComplete(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer has written all of it.
+
+    The Trainer writes ``checkpoint-N`` file by file; a job killed mid-save leaves a partial
+    directory. Resuming only from marked checkpoints makes the save atomic in effect.
+    """
+
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+
+    def on_save(self, args, state, control, **kwargs):
+        directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if directory.is_dir():
+            write_json(directory / _COMPLETE_MARKER, {"step": state.global_step, "fingerprint": self.fingerprint})
+            log.info("checkpoint at step %d", state.global_step)
+
+
+def newest_complete_checkpoint(directory: str | Path, fingerprint: str) -> Path | None:
+    """The latest marked checkpoint of this exact run (same fingerprint), or None."""
+    found = []
+    for path in Path(directory).glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        marker = path / _COMPLETE_MARKER
+        if match and marker.is_file():
+            try:
+                if json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+                    found.append((int(match.group(1)), path))
+            except json.JSONDecodeError:
+                continue
+    return max(found)[1] if found else None
+
+
+def run_fingerprint(train_path: str | Path, dataset_spec: Mapping, hyper: Mapping, seed: int, recipe: Mapping) -> str:
+    """What a checkpoint must match to be resumed: the data, the prompt, the recipe and the seed."""
+    digest = hashlib.sha256(Path(train_path).read_bytes())
+    digest.update(json.dumps([dict(dataset_spec), dict(hyper), int(seed), dict(recipe)], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 def build_training_dataset(formatter: PromptFormatter, train_path: str | Path, max_length: int) -> datasets.Dataset:
@@ -158,10 +205,15 @@ def finetune(
     progress: bool = True,
     recipe: Mapping | None = None,
     runtime: Mapping | None = None,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Fine-tune the base model in ``base_dir`` and save it (with train_log.json) to ``out_dir``.
 
     ``recipe`` is a resolved fine-tuning recipe (kind and its keys); None means full SFT.
+    ``checkpoint_every`` > 0 saves a resumable checkpoint (weights, optimizer, scheduler, RNG
+    states) under ``out_dir/.checkpoints`` every that many steps; a rerun of the same run
+    resumes from the newest complete one and ends with the same weights as an uninterrupted
+    run. The checkpoints are deleted once the final model is saved.
     """
     recipe = dict(recipe or {"kind": "full"})
     tokenizer = load_tokenizer(base_dir)
@@ -171,9 +223,17 @@ def finetune(
     use_cuda = device.type == "cuda"
     losses = _LossToLog()
     started = time.time()
+    checkpoint_every = int(checkpoint_every or 0)
+    fingerprint = run_fingerprint(train_path, dataset_spec, hyper, seed, recipe)
+    checkpoints = Path(out_dir) / CHECKPOINT_DIR
+    resume_from = newest_complete_checkpoint(checkpoints, fingerprint) if checkpoint_every > 0 else None
+    if checkpoint_every > 0 and resume_from is None and checkpoints.exists():
+        shutil.rmtree(checkpoints)  # another run's or only partial checkpoints
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
     with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
         args = TrainingArguments(
-            output_dir=scratch,
+            output_dir=str(checkpoints) if checkpoint_every > 0 else scratch,
             max_steps=int(hyper["steps"]),
             per_device_train_batch_size=int(hyper["batch_size"]),
             gradient_accumulation_steps=int(hyper.get("gradient_accumulation_steps", 1)),
@@ -186,7 +246,10 @@ def finetune(
             max_grad_norm=float(hyper.get("max_grad_norm", 1.0)),
             optim="adamw_torch",
             logging_steps=1,
-            save_strategy="no",
+            save_strategy="steps" if checkpoint_every > 0 else "no",
+            save_steps=max(checkpoint_every, 1),
+            save_total_limit=2,
+            save_only_model=False,
             report_to="none",
             seed=int(seed),
             data_seed=int(seed),
@@ -208,9 +271,15 @@ def finetune(
             args=args,
             train_dataset=train_set,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-            callbacks=[losses],
+            callbacks=[losses, _MarkCheckpointComplete(fingerprint)],
         )
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        # The Trainer's history includes the steps before a resume (restored from the checkpoint).
+        curve = [
+            {"step": int(e["step"]), "loss": float(e["loss"]),
+             **({"learning_rate": float(e["learning_rate"])} if "learning_rate" in e else {})}
+            for e in trainer.state.log_history if "loss" in e
+        ]
     model = _merge_recipe(trainable, recipe)
     model.eval()
     train_log = {
@@ -220,17 +289,19 @@ def finetune(
         **recipe_info,
         "train_examples": len(train_set),
         "epochs": float(result.metrics.get("epoch", 0.0)),
-        "final_loss": losses.history[-1]["loss"] if losses.history else None,
+        "final_loss": curve[-1]["loss"] if curve else None,
         "mean_train_loss": float(result.training_loss),
         "seconds": time.time() - started,
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
-        "loss_curve": losses.history,
+        "loss_curve": curve,
+        "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
     }
     with atomic_directory_files(out_dir, last=("model.safetensors",)) as scratch_out:
         model.save_pretrained(scratch_out)
         tokenizer.save_pretrained(scratch_out)
         write_json(Path(scratch_out) / "train_log.json", train_log)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("fine-tuned (%s) in %.0f s, final loss %s", recipe.get("kind"), train_log["seconds"], train_log["final_loss"])
     return train_log

@@ -31,3 +31,9 @@ def resolve(runtime: Mapping | None = None) -> tuple[torch.device, torch.dtype]:
     if dtype_name not in DTYPES:
         raise ConfigError(f"config: runtime.dtype: unknown dtype {dtype_name!r} (known: auto, {', '.join(DTYPES)})")
     return device, DTYPES[dtype_name]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA out-of-memory (its own exception type) or an allocator failure reported as RuntimeError."""
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text

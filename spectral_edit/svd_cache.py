@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .atomic import write_json
 from .errors import CheckpointMismatchError
 from .safetensors_stream import StreamingSafetensorsWriter
+from .runtime import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,6 @@ def _svd_batch(deltas: torch.Tensor, device: torch.device) -> tuple[torch.Tensor
     return u.float().cpu(), s.float().cpu(), vh.float().cpu()
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
 def batched_svds(
     deltas: list[torch.Tensor], device: torch.device, batch_size: int
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dict]:
@@ -125,7 +122,7 @@ def batched_svds(
         try:
             u, s, vh = _svd_batch(torch.stack(chunk), device)
         except (torch.OutOfMemoryError, RuntimeError) as error:
-            if not _is_out_of_memory(error) or device.type == "cpu":
+            if not is_out_of_memory(error) or device.type == "cpu":
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()

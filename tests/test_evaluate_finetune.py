@@ -49,6 +49,37 @@ def test_batched_scores_equal_one_by_one_and_full_forward(tiny_base_dir, formatt
     np.testing.assert_allclose(batched[1], expected, atol=1e-5)
 
 
+def test_evaluation_halves_the_batch_on_out_of_memory(tiny_base_dir, formatter):
+    model = load_model(tiny_base_dir)
+    texts = [f"Review number {i} with some words." * (1 + i % 3) for i in range(7)]
+    reference = label_log_probs(model, formatter, texts, batch_size=2, progress=False)
+    decoder = model.model
+    seen = []
+
+    def oom_above_two(module, args, kwargs):
+        seen.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    handle = decoder.register_forward_pre_hook(oom_above_two, with_kwargs=True)
+    try:
+        scores = label_log_probs(model, formatter, texts, batch_size=8, progress=False)
+    finally:
+        handle.remove()
+    assert seen[:3] == [7, 4, 2]  # 8 (capped at the 7 examples), then halved twice
+    np.testing.assert_allclose(scores, reference, atol=1e-6)
+
+
+def test_evaluation_reraises_errors_that_are_not_out_of_memory(tiny_base_dir, formatter):
+    model = load_model(tiny_base_dir)
+    handle = model.model.register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    try:
+        with pytest.raises(RuntimeError, match="shape mismatch"):
+            label_log_probs(model, formatter, ["a", "b"], batch_size=2, progress=False)
+    finally:
+        handle.remove()
+
+
 def test_evaluate_model_reports_groups(tiny_base_dir, tiny_data_dir, formatter):
     result = evaluate_model(load_model(tiny_base_dir), formatter, read_split(tiny_data_dir / "eval.jsonl"),
                             read_meta(tiny_data_dir / "meta.json"), batch_size=8, progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,23 +20,24 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = REPO / "tests" / "tiny_config.yaml"
 
 
-def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: bool = True,
+              snakefile: Path = REPO / "Snakefile", env: dict | None = None) -> subprocess.CompletedProcess:
     configfiles = [str(TINY)]
     if overlay is not None:
         extra = workdir / "overlay.yaml"
         extra.write_text(yaml.safe_dump(overlay))
         configfiles.append(str(extra))
-    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+    command = [SNAKEMAKE, "-s", str(snakefile), "-d", str(workdir), "--cores", "2",
                "--configfile", *configfiles, *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
 
 
-def planned_jobs(workdir: Path, overlay: dict | None = None) -> dict[str, int]:
+def planned_jobs(workdir: Path, overlay: dict | None = None, **kwargs) -> dict[str, int]:
     """Rule -> job count of a dry run (empty when nothing is to be done)."""
-    result = snakemake(workdir, "-n", overlay=overlay)
+    result = snakemake(workdir, "-n", overlay=overlay, **kwargs)
     text = result.stdout + result.stderr
     if "Nothing to be done" in text:
         return {}
@@ -98,6 +100,48 @@ def test_changing_a_finetune_hyperparameter_reruns_it_and_its_dependants(workdir
         "evaluate_edit": len(grid["methods"]) * len(grid["retentions"]),
         "aggregate": 1, "figures": 1, "all": 1,
     }
+
+
+def test_changing_one_methods_parameters_reruns_only_its_cells(workdir):
+    grid = yaml.safe_load(TINY.read_text())["grid"]
+    overlay = {"method_variants": {"random_k": {"method": "random_k", "seed_offset": 5}}}
+    assert planned_jobs(workdir, overlay) == {"evaluate_edit": len(grid["retentions"]), "aggregate": 1, "figures": 1, "all": 1}
+    # Spelling out the defaults is no change.
+    same = {"method_variants": {"random_k": {"method": "random_k", "seed_offset": 0}}}
+    assert planned_jobs(workdir, same) == {}
+
+
+def test_editing_one_methods_file_reruns_only_its_cells(workdir, tmp_path):
+    """A copy of the workflow and package; editing bottom_k.py in it replans bottom_k's cells."""
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for part in ("Snakefile", "config.yaml", "rules", "workflow_scripts", "envs", "spectral_edit"):
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, copy / part)
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    kwargs = {"snakefile": copy / "Snakefile", "env": env}
+    assert planned_jobs(workdir, **kwargs) == {}  # the copy itself changes nothing
+    method_file = copy / "spectral_edit" / "methods" / "bottom_k.py"
+    method_file.write_text(method_file.read_text() + "\n# an edit of the method's code\n")
+    grid = yaml.safe_load(TINY.read_text())["grid"]
+    assert planned_jobs(workdir, **kwargs) == {"evaluate_edit": len(grid["retentions"]), "aggregate": 1, "figures": 1, "all": 1}
+    result = snakemake(workdir, "-n", "--summary", **kwargs)  # which cells: bottom_k's only
+    stale = [line.split("\t")[0] for line in result.stdout.splitlines() if "update pending" in line or "params changed" in line]
+    assert stale and all("/bottom_k/" in path or not path.startswith("results/cells") for path in stale)
+
+
+def test_changing_the_evaluation_prompt_reruns_evaluations_only(workdir):
+    grid = yaml.safe_load(TINY.read_text())["grid"]
+    overlay = {"datasets": {"tiny-reviews": {"eval_prompt": "Film review: {text}\nSentiment?"}}}
+    assert planned_jobs(workdir, overlay) == {
+        "evaluate_edit": len(grid["methods"]) * len(grid["retentions"]), "evaluate_finetuned": 1, "evaluate_base": 1,
+        "aggregate": 1, "figures": 1, "all": 1,
+    }
+    training_prompt = yaml.safe_load(TINY.read_text())["datasets"]["tiny-reviews"]["prompt"]
+    assert planned_jobs(workdir, {"datasets": {"tiny-reviews": {"eval_prompt": training_prompt}}}) == {}
 
 
 @pytest.mark.parametrize("overlay, extra_jobs", [

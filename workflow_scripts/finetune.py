@@ -12,4 +12,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
         seed=int(snakemake.wildcards.seed),
         recipe=recipe,
         runtime=snakemake.params.runtime,
+        # Read from the config, not a param: how often to checkpoint does not change the
+        # result, so changing it must not rerun the fine-tune.
+        checkpoint_every=snakemake.config["checkpoint"]["every_steps"],
     )

@@ -11,11 +11,14 @@ every module here is imported on first use, so adding a method is adding one fil
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import math
 import pkgutil
 from dataclasses import dataclass, field
 import re
+from pathlib import Path
 from typing import Callable, Mapping, Tuple, Union
 
 import torch
@@ -66,6 +69,14 @@ class SpectralMethod:
     summary: str
     needs: tuple[str, ...] = ()  # extra inputs, e.g. ("sensitivities",)
     check: Callable[[Mapping[str, object]], None] | None = None  # raises ValueError on bad params
+
+    @property
+    def source_digest(self) -> str:
+        """SHA-256 (16 hex digits) of the method's own file: a param of its cells, so editing
+        that file reruns this method's cells and no others (Snakemake's code trigger sees only
+        the rule's script, which every method shares)."""
+        path = inspect.getsourcefile(self.edit)
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
     def resolve_params(self, given: Mapping[str, object], where: str) -> dict:
         unknown = sorted(set(given) - set(self.defaults))
