@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -195,6 +196,29 @@ def _merge_recipe(model: torch.nn.Module, recipe: Mapping) -> torch.nn.Module:
     return model.merge_and_unload()
 
 
+def _count_fsdp_units(model: torch.nn.Module) -> int:
+    """Modules sharded by FSDP (FSDP2's FSDPModule or FSDP1's wrapper); 0 for a plain model."""
+    kinds = []
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+        kinds = [FSDPModule, FullyShardedDataParallel]
+    except ImportError:  # torch built without distributed support
+        return 0
+    return sum(isinstance(module, tuple(kinds)) for module in model.modules())
+
+
+def _unwrapped_with_state(base_dir, recipe: Mapping, state: Mapping) -> torch.nn.Module:
+    """A fresh (recipe-wrapped) model holding ``state``, the gathered weights of an FSDP run."""
+    model = load_model(base_dir)
+    trainable, _ = _wrap_for_recipe(model, recipe)
+    missing, unexpected = trainable.load_state_dict(dict(state), strict=False)
+    # Tied weights (lm_head = embed_tokens) may be gathered once; anything else is an error.
+    missing = [name for name in missing if not name.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"FSDP state dict does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return trainable
+
+
 def finetune(
     base_dir: str | Path,
     train_path: str | Path,
@@ -206,6 +230,7 @@ def finetune(
     recipe: Mapping | None = None,
     runtime: Mapping | None = None,
     checkpoint_every: int = 0,
+    gradient_checkpointing: bool | None = None,
 ) -> dict:
     """Fine-tune the base model in ``base_dir`` and save it (with train_log.json) to ``out_dir``.
 
@@ -214,8 +239,23 @@ def finetune(
     states) under ``out_dir/.checkpoints`` every that many steps; a rerun of the same run
     resumes from the newest complete one and ends with the same weights as an uninterrupted
     run. The checkpoints are deleted once the final model is saved.
+
+    Under ``torchrun`` (WORLD_SIZE > 1; see ``spectral_edit.distributed``) the model is sharded
+    over the GPUs with FSDP (full shard, one unit per decoder layer; CPU processes train
+    data-parallel instead, see below) and every process takes
+    batch_size / world_size examples of each step, so the global batch and the loss curve are
+    those of one process; only rank 0 writes the output. ``gradient_checkpointing`` defaults
+    to on when sharded.
     """
     recipe = dict(recipe or {"kind": "full"})
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    sharded = world_size > 1
+    batch_size = int(hyper["batch_size"])
+    if sharded and batch_size % world_size:
+        raise ConfigError(f"config: finetune.batch_size {batch_size} is not divisible by the {world_size} processes")
+    if gradient_checkpointing is None:
+        gradient_checkpointing = sharded
     tokenizer = load_tokenizer(base_dir)
     formatter = formatter_for(tokenizer, dataset_spec)
     train_set = build_training_dataset(formatter, train_path, int(hyper.get("max_length", 512)))
@@ -235,7 +275,7 @@ def finetune(
         args = TrainingArguments(
             output_dir=str(checkpoints) if checkpoint_every > 0 else scratch,
             max_steps=int(hyper["steps"]),
-            per_device_train_batch_size=int(hyper["batch_size"]),
+            per_device_train_batch_size=batch_size // world_size,
             gradient_accumulation_steps=int(hyper.get("gradient_accumulation_steps", 1)),
             learning_rate=float(hyper["learning_rate"]),
             lr_scheduler_type=hyper.get("lr_scheduler", "linear"),
@@ -259,7 +299,19 @@ def finetune(
             bf16=use_cuda and dtype == torch.bfloat16,
             fp16=use_cuda and dtype == torch.float16,
             dataloader_num_workers=0,
-            disable_tqdm=not progress,
+            disable_tqdm=not progress or rank != 0,
+            # Several GPUs: FSDP2 through accelerate, one unit per decoder layer (the model's
+            # _no_split_modules), with FSDP's own activation checkpointing. Several CPU processes
+            # (the tests, gloo): accelerate has no FSDP for CPU processes (it enables it only for
+            # multi-accelerator types), so they train data-parallel with the same batch split,
+            # loss averaging and gathering of the final weights.
+            activation_checkpointing=bool(gradient_checkpointing) and not (sharded and use_cuda),
+            fsdp=True if sharded and use_cuda else None,
+            fsdp_config={
+                "version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                "activation_checkpointing": bool(gradient_checkpointing), "state_dict_type": "FULL_STATE_DICT",
+            } if sharded and use_cuda else None,
+            ddp_backend=("nccl" if use_cuda else "gloo") if sharded else None,
         )
         # The model is built after TrainingArguments: full_determinism re-seeds at creation,
         # so LoRA's random initialisation depends on the seed alone.
@@ -280,6 +332,14 @@ def finetune(
              **({"learning_rate": float(e["learning_rate"])} if "learning_rate" in e else {})}
             for e in trainer.state.log_history if "loss" in e
         ]
+        fsdp_units = _count_fsdp_units(trainer.model_wrapped)
+        if sharded:
+            log.info("trained in %d processes (%s), %d FSDP units", world_size, type(trainer.model_wrapped).__name__, fsdp_units)
+            # The full (unsharded) weights, gathered on rank 0; the other ranks are done.
+            full_state = trainer.accelerator.get_state_dict(trainer.model)
+            if rank != 0:
+                return {}
+            trainable = _unwrapped_with_state(base_dir, recipe, full_state)
     model = _merge_recipe(trainable, recipe)
     model.eval()
     train_log = {
@@ -295,6 +355,10 @@ def finetune(
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
+        "processes": world_size,
+        "parallelism": type(trainer.model_wrapped).__name__ if sharded else None,
+        "fsdp_units": fsdp_units,
+        "gradient_checkpointing": bool(gradient_checkpointing),
         "loss_curve": curve,
         "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
     }

@@ -1,9 +1,11 @@
+from spectral_edit.distributed import launch_finetune
 from spectral_edit.finetune import finetune
 from spectral_edit.jobs import job_logging
+from spectral_edit.runtime import resolve as resolve_runtime
 
 with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
     recipe = dict(snakemake.params.recipe)
-    finetune(
+    arguments = dict(
         base_dir=snakemake.input.base_weights.rsplit("/", 1)[0],
         train_path=snakemake.input.train,
         out_dir=snakemake.output.weights.rsplit("/", 1)[0],
@@ -16,3 +18,11 @@ with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
         # result, so changing it must not rerun the fine-tune.
         checkpoint_every=snakemake.config["checkpoint"]["every_steps"],
     )
+    gpus = int(getattr(snakemake.resources, "gpu", 0) or 0)
+    device, _ = resolve_runtime(snakemake.params.runtime)
+    if gpus > 1 and device.type == "cuda":
+        # A model whose full SFT does not fit one GPU (spectral_edit.resources): one process
+        # per GPU under torchrun, sharded with FSDP; per-rank logs beside this job's log.
+        launch_finetune(gpus, arguments, log_dir=snakemake.log[0] + ".ranks")
+    else:
+        finetune(**arguments)

@@ -1,0 +1,188 @@
+"""Benchmarks of the workflow's costs, printed as figures (nothing here asserts a time).
+
+Run after the main job (``snakemake --cores 2``) so the embedded default's base model,
+fine-tuned checkpoint, SVD cache and evaluation split exist under ``results/``:
+
+    .venv/bin/python bench/run.py
+
+It prints four figures, each measured side by side in this one run:
+
+1. one edit-and-evaluate cell from the cached SVD against the same cell when the SVD of every
+   dW has to be computed for it (ratio of wall times; the cell metrics must be identical);
+2. evaluation throughput of ``spectral_edit.evaluate`` (left-padded batches, LM head at the
+   answer position only) against a straightforward ``transformers`` loop over the same prompts
+   (one full forward pass per prompt), with the number of identical predictions;
+3. peak resident memory of the SVD stage (a child process) against the size of one model's
+   weights, net of the memory of a child that only imports the same modules;
+4. wall time of ``snakemake -n --configfile config/paper.yaml`` (planning the paper's grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from spectral_edit import layout  # noqa: E402
+from spectral_edit.cells import evaluate_cell  # noqa: E402
+from spectral_edit.config import load_config  # noqa: E402
+from spectral_edit.data import read_meta, read_split  # noqa: E402
+from spectral_edit.evaluate import label_log_probs  # noqa: E402
+from spectral_edit.models import load_model, load_tokenizer  # noqa: E402
+from spectral_edit.prompts import examples_of, formatter_for  # noqa: E402
+from spectral_edit.svd_cache import compute_svd_cache  # noqa: E402
+
+# Child process of figure 3: runs the SVD stage (or only the imports) and reports its peak RSS.
+_SVD_CHILD = """
+import json, resource, sys
+from spectral_edit.svd_cache import compute_svd_cache
+base, finetuned, out, include_embeddings, run = sys.argv[1:6]
+if run == "1":
+    compute_svd_cache(base, finetuned, out, include_embeddings=include_embeddings == "1", progress=False)
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _paths(workdir: Path, config: dict) -> dict:
+    grid = config["grid"]
+    keys = {"model": grid["models"][0], "dataset": grid["datasets"][0], "seed": grid["seeds"][0], "finetune": "full"}
+    paths = {
+        "base": workdir / layout.BASE_MODEL_DIR.format(**keys),
+        "finetuned": workdir / layout.FINETUNE_DIR.format(**keys),
+        "svd": workdir / layout.SVD_DIR.format(**keys),
+        "data": workdir / layout.DATA_DIR.format(**keys),
+    }
+    needed = [paths["base"] / "model.safetensors", paths["finetuned"] / "model.safetensors",
+              paths["svd"] / "factors.safetensors", paths["data"] / "eval.jsonl"]
+    for path in needed:
+        if not path.is_file():
+            sys.exit(f"bench: {path} is missing: run the main job (snakemake --cores 2) first")
+    return {**paths, "keys": keys}
+
+
+def cell_from_cache_vs_recomputed_svd(paths: dict, config: dict, retention: float, scratch: Path) -> None:
+    keys = paths["keys"]
+    spec = config["datasets"][keys["dataset"]]
+
+    def cell(factors: Path, out: Path) -> dict:
+        return evaluate_cell(
+            model_dir=paths["base"], eval_path=paths["data"] / "eval.jsonl", meta_path=paths["data"] / "meta.json",
+            dataset_spec=spec, out_path=out, cell={**keys, "method": "top_k", "retention": retention},
+            edit={"factors": str(factors), "method": "top_k", "params": {}, "retention": retention,
+                  "seed": keys["seed"], "unedited_params": config["edit"]["unedited_params"]},
+            batch_size=config["evaluation"]["batch_size"], progress=False, runtime=config["runtime"],
+        )
+
+    started = time.perf_counter()
+    cached = cell(paths["svd"] / "factors.safetensors", scratch / "cached.json")
+    t_cached = time.perf_counter() - started
+
+    started = time.perf_counter()
+    compute_svd_cache(paths["base"] / "model.safetensors", paths["finetuned"] / "model.safetensors", scratch / "svd",
+                      include_embeddings=config["svd"]["include_embeddings"], progress=False)
+    t_svd = time.perf_counter() - started
+    started = time.perf_counter()
+    recomputed = cell(scratch / "svd" / "factors.safetensors", scratch / "recomputed.json")
+    t_after_svd = time.perf_counter() - started
+    same = cached["metrics"] == recomputed["metrics"]
+    print(f"[1] top_k cell at retention {retention}: {t_cached:.1f} s from the SVD cache; "
+          f"{t_svd + t_after_svd:.1f} s recomputing the SVD for it ({t_svd:.1f} s SVD + {t_after_svd:.1f} s cell) "
+          f"-> cache speed-up {(t_svd + t_after_svd) / t_cached:.1f}x; identical metrics: {same}")
+
+
+def evaluation_throughput(paths: dict, config: dict, n_examples: int) -> None:
+    keys = paths["keys"]
+    spec = config["datasets"][keys["dataset"]]
+    model = load_model(paths["finetuned"])
+    formatter = formatter_for(load_tokenizer(paths["finetuned"]), spec)
+    frame = read_split(paths["data"] / "eval.jsonl").head(n_examples)
+    examples = examples_of(frame, read_meta(paths["data"] / "meta.json").get("text_fields", ["text"]))
+    threads = torch.get_num_threads()
+
+    started = time.perf_counter()
+    ours = label_log_probs(model, formatter, examples, config["evaluation"]["batch_size"], progress=False)
+    t_ours = time.perf_counter() - started
+
+    # The straightforward way: the model's own forward pass on each prompt, full logits.
+    label_ids = formatter.label_token_ids
+    plain = np.zeros_like(ours)
+    started = time.perf_counter()
+    with torch.no_grad():
+        for i, example in enumerate(examples):
+            logits = model(input_ids=torch.tensor([formatter.prompt_ids(example)])).logits[0, -1]
+            plain[i] = torch.log_softmax(logits, -1)[label_ids].double().numpy()
+    t_plain = time.perf_counter() - started
+    same = int((ours.argmax(1) == plain.argmax(1)).sum())
+    print(f"[2] evaluation of {len(examples)} prompts ({threads} threads): {len(examples) / t_ours:.2f} examples/s batched "
+          f"(batch {config['evaluation']['batch_size']}) vs {len(examples) / t_plain:.2f} examples/s plain transformers "
+          f"-> {t_plain / t_ours:.2f}x; identical predictions {same}/{len(examples)}, "
+          f"max |log p difference| {np.abs(ours - plain).max():.1e}")
+
+
+def svd_stage_peak_memory(paths: dict, config: dict, scratch: Path) -> None:
+    def child(run: bool) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", _SVD_CHILD, str(paths["base"] / "model.safetensors"),
+             str(paths["finetuned"] / "model.safetensors"), str(scratch / "svd-memory"),
+             "1" if config["svd"]["include_embeddings"] else "0", "1" if run else "0"],
+            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+    imports_only, svd_stage = child(False), child(True)
+    model_mb = (paths["finetuned"] / "model.safetensors").stat().st_size / 2**20
+    factors_mb = (scratch / "svd-memory" / "factors.safetensors").stat().st_size / 2**20
+    net = svd_stage - imports_only
+    print(f"[3] SVD stage peak RSS {svd_stage:.0f} MB, of which {net:.0f} MB above the imports ({imports_only:.0f} MB); "
+          f"one model's weights {model_mb:.0f} MB, all factors {factors_mb:.0f} MB "
+          f"-> peak / model size {net / model_mb:.2f} (holding both models and the factors: "
+          f"{(2 * model_mb + factors_mb) / model_mb:.2f})")
+
+
+def paper_grid_dry_run() -> None:
+    with tempfile.TemporaryDirectory() as workdir:
+        started = time.perf_counter()
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", workdir, "-n",
+             "--configfile", str(REPO / "config" / "paper.yaml")],
+            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        )
+        elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"bench: the paper grid dry run failed:\n{result.stderr[-2000:]}")
+    total = next(line.split()[-1] for line in result.stdout.splitlines() if line.startswith("total"))
+    print(f"[4] snakemake -n --configfile config/paper.yaml: {elapsed:.1f} s wall to plan {total} jobs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=REPO, help="where the main job wrote results/ (default: the repo)")
+    parser.add_argument("--configfile", type=Path, nargs="+", default=[REPO / "config.yaml"],
+                        help="as given to snakemake: config.yaml and any overlays")
+    parser.add_argument("--retention", type=float, default=0.2)
+    parser.add_argument("--examples", type=int, default=160, help="prompts in the throughput comparison")
+    args = parser.parse_args()
+    config = load_config(*args.configfile)
+    paths = _paths(args.workdir, config)
+    print(f"bench: {paths['keys']} in {args.workdir}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        cell_from_cache_vs_recomputed_svd(paths, config, args.retention, scratch)
+        evaluation_throughput(paths, config, args.examples)
+        svd_stage_peak_memory(paths, config, scratch)
+    paper_grid_dry_run()
+
+
+if __name__ == "__main__":
+    main()
