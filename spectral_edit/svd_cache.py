@@ -77,6 +77,12 @@ def energy_fraction(singular_values: torch.Tensor | np.ndarray, level: float = E
     return k, k / len(s)
 
 
+def _noise_floor(shape: tuple[int, int], base_norm: float, finetuned_norm: float) -> float:
+    m, n = shape
+    rms = max(base_norm, finetuned_norm) / math.sqrt(m * n)
+    return torch.finfo(torch.float32).eps * rms * (math.sqrt(m) + math.sqrt(n))
+
+
 def numerical_rank(singular_values: torch.Tensor, base: torch.Tensor, finetuned: torch.Tensor) -> int:
     """Components above the fp32 rounding noise of W_ft - W_base.
 
@@ -84,10 +90,12 @@ def numerical_rank(singular_values: torch.Tensor, base: torch.Tensor, finetuned:
     eps * |W| per entry; a noise matrix of that size has singular values up to about
     eps * rms(W) * (sqrt(m) + sqrt(n)). A LoRA update of rank r has r components above it.
     """
-    m, n = base.shape
-    rms = max(float(base.double().pow(2).mean().sqrt()), float(finetuned.double().pow(2).mean().sqrt()))
-    floor = torch.finfo(torch.float32).eps * rms * (math.sqrt(m) + math.sqrt(n))
+    floor = _noise_floor(tuple(base.shape), _norm(base), _norm(finetuned))
     return int((singular_values > floor).sum())
+
+
+def _norm(tensor: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(tensor, dtype=torch.float64))
 
 
 def svd_of_update(base: torch.Tensor, finetuned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,7 +128,7 @@ def batched_svds(
     while start < len(deltas):
         chunk = deltas[start:start + size]
         try:
-            u, s, vh = _svd_batch(torch.stack(chunk), device)
+            u, s, vh = _svd_batch(chunk[0][None] if len(chunk) == 1 else torch.stack(chunk), device)
         except (torch.OutOfMemoryError, RuntimeError) as error:
             if not is_out_of_memory(error) or device.type == "cpu":
                 raise
@@ -179,20 +187,26 @@ def compute_svd_cache(
             safe_open(str(finetuned_weights), framework="pt") as ft, \
             tqdm(total=len(names), desc="svd", unit="matrix", disable=not progress, mininterval=5) as bar:
         for batch in _shape_batches(names, base_shapes, batch_size):
-            pairs = [(base.get_tensor(name), ft.get_tensor(name)) for name in batch]
-            deltas = [(w_ft.double() - w_base.double()) if device.type == "cpu" else (w_ft.float() - w_base.float())
-                      for w_base, w_ft in pairs]
+            # Only the norms of W_base and W_ft are needed after the difference: each pair is
+            # dropped as soon as its dW exists, so a batch holds dW and its factors, not the weights.
+            deltas, norms = [], []
+            for name in batch:
+                w_base, w_ft = base.get_tensor(name), ft.get_tensor(name)
+                norms.append((tuple(w_base.shape), _norm(w_base), _norm(w_ft)))
+                deltas.append(w_ft.double() - w_base.double() if device.type == "cpu" else w_ft.float() - w_base.float())
+                del w_base, w_ft
             factors, events = batched_svds(deltas, device, batch_size)
             del deltas
             for key in fallbacks:
                 fallbacks[key] += events[key]
             batch_size = events["final_batch_size"]  # keep a halved size for the next batches
-            for name, (w_base, w_ft), (u, s, vh) in zip(batch, pairs, factors):
+            for name, (shape, base_norm, ft_norm), (u, s, vh) in zip(batch, norms, factors):
                 writer.add(f"U/{name}", u)
                 writer.add(f"S/{name}", s)
                 writer.add(f"Vh/{name}", vh)
-                ranks[name] = numerical_rank(s, w_base, w_ft)
-                records[name] = _matrix_record(name, w_base, s, ranks[name])
+                ranks[name] = int((s > _noise_floor(shape, base_norm, ft_norm)).sum())
+                records[name] = _matrix_record(name, shape, base_norm, s, ranks[name])
+            del factors
             bar.update(len(batch))
         for name in sorted(set(ft_shapes) - set(names)):
             writer.add(f"finetuned/{name}", ft.get_tensor(name))
@@ -218,13 +232,12 @@ def compute_svd_cache(
     return spectrum
 
 
-def _matrix_record(name: str, w_base: torch.Tensor, s: torch.Tensor, numerical: int) -> dict:
+def _matrix_record(name: str, shape: tuple[int, int], base_norm: float, s: torch.Tensor, numerical: int) -> dict:
     k90, frac90 = energy_fraction(s)
     delta_norm = float(torch.linalg.vector_norm(s.double()))
-    base_norm = float(torch.linalg.vector_norm(w_base.double()))
     return {
         "name": name,
-        "shape": list(w_base.shape),
+        "shape": list(shape),
         "rank": int(s.numel()),
         "numerical_rank": numerical,
         "energy90_components": k90,
