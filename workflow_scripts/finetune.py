@@ -1,3 +1,5 @@
+import torch
+
 from spectral_edit.distributed import launch_finetune
 from spectral_edit.finetune import finetune
 from spectral_edit.jobs import job_logging
@@ -18,8 +20,9 @@ with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
         # result, so changing it must not rerun the fine-tune.
         checkpoint_every=snakemake.config["checkpoint"]["every_steps"],
     )
-    gpus = int(getattr(snakemake.resources, "gpu", 0) or 0)
     device, _ = resolve_runtime(snakemake.params.runtime)
+    # The GPUs the job asked for, as far as this machine has them (a local run may have fewer).
+    gpus = min(int(getattr(snakemake.resources, "gpu", 0) or 0), torch.cuda.device_count())
     if gpus > 1 and device.type == "cuda":
         # A model whose full SFT does not fit one GPU (spectral_edit.resources): one process
         # per GPU under torchrun, sharded with FSDP; per-rank logs beside this job's log.
