@@ -76,7 +76,8 @@ class _MarkCheckpointComplete(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if directory.is_dir():
+        # Rank 0 writes the weights and optimizer state, so it is the one that can say "complete".
+        if state.is_world_process_zero and directory.is_dir():
             write_json(directory / _COMPLETE_MARKER, {"step": state.global_step, "fingerprint": self.fingerprint})
             log.info("checkpoint at step %d", state.global_step)
 
@@ -267,8 +268,8 @@ def finetune(
     fingerprint = run_fingerprint(train_path, dataset_spec, hyper, seed, recipe)
     checkpoints = Path(out_dir) / CHECKPOINT_DIR
     resume_from = newest_complete_checkpoint(checkpoints, fingerprint) if checkpoint_every > 0 else None
-    if checkpoint_every > 0 and resume_from is None and checkpoints.exists():
-        shutil.rmtree(checkpoints)  # another run's or only partial checkpoints
+    if checkpoint_every > 0 and resume_from is None and checkpoints.exists() and rank == 0:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # another run's or only partial checkpoints
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
