@@ -99,10 +99,9 @@ def _norm(tensor: torch.Tensor) -> float:
 
 
 def svd_of_update(base: torch.Tensor, finetuned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of finetuned - base, computed in float64 and returned as float32."""
-    delta = finetuned.double() - base.double()
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    return u.float().contiguous(), s.float().contiguous(), vh.float().contiguous()
+    """Thin SVD of finetuned - base, computed in float64 and returned as float32 (the cache's way)."""
+    u, s, vh = _svd_batch((finetuned.double() - base.double())[None], torch.device("cpu"))
+    return u[0].contiguous(), s[0].contiguous(), vh[0].contiguous()
 
 
 def _svd_batch(deltas: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

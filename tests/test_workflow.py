@@ -271,15 +271,59 @@ def test_wrong_label_values_in_a_users_file_fail_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_the_paper_grid_plans_offline():
-    import time
+def _planned_jobs_with_resources(text: str) -> list[dict]:
+    """Every job block of a dry run: rule, wildcards, resources, and the group it is in."""
+    jobs, group = [], None
+    for block in re.split(r"\n(?=[ \t]*\[\w{3} \w{3} [^\]]+\])", text):
+        header = re.search(r"Group job (\S+)", block)
+        if header:
+            group = header.group(1)
+            continue
+        rule = re.search(r"^\s*(?:local)?rule (\w+):", block, flags=re.M)
+        if not rule:
+            continue
+        fields = {}
+        for key in ("wildcards", "resources"):
+            line = re.search(rf"^\s*{key}: (.*)$", block, flags=re.M)
+            fields[key] = dict(part.split("=", 1) for part in line.group(1).split(", ")) if line else {}
+        grouped = block.startswith("    ")  # the jobs of a group are indented under its header
+        jobs.append({"rule": rule.group(1), **fields, "group": group if grouped else None})
+    return jobs
 
-    started = time.time()
-    result = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(REPO), "-n", "--configfile",
-                             str(REPO / "config" / "paper.yaml")], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+
+def test_the_paper_grid_plans_offline_through_the_slurm_profile(tmp_path):
+    """The issue's acceptance: the paper grid planned with GPU resources and grouped cells."""
+    result = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
+                             "--profile", str(REPO / "profiles" / "slurm"),
+                             "--configfile", str(REPO / "config" / "paper.yaml")], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     plan = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", result.stdout.split("Job stats:", 1)[1], flags=re.M))
     assert int(plan["finetune"]) == 3 * 5 * 3 * (1 + 6)  # models x datasets x seeds x (full + controls)
     assert int(plan["evaluate_edit"]) == 3 * 5 * 3 * (3 * 7 + 9)
-    print(f"paper grid planned in {time.time() - started:.1f} s: {plan['total']} jobs")
+
+    jobs = _planned_jobs_with_resources(result.stdout + "\n" + result.stderr)
+    finetunes = [j for j in jobs if j["rule"] == "finetune"]
+    assert len(finetunes) == int(plan["finetune"])
+    gpus = {(j["wildcards"]["model"], j["wildcards"]["finetune"].split("-")[0]): int(j["resources"]["gpu"]) for j in finetunes}
+    assert gpus[("qwen2.5-7b", "full")] == 2  # 16 B/parameter x 7.6e9 x 1.25 > one 80 GB GPU
+    assert gpus[("qwen2.5-0.5b", "full")] == gpus[("qwen2.5-7b", "lora")] == 1
+    for rule in ("svd_cache", "sensitivities", "evaluate_edit", "evaluate_finetuned"):
+        assert all(int(j["resources"]["gpu"]) == 1 for j in jobs if j["rule"] == rule), rule
+    assert all(int(j["resources"].get("gpu", 0)) == 0 for j in jobs if j["rule"] in ("base_model", "prepare_dataset"))
+    big = next(j for j in finetunes if j["wildcards"]["model"] == "qwen2.5-7b" and j["wildcards"]["finetune"] == "full")
+    small = next(j for j in finetunes if j["wildcards"]["model"] == "qwen2.5-0.5b" and j["wildcards"]["finetune"] == "full")
+    assert int(big["resources"]["mem_mb"]) > int(small["resources"]["mem_mb"])
+    assert int(big["resources"]["runtime"]) > int(small["resources"]["runtime"])
+
+    # Every fine-tuned model's cells are grouped by checkpoint; nothing else is.
+    cells = [j for j in jobs if j["rule"] in ("evaluate_edit", "evaluate_finetuned", "evaluate_heldout_edit",
+                                              "evaluate_heldout_finetuned")]
+    assert cells and all(j["group"] for j in cells)
+    for job in cells:
+        w = job["wildcards"]
+        assert job["group"] == f"cells_{w['model']}_{w['dataset']}_seed{w['seed']}_{w['finetune']}"
+    assert not any(j["group"] for j in jobs if j not in cells)
+    groups = len(re.findall(r"Group job ", result.stdout + result.stderr))
+    assert int(plan["finetune"]) <= groups < len(cells) / 5
+    print(f"paper grid: {plan['total']} jobs, {groups} grouped SLURM jobs for {len(cells)} cells")
