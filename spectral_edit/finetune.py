@@ -199,13 +199,11 @@ def _merge_recipe(model: torch.nn.Module, recipe: Mapping) -> torch.nn.Module:
 
 def _count_fsdp_units(model: torch.nn.Module) -> int:
     """Modules sharded by FSDP (FSDP2's FSDPModule or FSDP1's wrapper); 0 for a plain model."""
-    kinds = []
     try:
         from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-        kinds = [FSDPModule, FullyShardedDataParallel]
     except ImportError:  # torch built without distributed support
         return 0
-    return sum(isinstance(module, tuple(kinds)) for module in model.modules())
+    return sum(isinstance(module, (FSDPModule, FullyShardedDataParallel)) for module in model.modules())
 
 
 def _unwrapped_with_state(base_dir, recipe: Mapping, state: Mapping) -> torch.nn.Module:
