@@ -17,9 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from .errors import ConfigError
+
 
 def launch_finetune(n_processes: int, arguments: Mapping, log_dir: str | Path | None = None) -> None:
     """Run ``finetune(**arguments)`` in ``n_processes`` processes; raises if any of them fails."""
+    batch_size = int(arguments["hyper"]["batch_size"])
+    if batch_size % n_processes:  # said here in one line, before any process starts
+        raise ConfigError(f"config: finetune.batch_size {batch_size} is not divisible by the {n_processes} processes")
     with tempfile.TemporaryDirectory(prefix="finetune-launch-") as scratch:
         args_file = Path(scratch) / "arguments.json"
         args_file.write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in arguments.items()}))

@@ -45,3 +45,6 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, tin
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="batch_size 8 is not divisible by the 3 processes"):
         finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path / "out", TINY_DATASET, TINY_HYPER, seed=0, progress=False)
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(ConfigError, match="batch_size 8 is not divisible by the 3 processes"):
+        launch_finetune(3, {"hyper": TINY_HYPER})  # refused before any process starts
