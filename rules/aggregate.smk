@@ -4,12 +4,14 @@ rule aggregate:
         cells=all_cells(),
         references=reference_cells(),
         heldout=heldout_cells(),
+        metas=expand(layout.DATA_DIR + "/meta.json", dataset=config["grid"]["datasets"]),
     output:
         cells=layout.TABLES_DIR + "/cells.csv",
         summary=report(layout.TABLES_DIR + "/summary.csv", caption="captions/summary.rst", category="Tables"),
         summary_md=layout.TABLES_DIR + "/summary.md",
         table1=report(layout.TABLES_DIR + "/table1.csv", caption="captions/table1.rst", category="Tables"),
         table1_md=layout.TABLES_DIR + "/table1.md",
+        regimes=layout.TABLES_DIR + "/regimes.csv",
         comparisons=report(layout.TABLES_DIR + "/comparisons.csv", caption="captions/comparisons.rst", category="Tables"),
         heldout=layout.TABLES_DIR + "/heldout.csv",
         repair=layout.TABLES_DIR + "/repair.csv",
@@ -33,6 +35,7 @@ rule figures:
         cells=rules.aggregate.output.cells,
         summary=rules.aggregate.output.summary,
         table1=rules.aggregate.output.table1,
+        regimes=rules.aggregate.output.regimes,
         repair_summary=rules.aggregate.output.repair_summary,
         spectra=[entry["path"] for entry in all_spectra()],
     output:

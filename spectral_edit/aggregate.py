@@ -8,12 +8,9 @@ reference recipe, full SFT by default) and the base model:
     normalised_gap  = gap / |gap_ft|                          (1 = FT, 0 = no gap)
     acc_ft_to_base  = (acc - acc_ft) / (acc_base - acc_ft)    (0 = FT, 1 = base)
     gap_ft_to_base  = (gap - gap_ft) / (gap_base - gap_ft)    (0 = FT, 1 = base)
-A ratio whose denominator is 0 is NaN.
-
-Table 1 (Shortcuts in the Tail, Sec. 3.1): per (model, dataset) and method, the sweet spot is
-the retention r* whose seed-mean bias reduction is largest among the retentions whose
-seed-mean accuracy loss is below the no-cost bound (2 pp by default); ties go to the larger
-retention. The table reports its bias reduction (mean +/- std over seeds) and r*.
+A ratio whose denominator is 0 is NaN. Every number gets a bootstrap interval from the cells'
+per-example scores (``{name}_lo``, ``{name}_hi``; spectral_edit/intervals.py), and every
+edited cell an exact McNemar test against its FT. Table 1 and the regimes: spectral_edit/table1.py.
 """
 
 from __future__ import annotations
@@ -25,6 +22,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+
+from .intervals import STATISTICS, GroupDesign, align, bootstrap_intervals, mcnemar_exact
+from .table1 import NoCostZone, regimes, sweet_spots, table1_markdown
 
 KEYS = ["model", "dataset", "seed", "finetune", "method", "retention"]
 METRICS = ["accuracy", "accuracy_majority", "accuracy_minority", "gap", "worst_group_accuracy"]
@@ -44,6 +44,7 @@ def load_cells(paths: Iterable[str | Path]) -> pd.DataFrame:
         for key in ("kept_components", "total_components", "energy_kept_fraction"):
             row[key] = edit.get(key)
         row["n_eval"] = metrics["n"]
+        row["_examples"] = record.get("examples")
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame["retention"] = pd.to_numeric(frame["retention"], errors="coerce")
@@ -96,8 +97,98 @@ def add_reference_columns(cells: pd.DataFrame, controls: Iterable[str] = (), ref
     return frame.drop(columns="_order").reset_index(drop=True)
 
 
-def summarise(cells: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of every metric, per (model, dataset, finetune, method, retention)."""
+# --- intervals --------------------------------------------------------------------------
+
+
+class _Scores:
+    """Per-example correctness of every cell, aligned per dataset, and the group design."""
+
+    def __init__(self, cells: pd.DataFrame, metas: Mapping[str, Mapping]):
+        self.design: dict[str, GroupDesign] = {}
+        self.order: dict[str, list[str]] = {}
+        for dataset, rows in cells.groupby("dataset", sort=False):
+            if dataset not in metas:
+                raise ValueError(f"no meta.json given for dataset {dataset!r}: its majority and minority groups are unknown")
+            first = next((e for e in rows["_examples"] if e), None)
+            if first is None:
+                raise ValueError(f"the cells of dataset {dataset!r} store no per-example scores")
+            self.order[dataset] = [str(e["id"]) for e in first]
+            meta = metas[dataset]
+            self.design[dataset] = GroupDesign.from_examples(
+                [e["group"] for e in first], meta["majority_groups"], meta["minority_groups"]
+            )
+
+    def correct(self, row) -> np.ndarray:
+        return align(row["_examples"], self.order[row["dataset"]])
+
+
+def _reference_rows(cells: pd.DataFrame):
+    """Lookups of the FT rows by (model, dataset, seed, recipe) and the base rows by (model, dataset)."""
+    ft = {(r["model"], r["dataset"], int(r["seed"]), r["finetune"]): r for _, r in cells[cells["method"] == "finetuned"].iterrows()}
+    base = {(r["model"], r["dataset"]): r for _, r in cells[cells["method"] == "base"].iterrows()}
+    return ft, base
+
+
+def _compared_rows(rows: pd.DataFrame, cells: pd.DataFrame, scores: _Scores, ft_rows, base_rows):
+    """(edit, FT, base) correctness for a set of rows of one (model, dataset, recipe, method,
+    retention): one row per seed; the base is compared with every seed of the reference FT."""
+    first = rows.iloc[0]
+    base_row = base_rows.get((first["model"], first["dataset"]))
+    if base_row is None:
+        return None
+    base = scores.correct(base_row)
+    if first["method"] == "base":
+        seeds = sorted(seed for (model, dataset, seed, recipe) in ft_rows
+                       if (model, dataset, recipe) == (first["model"], first["dataset"], first["reference"]))
+        edit = np.tile(base, (len(seeds), 1))
+    else:
+        seeds = sorted(int(s) for s in rows["seed"])
+        by_seed = {int(r["seed"]): r for _, r in rows.iterrows()}
+        edit = np.array([scores.correct(by_seed[s]) for s in seeds])
+    ft = [ft_rows.get((first["model"], first["dataset"], s, first["reference"])) for s in seeds]
+    if not seeds or any(r is None for r in ft):
+        return None
+    return edit, np.array([scores.correct(r) for r in ft]), base
+
+
+def _interval_columns(intervals: Mapping[str, tuple[float, float]] | None) -> dict:
+    out = {}
+    for name in STATISTICS:
+        low, high = intervals[name] if intervals else (math.nan, math.nan)
+        out[f"{name}_lo"], out[f"{name}_hi"] = low, high
+    return out
+
+
+def _mcnemar_columns(edit: np.ndarray, ft: np.ndarray) -> dict:
+    """Exact McNemar test; with several seeds, the discordant counts are summed over seeds."""
+    b = c = 0
+    for e, f in zip(edit, ft):
+        result = mcnemar_exact(e.astype(bool), f.astype(bool))
+        b, c = b + result["mcnemar_b"], c + result["mcnemar_c"]
+    pooled = mcnemar_exact([True] * b + [False] * c, [False] * b + [True] * c)
+    return pooled
+
+
+def add_cell_intervals(cells: pd.DataFrame, scores: _Scores, bootstrap: Mapping) -> pd.DataFrame:
+    """Per row (one cell, one seed): intervals of every statistic, and McNemar against its FT."""
+    ft_rows, base_rows = _reference_rows(cells)
+    extra = []
+    for index, row in cells.iterrows():
+        compared = _compared_rows(cells.loc[[index]], cells, scores, ft_rows, base_rows)
+        values = _interval_columns(None)
+        if compared is not None:
+            edit, ft, base = compared
+            values = _interval_columns(bootstrap_intervals(edit, ft, base, scores.design[row["dataset"]], **bootstrap))
+            if row["method"] not in REFERENCE_METHODS:
+                values.update(_mcnemar_columns(edit, ft))
+        extra.append(values)
+    return pd.concat([cells, pd.DataFrame(extra, index=cells.index)], axis=1)
+
+
+def summarise(cells: pd.DataFrame, scores: _Scores | None = None, bootstrap: Mapping | None = None) -> pd.DataFrame:
+    """Mean and std over seeds of every metric, per (model, dataset, finetune, method, retention),
+    with bootstrap intervals of the seed means and, for FT rows, of FT accuracy minus base
+    accuracy (``ft_gain``, pp) that decides the regime."""
     columns = METRICS + DERIVED + ["acc_ft", "gap_ft", "acc_base", "gap_base", "energy_kept_fraction"]
     columns = [c for c in columns if c in cells]
     keys = ["model", "dataset", "finetune", "reference", "method", "retention"]
@@ -109,64 +200,62 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
     ordered = keys + ["n_seeds"]
     for column in columns:
         ordered += [f"{column}_mean", f"{column}_std"]
-    return summary[ordered]
+    summary = summary[ordered]
+    if scores is None:
+        return summary
+    ft_rows, base_rows = _reference_rows(cells)
+    extra = []
+    for _, rows in grouped:
+        compared = _compared_rows(rows, cells, scores, ft_rows, base_rows)
+        values = _interval_columns(None)
+        values.update(ft_gain_mean=math.nan, ft_gain_lo=math.nan, ft_gain_hi=math.nan)
+        if compared is not None:
+            edit, ft, base = compared
+            design = scores.design[rows.iloc[0]["dataset"]]
+            values.update(_interval_columns(bootstrap_intervals(edit, ft, base, design, **bootstrap)))
+            method = rows.iloc[0]["method"]
+            if method not in REFERENCE_METHODS:
+                values.update(_mcnemar_columns(edit, ft))
+            if method == "finetuned":
+                own = np.array([scores.correct(r) for _, r in rows.sort_values("seed").iterrows()])
+                gain = bootstrap_intervals(np.tile(base, (len(own), 1)), own, base, design, **bootstrap)["accuracy_loss"]
+                values.update(ft_gain_mean=100 * float(own.mean() - base.mean()), ft_gain_lo=gain[0], ft_gain_hi=gain[1])
+        extra.append(values)
+    return pd.concat([summary, pd.DataFrame(extra, index=summary.index)], axis=1)
 
 
-def summary_markdown(summary: pd.DataFrame) -> str:
-    """Every (model, dataset, finetune, method, setting) with mean ± std over seeds."""
+def summary_markdown(summary: pd.DataFrame, level: float = 0.95) -> str:
+    """Every (model, dataset, finetune, method, setting): seed mean with its interval."""
     header = ["model", "dataset", "fine-tune", "method", "retention", "accuracy", "gap", "worst group",
-              "bias red. %", "acc. loss pp", "seeds"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+              "bias red. %", "acc. loss pp", "McNemar p", "seeds"]
+    lines = [
+        f"Seed means with {100 * level:g} % bootstrap intervals over the evaluation examples "
+        "(stratified by group, paired with the fine-tuned model); McNemar: exact test against the "
+        "fine-tuned model, discordant examples summed over seeds.",
+        "",
+        "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+    ]
     for _, row in summary.iterrows():
         retention = "" if pd.isna(row["retention"]) else f"{100 * row['retention']:g}%"
+        p = row.get("mcnemar_p", math.nan)
         lines.append("| " + " | ".join([
             str(row["model"]), str(row["dataset"]), "" if pd.isna(row["finetune"]) else str(row["finetune"]),
             str(row["method"]), retention,
-            _pm(row["accuracy_mean"], row["accuracy_std"], 3), _pm(row["gap_mean"], row["gap_std"], 3),
-            _pm(row["worst_group_accuracy_mean"], row["worst_group_accuracy_std"], 3),
-            _pm(row["bias_reduction_mean"], row["bias_reduction_std"]),
-            _pm(row["accuracy_loss_mean"], row["accuracy_loss_std"]), str(int(row["n_seeds"])),
+            _ci(row, "accuracy", 3), _ci(row, "gap", 3), _ci(row, "worst_group_accuracy", 3),
+            _ci(row, "bias_reduction"), _ci(row, "accuracy_loss"),
+            "" if pd.isna(p) else f"{p:.3g}", str(int(row["n_seeds"])),
         ]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def sweet_spots(cells: pd.DataFrame, no_cost_pp: float = 2.0) -> pd.DataFrame:
-    """Table 1: per (model, dataset, method with a retention), the in-zone maximum."""
-    rows = []
-    edited = cells[~cells["method"].isin(REFERENCE_METHODS) & cells["retention"].notna()]
-    for (model, dataset, finetune, method), group in edited.groupby(["model", "dataset", "finetune", "method"], sort=False):
-        per_r = group.groupby("retention")[["bias_reduction", "accuracy_loss"]].agg(["mean", "std"])
-        per_r = per_r.sort_index(ascending=False)
-        in_zone = per_r[per_r[("accuracy_loss", "mean")] < no_cost_pp]
-        in_zone = in_zone[in_zone[("bias_reduction", "mean")].notna()]
-        refs = group.iloc[0]
-        row = {
-            "model": model,
-            "dataset": dataset,
-            "finetune": finetune,
-            "method": method,
-            "n_seeds": int(group["seed"].nunique()),
-            "gap_ft": float(group.groupby("seed")["gap_ft"].first().mean()),
-            "acc_ft": float(group.groupby("seed")["acc_ft"].first().mean()),
-            "gap_base": float(refs["gap_base"]),
-            "acc_base": float(refs["acc_base"]),
-            "r_star": math.nan,
-            "bias_reduction_mean": math.nan,
-            "bias_reduction_std": math.nan,
-            "accuracy_loss_mean": math.nan,
-            "accuracy_loss_std": math.nan,
-        }
-        if len(in_zone):
-            best = in_zone[("bias_reduction", "mean")].idxmax()
-            row.update(
-                r_star=float(best),
-                bias_reduction_mean=float(per_r.loc[best, ("bias_reduction", "mean")]),
-                bias_reduction_std=float(per_r.loc[best, ("bias_reduction", "std")]),
-                accuracy_loss_mean=float(per_r.loc[best, ("accuracy_loss", "mean")]),
-                accuracy_loss_std=float(per_r.loc[best, ("accuracy_loss", "std")]),
-            )
-        rows.append(row)
-    return pd.DataFrame(rows)
+def _ci(row, name: str, digits: int = 1) -> str:
+    mean = row.get(f"{name}_mean", math.nan)
+    if pd.isna(mean):
+        return "n/a"
+    low, high = row.get(f"{name}_lo", math.nan), row.get(f"{name}_hi", math.nan)
+    if pd.isna(low) or pd.isna(high):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _pm(mean: float, std: float, digits: int = 1) -> str:
@@ -175,36 +264,6 @@ def _pm(mean: float, std: float, digits: int = 1) -> str:
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def table1_markdown(table1: pd.DataFrame, no_cost_pp: float, headline_method: str) -> str:
-    """Markdown Table 1: one row per (model, dataset, fine-tune), one column per method."""
-    methods = [headline_method] + sorted(set(table1["method"]) - {headline_method})
-    header = ["model", "dataset", "fine-tune", "FT acc", "FT gap", "base acc", "base gap"]
-    header += [f"{m}: bias red. % (r*)" for m in methods]
-    lines = [
-        f"Table 1: bias reduction at the sweet-spot retention r* (largest seed-mean reduction with "
-        f"accuracy loss < {no_cost_pp:g} pp; mean ± std over seeds; n/a: no retention in the zone).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for (model, dataset, finetune), group in table1.groupby(["model", "dataset", "finetune"], sort=False):
-        first = group.iloc[0]
-        cells = [model, dataset, finetune, f"{first['acc_ft']:.3f}", f"{first['gap_ft']:.3f}",
-                 f"{first['acc_base']:.3f}", f"{first['gap_base']:.3f}"]
-        for method in methods:
-            match = group[group["method"] == method]
-            if match.empty:
-                cells.append("")
-                continue
-            row = match.iloc[0]
-            value = _pm(row["bias_reduction_mean"], row["bias_reduction_std"])
-            if not math.isnan(row["r_star"]):
-                value += f" ({100 * row['r_star']:g}%)"
-            cells.append(value)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def repair_markdown(summary: pd.DataFrame, tolerance_pp: float) -> str:
@@ -228,30 +287,47 @@ def repair_markdown(summary: pd.DataFrame, tolerance_pp: float) -> str:
 
 
 def build_tables(cell_paths: Iterable[str | Path], analysis: Mapping, controls: Iterable[str] = (),
-                 heldout_paths: Iterable[str | Path] = ()) -> dict[str, object]:
+                 heldout_paths: Iterable[str | Path] = (), metas: Mapping[str, str | Path | Mapping] = ()) -> dict[str, object]:
     """All tables from the cell files: cells, summary, Table 1 with the method comparison, and the
-    held-out benchmarks with their repair scores (each frame with a markdown rendering)."""
+    held-out benchmarks with their repair scores (each frame with a markdown rendering).
+
+    ``metas`` maps every dataset to its prepared meta.json (a path or its content): its majority
+    and minority groups define the gap that the intervals resample.
+    """
     from .repair import load_heldout, repair_table, summarise_repair
     from .stats import compare_methods, comparisons_markdown, method_scores
 
     controls = list(controls)
+    metas = {name: m if isinstance(m, Mapping) else json.loads(Path(m).read_text()) for name, m in dict(metas).items()}
     reference = analysis.get("reference_finetune", "full")
+    bootstrap = {"n_resamples": 2000, "seed": 0, "level": 0.95}
+    given = analysis.get("bootstrap") or {}
+    bootstrap.update({k: given[k] for k in ("seed", "level") if k in given})
+    if "resamples" in given:
+        bootstrap["n_resamples"] = int(given["resamples"])
     cells = add_reference_columns(load_cells(cell_paths), controls, reference)
-    no_cost = float(analysis.get("no_cost_pp", 2.0))
-    table1 = sweet_spots(cells, no_cost)
+    scores = _Scores(cells, metas)
+    cells = add_cell_intervals(cells, scores, bootstrap)
+    summary = summarise(cells, scores, bootstrap)
+    zone = NoCostZone.from_analysis(analysis)
+    regime_table = regimes(summary, analysis)
+    table1 = sweet_spots(summary, zone, regime_table)
     headline = analysis.get("sweet_spot_method", "top_k")
-    summary = summarise(cells)
-    comparisons = compare_methods(method_scores(cells, table1, no_cost, controls), headline)
+    trajectories = summary[summary["method"].isin([headline, "finetuned", "base"])]
+    natural = regime_table[regime_table["regime"] == "natural"]
+    comparisons = compare_methods(method_scores(cells, table1, zone, controls, natural), headline)
     heldout = load_heldout(heldout_paths)
     tolerance = float(analysis.get("heldout_tolerance_pp", 1.0))
     repair = repair_table(heldout, cells, tolerance)
     repair_summary = summarise_repair(repair)
     return {
-        "cells": cells,
+        "cells": cells.drop(columns="_examples"),
         "summary": summary,
-        "summary_md": summary_markdown(summary),
+        "summary_md": summary_markdown(summary, bootstrap["level"]),
         "table1": table1,
-        "table1_md": table1_markdown(table1, no_cost, headline) + "\n" + comparisons_markdown(comparisons, headline),
+        "regimes": regime_table,
+        "table1_md": table1_markdown(table1, trajectories, zone, headline, bootstrap["level"]) + "\n"
+        + comparisons_markdown(comparisons, headline),
         "comparisons": comparisons,
         "heldout": heldout,
         "repair": repair,

@@ -1,7 +1,8 @@
 """The papers' figures, drawn from the aggregated tables and the SVD spectra.
 
 trajectory          accuracy loss vs bias reduction, parametric in retention, for every method
-                    with a retention; no-cost zone shaded, sweet spots ringed (Shortcuts Fig. 2)
+                    with a retention; no-cost zone shaded, sweet spots ringed (Shortcuts Fig. 2);
+                    datasets in the boundary regime in panels of their own (App. A)
 retention_sweep     accuracy and gap vs retention, rescaled FT -> base (Fig. 3/6)
 method_comparison   every method side by side: normalised gap vs retention (methods without a
                     retention as horizontal lines), and accuracy vs gap with the fixed-setting
@@ -14,7 +15,9 @@ layer_subsets       (with the layer-subset methods) |gap| when only one subset o
                     truncated, against the fine-tuned and base levels (Fig. 9)
 recovery_preservation  (with held-out benchmarks) % healed on the damaged partition against
                     % preserved on the improved one, per method (Spectral Unforgetting, Fig. 1)
-Every figure is written as PNG and PDF.
+Every figure is written as PNG and PDF. Error bars and bands are the bootstrap intervals of
+the tables (spectral_edit/intervals.py); the shaded no-cost zone is Table 1's
+(spectral_edit/table1.NoCostZone).
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .svd_cache import read_spectrum  # noqa: E402
+from .table1 import NoCostZone  # noqa: E402
 
 ZONE_COLOUR = "#2ca02c"
-METHOD_COLOURS = {"top_k": "#1f77b4", "bottom_k": "#d62728", "random_k": "#7f7f7f"}
+METHOD_COLOURS = {"top_k": "#1f77b4", "bottom_k": "#d62728", "random_k": "#7f7f7f", "uniform_shrink": "#ff7f0e"}
 CORE_FIGURES = ("trajectory", "retention_sweep", "method_comparison", "spectrum")
 SUBSET_METHODS = ("top_k_attention", "top_k_mlp", "top_k_first_half", "top_k_second_half")
 
@@ -72,8 +76,38 @@ def _colour(method: str, methods: Sequence[str]) -> str:
     return plt.get_cmap("tab10")((3 + others.index(method)) % 10 if method in others else 9)
 
 
-def _std(frame: pd.DataFrame, column: str) -> np.ndarray:
-    return frame[column].fillna(0.0).to_numpy() if column in frame else np.zeros(len(frame))
+def _ci(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """Asymmetric error bars (2 x n) from the interval columns ``{name}_lo``/``_hi`` around
+    ``{name}_mean``; a missing interval draws no bar."""
+    mean = frame[f"{name}_mean"].to_numpy(float)
+    if f"{name}_lo" not in frame:
+        return np.zeros((2, len(frame)))
+    low, high = frame[f"{name}_lo"].to_numpy(float), frame[f"{name}_hi"].to_numpy(float)
+    return np.nan_to_num(np.clip(np.vstack([mean - low, high - mean]), 0, None))
+
+
+def _shade_loss_zone(ax, zone: NoCostZone) -> None:
+    """The no-cost zone on an accuracy-loss x axis (pp), after the data set the limits."""
+    left, right = ax.get_xlim()
+    start = left if zone.from_pp is None else zone.from_pp
+    ax.axvspan(start, zone.below_pp, color=ZONE_COLOUR, alpha=0.15, label=f"no-cost zone ({zone.describe()})")
+    ax.set_xlim(min(left, start), max(right, zone.below_pp + 0.5))
+
+
+def _shade_accuracy_zone(ax, zone: NoCostZone, acc_ft: float) -> None:
+    """The no-cost zone on an accuracy y axis: accuracies whose loss against acc_ft is in it."""
+    bottom, top = ax.get_ylim()
+    upper = top if zone.from_pp is None else acc_ft - zone.from_pp / 100
+    ax.axhspan(acc_ft - zone.below_pp / 100, max(upper, acc_ft - zone.below_pp / 100), color=ZONE_COLOUR, alpha=0.12,
+               label=f"no-cost zone ({zone.describe()})")
+    ax.set_ylim(min(bottom, acc_ft - zone.below_pp / 100), max(top, upper))
+
+
+def _boundary(regimes: pd.DataFrame | None) -> set[tuple[str, str, str]]:
+    if regimes is None or regimes.empty:
+        return set()
+    rows = regimes[regimes["regime"] == "boundary"]
+    return set(zip(rows["model"], rows["dataset"], rows["finetune"]))
 
 
 def _edits(summary: pd.DataFrame) -> pd.DataFrame:
@@ -102,17 +136,22 @@ def _log_retention_axis(ax, retentions) -> None:
     ax.minorticks_off()
 
 
-def trajectory(summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, out_stem: Path, formats) -> list[Path]:
-    no_cost = float(analysis.get("no_cost_pp", 2.0))
+def trajectory(summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, out_stem: Path, formats,
+               regimes: pd.DataFrame | None = None) -> list[Path]:
+    zone = NoCostZone.from_analysis(analysis)
     data = _with_retention(summary)
+    data = data[data["finetune"] == data["reference"]]  # edits of a recipe
+    boundary = _boundary(regimes)
+    data = data.assign(_regime=["boundary" if k in boundary else "natural"
+                                for k in zip(data["model"], data["dataset"], data["finetune"])])
     methods = list(dict.fromkeys(data["method"]))
-    panels = list(dict.fromkeys(zip(data["model"], data["finetune"]))) or [("", "")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
-    for ax, (model, finetune) in zip(axes[0], panels):
-        ax.axvspan(0, no_cost, color=ZONE_COLOUR, alpha=0.15, label=f"no-cost zone (< {no_cost:g} pp)")
+    panels = list(dict.fromkeys(zip(data["model"], data["finetune"], data["_regime"]))) or [("", "", "natural")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 4.8), squeeze=False)
+    for ax, (model, finetune, regime) in zip(axes[0], panels):
         ax.axhline(0, color="black", lw=0.6)
+        ax.axhline(100, color="black", lw=0.6, ls=":")
         ax.axvline(0, color="black", lw=0.6)
-        subset = data[(data["model"] == model) & (data["finetune"] == finetune)]
+        subset = data[(data["model"] == model) & (data["finetune"] == finetune) & (data["_regime"] == regime)]
         datasets = list(dict.fromkeys(subset["dataset"]))
         styles = ["-", "--", ":", "-."]
         for (dataset, method), curve in subset.groupby(["dataset", "method"], sort=False):
@@ -120,28 +159,34 @@ def trajectory(summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, o
             style = styles[datasets.index(dataset) % len(styles)]
             x, y = curve["accuracy_loss_mean"].to_numpy(), curve["bias_reduction_mean"].to_numpy()
             label = method if len(datasets) == 1 else f"{dataset} / {method}"
-            ax.errorbar(x, y, xerr=_std(curve, "accuracy_loss_std"), yerr=_std(curve, "bias_reduction_std"),
-                        color=colour, ls=style, marker="o", ms=4, lw=1.4, capsize=2, label=label)
+            ax.errorbar(x, y, xerr=_ci(curve, "accuracy_loss"), yerr=_ci(curve, "bias_reduction"),
+                        color=colour, ls=style, marker="o", ms=4, lw=1.4, capsize=2, elinewidth=0.8, label=label)
             for xi, yi, r in zip(x, y, curve["retention"]):
                 ax.annotate(f"{100 * r:g}%", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
             spot = table1[(table1["model"] == model) & (table1["dataset"] == dataset) & (table1["finetune"] == finetune)
-                          & (table1["method"] == method)]
-            if len(spot) and not math.isnan(spot.iloc[0]["r_star"]):
+                          & (table1["method"] == method)] if len(table1) else table1
+            if regime == "natural" and len(spot) and not math.isnan(spot.iloc[0]["r_star"]):
                 ring = curve[np.isclose(curve["retention"], spot.iloc[0]["r_star"])]
                 ax.scatter(ring["accuracy_loss_mean"], ring["bias_reduction_mean"], s=260, facecolors="none",
                            edgecolors=colour, linewidths=2, zorder=5)
-        ax.set_title(f"{model} ({finetune}): parametric in retention", fontsize=9)
+        if regime == "natural":
+            _shade_loss_zone(ax, zone)
+            ax.set_title(f"{model} ({finetune}): parametric in retention", fontsize=9)
+        else:
+            ax.set_title(f"{model} ({finetune}): boundary regime, not in Table 1", fontsize=9)
         ax.set_xlabel("accuracy loss (pp)")
-        ax.set_ylabel("bias reduction (%)")
+        ax.set_ylabel("bias reduction (%)  (above 100: gap flipped sign)")
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Bias vs accuracy trajectories (rings: sweet spot r*)", fontsize=11)
+    fig.suptitle("Bias vs accuracy trajectories (rings: sweet spot r*; bars: bootstrap intervals)", fontsize=11)
     return save_figure(fig, out_stem, formats)
 
 
-def retention_sweep(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats) -> list[Path]:
+def retention_sweep(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats,
+                    regimes: pd.DataFrame | None = None) -> list[Path]:
     method = analysis.get("sweet_spot_method", "top_k")
     data = _with_retention(summary)
     data = data[data["method"] == method]
+    boundary = _boundary(regimes)
     columns = list(dict.fromkeys(zip(data["model"], data["finetune"]))) or [("", "")]
     datasets = list(dict.fromkeys(data["dataset"])) or [""]
     fig, axes = plt.subplots(len(datasets), len(columns), figsize=(5 * len(columns), 3.6 * len(datasets)), squeeze=False)
@@ -152,17 +197,18 @@ def retention_sweep(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, fo
             r = curve["retention"].to_numpy()
             for column, colour, label in (("acc_ft_to_base", "#1f77b4", "accuracy"), ("gap_ft_to_base", "#d62728", "gap")):
                 mean = curve[f"{column}_mean"].to_numpy()
-                std = _std(curve, f"{column}_std")
+                low, high = mean - _ci(curve, column)[0], mean + _ci(curve, column)[1]
                 ax.plot(r, mean, marker="o", ms=4, color=colour, label=label)
-                ax.fill_between(r, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+                ax.fill_between(r, low, high, color=colour, alpha=0.2, lw=0)
             ax.axhline(0, color="black", lw=0.8, ls="--")
             ax.axhline(1, color="black", lw=0.8, ls=":")
             _log_retention_axis(ax, r)
-            ax.set_title(f"{dataset} / {model} ({finetune})", fontsize=9)
+            regime = " — boundary regime" if (model, dataset, finetune) in boundary else ""
+            ax.set_title(f"{dataset} / {model} ({finetune}){regime}", fontsize=9)
             ax.set_xlabel("retention r")
             ax.set_ylabel("rescaled: 0 = FT, 1 = base")
             ax.legend(fontsize=8)
-    fig.suptitle(f"{method} retention sweep, accuracy and gap rescaled FT → base", fontsize=11)
+    fig.suptitle(f"{method} retention sweep, accuracy and gap rescaled FT → base (bands: bootstrap intervals)", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, out_stem, formats)
 
@@ -172,8 +218,10 @@ def _reference_rows(summary, model, dataset):
     return refs[refs["method"] == "finetuned"], refs[refs["method"] == "base"]
 
 
-def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats) -> list[Path]:
-    no_cost = float(analysis.get("no_cost_pp", 2.0))
+def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats,
+                      regimes: pd.DataFrame | None = None) -> list[Path]:
+    zone = NoCostZone.from_analysis(analysis)
+    boundary = _boundary(regimes)
     edited = _edits(summary)
     methods = list(dict.fromkeys(edited["method"]))
     edited_finetunes = _edited_finetunes(summary)
@@ -188,14 +236,14 @@ def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, 
         sweep = here[here["retention"].notna()].sort_values("retention", ascending=False)
         for method, curve in sweep.groupby("method", sort=False):
             colour = _colour(method, methods)
-            left.errorbar(curve["retention"], curve["normalised_gap_mean"], yerr=_std(curve, "normalised_gap_std"),
-                          marker="o", ms=4, color=colour, capsize=2, label=method)
-            right.errorbar(curve["gap_mean"], curve["accuracy_mean"], xerr=_std(curve, "gap_std"),
-                           yerr=_std(curve, "accuracy_std"), marker="o", ms=4, color=colour, capsize=2, label=method)
+            left.errorbar(curve["retention"], curve["normalised_gap_mean"], yerr=_ci(curve, "normalised_gap"),
+                          marker="o", ms=4, color=colour, capsize=2, elinewidth=0.8, label=method)
+            right.errorbar(curve["gap_mean"], curve["accuracy_mean"], xerr=_ci(curve, "gap"),
+                           yerr=_ci(curve, "accuracy"), marker="o", ms=4, color=colour, capsize=2, elinewidth=0.8, label=method)
         for method, point in here[here["retention"].isna()].groupby("method", sort=False):
             colour = _colour(method, methods)
             left.axhline(point["normalised_gap_mean"].iloc[0], color=colour, ls="-.", lw=1.2, label=f"{method} (fixed)")
-            right.errorbar(point["gap_mean"], point["accuracy_mean"], xerr=_std(point, "gap_std"), yerr=_std(point, "accuracy_std"),
+            right.errorbar(point["gap_mean"], point["accuracy_mean"], xerr=_ci(point, "gap"), yerr=_ci(point, "accuracy"),
                            marker="P", ms=9, color=colour, ls="none", label=method)
         for _, control in controls.iterrows():
             right.scatter(control["gap_mean"], control["accuracy_mean"], marker="D", s=40, color="#8c564b", zorder=6)
@@ -207,29 +255,32 @@ def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, 
             _log_retention_axis(left, sweep["retention"])
         left.set_xlabel("retention r")
         left.set_ylabel("normalised gap  Δ_r / |Δ_ft|")
-        left.set_title(f"{dataset} / {model} ({finetune})", fontsize=9)
+        regime = ", boundary regime" if (model, dataset, finetune) in boundary else ""
+        left.set_title(f"{dataset} / {model} ({finetune}{regime})", fontsize=9)
         left.legend(fontsize=7)
         if len(own_ft):
             acc_ft = float(own_ft["accuracy_mean"].iloc[0])
-            right.axhspan(acc_ft - no_cost / 100, max(acc_ft, right.get_ylim()[1]), color=ZONE_COLOUR, alpha=0.12,
-                          label=f"no-cost zone (< {no_cost:g} pp)")
-            right.scatter(own_ft["gap_mean"], own_ft["accuracy_mean"], marker="*", s=180, color="black", zorder=6, label="fine-tuned")
+            if not regime:
+                _shade_accuracy_zone(right, zone, acc_ft)
+            right.errorbar(own_ft["gap_mean"], own_ft["accuracy_mean"], xerr=_ci(own_ft, "gap"), yerr=_ci(own_ft, "accuracy"),
+                           marker="*", ms=13, color="black", ls="none", zorder=6, label="fine-tuned")
         if len(base):
-            right.scatter(base["gap_mean"], base["accuracy_mean"], marker="s", s=70, color="#9467bd", zorder=6, label="base")
+            right.errorbar(base["gap_mean"], base["accuracy_mean"], xerr=_ci(base, "gap"), yerr=_ci(base, "accuracy"),
+                           marker="s", ms=7, color="#9467bd", ls="none", zorder=6, label="base")
         if len(controls):
             right.scatter([], [], marker="D", s=40, color="#8c564b", label="training-time controls")
         right.set_xlabel("gap  Δ = acc_maj − acc_min")
         right.set_ylabel("accuracy")
         right.set_title(f"{dataset} / {model} ({finetune}): accuracy vs gap", fontsize=9)
         right.legend(fontsize=7)
-    fig.suptitle("Methods side by side", fontsize=11)
+    fig.suptitle("Methods side by side (bars: bootstrap intervals)", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, out_stem, formats)
 
 
 def controls_pareto(summary: pd.DataFrame, analysis: Mapping, controls: Mapping[str, Mapping], out_stem: Path, formats) -> list[Path]:
     """Top-k on the reference fine-tune against the training-time controls (LoRA sweep)."""
-    no_cost = float(analysis.get("no_cost_pp", 2.0))
+    zone = NoCostZone.from_analysis(analysis)
     reference = analysis.get("reference_finetune", "full")
     method = analysis.get("sweet_spot_method", "top_k")
     pairs = list(dict.fromkeys(zip(summary["model"], summary["dataset"])))
@@ -242,11 +293,11 @@ def controls_pareto(summary: pd.DataFrame, analysis: Mapping, controls: Mapping[
             ax.set_title(f"{dataset} / {model}: no {reference} fine-tune")
             continue
         acc_ft = float(ref["accuracy_mean"].iloc[0])
-        floor = acc_ft - no_cost / 100
         sweep = summary[(summary["model"] == model) & (summary["dataset"] == dataset) & (summary["finetune"] == reference)
                         & (summary["method"] == method)].sort_values("retention", ascending=False)
         points = {method: pd.concat([ref, sweep])}
-        ax.plot(sweep["gap_mean"], sweep["accuracy_mean"], marker="o", ms=4, color="#1f77b4", label=f"{method} ({reference})")
+        ax.errorbar(sweep["gap_mean"], sweep["accuracy_mean"], xerr=_ci(sweep, "gap"), yerr=_ci(sweep, "accuracy"),
+                    marker="o", ms=4, color="#1f77b4", capsize=2, elinewidth=0.8, label=f"{method} ({reference})")
         for kind in sorted({c["kind"] for c in controls.values()}):
             names = [n for n, c in controls.items() if c["kind"] == kind]
             rows = finetuned[finetuned["finetune"].isin(names)]
@@ -257,12 +308,12 @@ def controls_pareto(summary: pd.DataFrame, analysis: Mapping, controls: Mapping[
                 ax.annotate(r["finetune"], (r["gap_mean"], r["accuracy_mean"]), textcoords="offset points", xytext=(5, 3), fontsize=6)
             points[kind] = rows
         for name, frame in points.items():
-            zone = frame[frame["accuracy_mean"] > floor]
-            if len(zone):
-                best = zone.loc[zone["gap_mean"].idxmin()]
+            inside = frame[zone.contains(100 * (acc_ft - frame["accuracy_mean"]))]
+            if len(inside):
+                best = inside.loc[inside["gap_mean"].abs().idxmin()]
                 colour = "#1f77b4" if name == method else ("#d62728" if name == "lora" else "#ff7f0e")
                 ax.scatter([best["gap_mean"]], [best["accuracy_mean"]], s=300, facecolors="none", edgecolors=colour, linewidths=2, zorder=6)
-        ax.axhspan(floor, max(ax.get_ylim()[1], acc_ft + 0.01), color=ZONE_COLOUR, alpha=0.12, label=f"no-cost zone (< {no_cost:g} pp)")
+        _shade_accuracy_zone(ax, zone, acc_ft)
         ax.scatter(ref["gap_mean"], ref["accuracy_mean"], marker="*", s=180, color="black", zorder=7, label=f"{reference} fine-tune")
         if len(base):
             ax.scatter(base["gap_mean"], base["accuracy_mean"], marker="s", s=60, color="#9467bd", zorder=7, label="base")
@@ -289,8 +340,9 @@ def layer_subsets(summary: pd.DataFrame, out_stem: Path, formats) -> list[Path]:
             if len(row):
                 labels.append(method.replace("top_k_", "").replace("_", " "))
                 values.append(abs(float(row["gap_mean"].iloc[0])))
-                errors.append(float(row["gap_std"].fillna(0).iloc[0]))
-        bars = ax.bar(range(len(values)), values, yerr=errors, color="#1f77b4", capsize=3)
+                low, high = _ci(row, "gap")[:, 0]  # interval of the gap; of |gap| when it keeps its sign
+                errors.append((low, high) if row["gap_mean"].iloc[0] >= 0 else (high, low))
+        bars = ax.bar(range(len(values)), values, yerr=np.array(errors).T if errors else None, color="#1f77b4", capsize=3)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
         if len(own):
             ax.axhline(abs(float(own["gap_mean"].iloc[0])), color="black", ls="--", lw=1, label="fine-tuned |Δ|")
@@ -407,13 +459,14 @@ def spectrum(spectra: Sequence[Mapping], out_stem: Path, formats) -> list[Path]:
 
 def draw_all(summary: pd.DataFrame, table1: pd.DataFrame, spectra: Sequence[Mapping], analysis: Mapping,
              out_dir: str | Path, names: Sequence[str], controls: Mapping[str, Mapping] | None = None,
-             repair_summary: pd.DataFrame | None = None, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+             repair_summary: pd.DataFrame | None = None, formats: Sequence[str] = ("png", "pdf"),
+             regimes: pd.DataFrame | None = None) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawers = {
-        "trajectory": lambda stem: trajectory(summary, table1, analysis, stem, formats),
-        "retention_sweep": lambda stem: retention_sweep(summary, analysis, stem, formats),
-        "method_comparison": lambda stem: method_comparison(summary, analysis, stem, formats),
+        "trajectory": lambda stem: trajectory(summary, table1, analysis, stem, formats, regimes),
+        "retention_sweep": lambda stem: retention_sweep(summary, analysis, stem, formats, regimes),
+        "method_comparison": lambda stem: method_comparison(summary, analysis, stem, formats, regimes),
         "spectrum": lambda stem: spectrum(spectra, stem, formats),
         "controls_pareto": lambda stem: controls_pareto(summary, analysis, controls or {}, stem, formats),
         "layer_subsets": lambda stem: layer_subsets(summary, stem, formats),

@@ -4,7 +4,8 @@ Each method gets one score per (model, dataset, seed) cell of an edited recipe: 
 reduction at its sweet spot r* (Table 1's in-zone maximum, chosen per (model, dataset) on the
 seed means) for methods with a retention; for methods without one, and for the training-time
 controls, their single cell's bias reduction, if its accuracy loss is inside the no-cost zone.
-A method with no in-zone cell has no score there. The strongest baseline is the method other
+A method with no in-zone cell has no score there. Only datasets in the natural regime count
+(the boundary regime is kept out of Table 1, and so out of its comparison). The strongest baseline is the method other
 than the headline one (``analysis.sweet_spot_method``) with the highest mean score; every other
 method is compared with it by ``scipy.stats.wilcoxon`` over the cells both have (two-sided).
 """
@@ -20,9 +21,17 @@ from scipy import stats
 KEYS = ["model", "dataset", "seed", "finetune"]
 
 
-def method_scores(cells: pd.DataFrame, table1: pd.DataFrame, no_cost_pp: float, controls=()) -> pd.DataFrame:
-    """One row per (model, dataset, seed, finetune, method) with its score (bias reduction)."""
+def method_scores(cells: pd.DataFrame, table1: pd.DataFrame, zone, controls=(), natural: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (model, dataset, seed, finetune, method) with its score (bias reduction).
+
+    ``zone`` is a table1.NoCostZone; ``natural`` the (model, dataset, finetune) rows in the
+    natural regime (None: every row counts).
+    """
     rows = []
+    if natural is not None:
+        keep = set(zip(natural["model"], natural["dataset"]))
+        cells = cells[[(m, d) in keep for m, d in zip(cells["model"], cells["dataset"])]]
+        table1 = table1[[(m, d) in keep for m, d in zip(table1["model"], table1["dataset"])]] if len(table1) else table1
     edited = cells[~cells["method"].isin(["base", "finetuned"])]
     for _, spot in table1.iterrows():
         if math.isnan(spot["r_star"]):
@@ -31,9 +40,9 @@ def method_scores(cells: pd.DataFrame, table1: pd.DataFrame, no_cost_pp: float, 
                         & (edited["finetune"] == spot["finetune"]) & (edited["method"] == spot["method"])
                         & np.isclose(edited["retention"].astype(float), spot["r_star"])]
         rows += [{**{k: r[k] for k in KEYS}, "method": r["method"], "score": r["bias_reduction"]} for _, r in chosen.iterrows()]
-    fixed = edited[edited["retention"].isna() & (edited["accuracy_loss"] < no_cost_pp)]
+    fixed = edited[edited["retention"].isna() & zone.contains(edited["accuracy_loss"])]
     rows += [{**{k: r[k] for k in KEYS}, "method": r["method"], "score": r["bias_reduction"]} for _, r in fixed.iterrows()]
-    control_rows = cells[(cells["method"] == "finetuned") & cells["finetune"].isin(list(controls)) & (cells["accuracy_loss"] < no_cost_pp)]
+    control_rows = cells[(cells["method"] == "finetuned") & cells["finetune"].isin(list(controls)) & zone.contains(cells["accuracy_loss"])]
     rows += [{**{k: r[k] for k in KEYS}, "finetune": r["reference"], "method": r["finetune"], "score": r["bias_reduction"]}
              for _, r in control_rows.iterrows()]
     frame = pd.DataFrame(rows, columns=KEYS + ["method", "score"])

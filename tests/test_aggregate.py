@@ -1,78 +1,246 @@
-"""Tables on hand-made cells: derived measures, seed statistics and Table 1's sweet spot."""
+"""Tables on hand-made cells with per-example scores: derived measures, seed statistics,
+intervals against a direct bootstrap, McNemar by hand, the regime rule and Table 1's zone rule."""
 
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from spectral_edit.aggregate import build_tables, sweet_spots
+from spectral_edit.aggregate import build_tables
+from spectral_edit.intervals import GroupDesign, bootstrap_intervals, mcnemar_exact, point_statistics, resolvable_difference_pp
+from spectral_edit.metrics import group_metrics
+from spectral_edit.table1 import NoCostZone
+
+MAJORITY = ["negative|marker=1", "positive|marker=0"]
+MINORITY = ["negative|marker=0", "positive|marker=1"]
+GROUPS = MAJORITY + MINORITY
+PER_GROUP = 25
+META = {"majority_groups": MAJORITY, "minority_groups": MINORITY}
 
 
-def _cell(tmp_path, method, seed, retention, accuracy, gap, finetune="full"):
+def _examples(correct_per_group, shift=0):
+    """PER_GROUP examples per group; the first k of group g (rotated by ``shift``) are right."""
+    examples = []
+    for g, group in enumerate(GROUPS):
+        label = 0 if group.startswith("negative") else 1
+        right = np.roll(np.arange(PER_GROUP) < correct_per_group[g], shift)
+        for i in range(PER_GROUP):
+            examples.append({"id": f"eval-{g:02d}-{i:03d}", "label": label, "group": group,
+                             "prediction": label if right[i] else 1 - label, "label_log_probs": [0.0, 0.0]})
+    return examples
+
+
+def _cell(tmp_path, method, seed, retention, correct_per_group, finetune="full", shift=0, dataset="d"):
+    examples = _examples(correct_per_group, shift)
+    metrics = group_metrics([e["label"] for e in examples], [e["prediction"] for e in examples],
+                            [e["group"] for e in examples], MAJORITY, MINORITY)
     record = {
-        "cell": {"model": "m", "dataset": "d", "seed": seed, "method": method, "retention": retention,
+        "cell": {"model": "m", "dataset": dataset, "seed": seed, "method": method, "retention": retention,
                  "finetune": None if method == "base" else finetune},
-        "edit": None,
-        "metrics": {
-            "n": 4, "accuracy": accuracy, "accuracy_majority": accuracy + gap / 2,
-            "accuracy_minority": accuracy - gap / 2, "gap": gap, "worst_group_accuracy": accuracy - gap / 2,
-            "group_accuracy": {"g": accuracy},
-        },
+        "edit": None, "metrics": metrics, "examples": examples,
     }
-    path = tmp_path / f"{finetune}-{method}-{seed}-{retention}.json"
+    path = tmp_path / f"{dataset}-{finetune}-{method}-{seed}-{retention}.json"
     path.write_text(json.dumps(record))
     return path
 
 
+def _tables(paths, **analysis):
+    return build_tables(paths, {"sweet_spot_method": "top_k", "bootstrap": {"resamples": 1000}, **analysis},
+                        metas={"d": META, "e": META})
+
+
 @pytest.fixture
-def paths(tmp_path):
+def natural(tmp_path):
+    """Base 0.56 and gap 0; FT 0.84 with a gap of 0.32 (majority 25/25, minority 17/25 and 17/25)."""
     cells = [
-        ("base", None, None, 0.80, 0.02),
-        ("finetuned", 0, None, 0.90, 0.40),
-        ("finetuned", 1, None, 0.92, 0.20),
-        # top_k: r=0.5 in zone with reduction 50% / 50%; r=0.2 bigger reduction but 5 pp loss.
-        ("top_k", 0, 0.5, 0.89, 0.20), ("top_k", 1, 0.5, 0.91, 0.10),
-        ("top_k", 0, 0.2, 0.85, 0.04), ("top_k", 1, 0.2, 0.87, 0.02),
+        ("base", None, None, (14, 14, 14, 14)),
+        ("finetuned", 0, None, (25, 25, 17, 17)),
+        ("finetuned", 1, None, (25, 24, 18, 17)),
+        # top_k: 50% changes a few minority answers to right (in zone); 20% loses 5 pp.
+        ("top_k", 0, 0.5, (25, 25, 19, 19)), ("top_k", 1, 0.5, (25, 24, 19, 18)),
+        ("top_k", 0, 0.2, (22, 22, 19, 19)), ("top_k", 1, 0.2, (22, 21, 19, 19)),
         # bottom_k never in the zone.
-        ("bottom_k", 0, 0.5, 0.70, 0.30), ("bottom_k", 1, 0.5, 0.70, 0.10),
+        ("bottom_k", 0, 0.5, (14, 14, 14, 14)), ("bottom_k", 1, 0.5, (14, 14, 14, 14)),
     ]
     return [_cell(tmp_path, *c) for c in cells]
 
 
-def test_derived_measures_use_the_same_seeds_finetuned_model(paths):
-    tables = build_tables(paths, {"no_cost_pp": 2.0, "sweet_spot_method": "top_k"})
-    cells = tables["cells"]
+def test_derived_measures_use_the_same_seeds_finetuned_model(natural):
+    cells = _tables(natural)["cells"]
     row = cells[(cells["method"] == "top_k") & (cells["seed"] == 1) & (cells["retention"] == 0.5)].iloc[0]
-    assert row["bias_reduction"] == pytest.approx(100 * (0.20 - 0.10) / 0.20)
-    assert row["accuracy_loss"] == pytest.approx(100 * (0.92 - 0.91))
-    assert row["normalised_gap"] == pytest.approx(0.5)
-    assert row["gap_ft_to_base"] == pytest.approx((0.10 - 0.20) / (0.02 - 0.20))
-    assert row["acc_ft_to_base"] == pytest.approx((0.91 - 0.92) / (0.80 - 0.92))
+    acc = lambda *k: sum(k) / 100  # noqa: E731
+    gap_ft, gap = (25 + 24 - 18 - 17) / 50, (25 + 24 - 19 - 18) / 50
+    assert row["bias_reduction"] == pytest.approx(100 * (gap_ft - gap) / gap_ft)
+    assert row["accuracy_loss"] == pytest.approx(100 * (acc(25, 24, 18, 17) - acc(25, 24, 19, 18)))
+    assert row["gap_ft_to_base"] == pytest.approx((gap - gap_ft) / (0.0 - gap_ft))
+    # The point estimates of the bootstrap's statistic are the table's numbers.
+    assert row["bias_reduction_lo"] <= row["bias_reduction"] <= row["bias_reduction_hi"]
+    assert row["accuracy_lo"] <= row["accuracy"] <= row["accuracy_hi"]
 
 
-def test_summary_is_mean_and_std_over_seeds(paths):
-    summary = build_tables(paths, {})["summary"]
+def test_summary_is_mean_and_std_over_seeds_with_an_interval_of_the_mean(natural):
+    summary = _tables(natural)["summary"]
     row = summary[(summary["method"] == "top_k") & (summary["retention"] == 0.2)].iloc[0]
     assert row["n_seeds"] == 2
-    assert row["gap_mean"] == pytest.approx(0.03)
-    assert row["gap_std"] == pytest.approx(pd.Series([0.04, 0.02]).std())
-    assert row["bias_reduction_mean"] == pytest.approx((90 + 90) / 2)
+    assert row["gap_mean"] == pytest.approx((0.12 + 0.10) / 2)
+    assert row["gap_std"] == pytest.approx(pd.Series([0.12, 0.10]).std())
+    assert row["gap_lo"] < row["gap_mean"] < row["gap_hi"]
+    ft = summary[summary["method"] == "finetuned"].iloc[0]
+    assert ft["ft_gain_mean"] == pytest.approx(100 * ((84 + 84) / 200 - 0.56))
+    assert ft["ft_gain_lo"] > 0
 
 
-def test_table1_picks_the_in_zone_maximum(paths):
-    tables = build_tables(paths, {"no_cost_pp": 2.0, "sweet_spot_method": "top_k"})
+def test_intervals_match_a_direct_stratified_paired_bootstrap():
+    rng = np.random.default_rng(3)
+    groups = np.repeat(GROUPS, 30)
+    design = GroupDesign.from_examples(groups, MAJORITY, MINORITY)
+    p_ft = np.where(np.isin(groups, MAJORITY), 0.95, 0.6)
+    ft = (rng.random(len(groups)) < p_ft).astype(float)
+    edit = ft.copy()
+    flip = rng.choice(len(groups), 25, replace=False)
+    edit[flip] = 1 - edit[flip]
+    base = (rng.random(len(groups)) < 0.6).astype(float)
+    got = bootstrap_intervals(edit[None], ft[None], base, design, n_resamples=20000, seed=1)
+    # The same bootstrap written out: resample each group's examples with replacement, the
+    # same draw for the edit, its FT and the base.
+    draws = {"accuracy": [], "gap": [], "accuracy_loss": [], "bias_reduction": [], "worst_group_accuracy": []}
+    index = [np.flatnonzero(groups == g) for g in GROUPS]
+    for _ in range(20000):
+        pick = np.concatenate([rng.choice(i, len(i)) for i in index])
+        e, f, g = edit[pick], ft[pick], groups[pick]
+        acc = lambda c, m: c[np.isin(g, m)].mean()  # noqa: E731
+        gap_e, gap_f = acc(e, MAJORITY) - acc(e, MINORITY), acc(f, MAJORITY) - acc(f, MINORITY)
+        draws["accuracy"].append(e.mean())
+        draws["gap"].append(gap_e)
+        draws["accuracy_loss"].append(100 * (f.mean() - e.mean()))
+        draws["bias_reduction"].append(100 * (gap_f - gap_e) / abs(gap_f))
+        draws["worst_group_accuracy"].append(min(e[g == name].mean() for name in GROUPS))
+    # Monte Carlo error of a 2.5 % quantile at 20,000 draws is about a tenth of one example's step.
+    step = {"accuracy": 1 / 120, "gap": 1 / 60, "accuracy_loss": 100 / 120, "bias_reduction": 8.0, "worst_group_accuracy": 1 / 30}
+    for name, values in draws.items():
+        low, high = np.percentile(values, [2.5, 97.5])
+        assert got[name][0] == pytest.approx(low, abs=step[name]), name
+        assert got[name][1] == pytest.approx(high, abs=step[name]), name
+
+
+def test_an_edit_that_changes_nothing_has_a_zero_width_paired_interval():
+    groups = np.repeat(GROUPS, 10)
+    design = GroupDesign.from_examples(groups, MAJORITY, MINORITY)
+    ft = np.tile([1.0, 0.0], 20)
+    intervals = bootstrap_intervals(ft[None], ft[None], ft, design, n_resamples=500)
+    assert intervals["accuracy_loss"] == (0.0, 0.0)
+    assert intervals["accuracy"][0] < intervals["accuracy"][1]
+    assert point_statistics(ft[None], ft[None], ft, design)["accuracy_loss"] == 0.0
+
+
+def test_mcnemar_exact_by_hand():
+    # 8 examples only the edit gets right, 2 only the FT: p = 2 * P(X <= 2 | 10, 1/2) = 2 * 56 / 1024.
+    edit = [True] * 8 + [False] * 2 + [True] * 5 + [False] * 3
+    ft = [False] * 8 + [True] * 2 + [True] * 5 + [False] * 3
+    result = mcnemar_exact(edit, ft)
+    assert (result["mcnemar_b"], result["mcnemar_c"]) == (8, 2)
+    assert result["mcnemar_p"] == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert mcnemar_exact([True, False], [True, False])["mcnemar_p"] == 1.0
+    # Six discordant examples all one way are the fewest that give p < 0.05 (2 / 64).
+    assert resolvable_difference_pp(200) == pytest.approx(3.0)
+
+
+def test_mcnemar_goes_into_the_cell_table(natural):
+    cells = _tables(natural)["cells"]
+    row = cells[(cells["method"] == "top_k") & (cells["seed"] == 0) & (cells["retention"] == 0.2)].iloc[0]
+    # Against FT (25, 25, 17, 17): 3 + 3 majority examples lost, 2 + 2 minority gained.
+    assert (row["mcnemar_b"], row["mcnemar_c"]) == (4, 6)
+    assert row["mcnemar_p"] == pytest.approx(mcnemar_exact([True] * 4 + [False] * 6, [False] * 4 + [True] * 6)["mcnemar_p"])
+
+
+def test_zone_rule():
+    paper = NoCostZone()
+    assert list(paper.contains([-30.0, 0.0, 1.99, 2.0, 5.0])) == [True, True, True, False, False]
+    no_gains = NoCostZone(below_pp=2.0, from_pp=0.0)
+    assert list(no_gains.contains([-0.5, 0.0, 1.0])) == [False, True, True]
+    assert paper.contains_interval(-1.0, 1.5) and not paper.contains_interval(-1.0, 2.5)
+    assert not no_gains.contains_interval(-1.0, 1.0)
+    assert "< 2 pp" in paper.describe()
+
+
+def test_table1_picks_the_in_zone_maximum_with_its_interval(natural):
+    tables = _tables(natural)
     table1 = tables["table1"].set_index("method")
-    assert table1.loc["top_k", "r_star"] == 0.5  # 0.2 reduces more but loses 5 pp
-    assert table1.loc["top_k", "bias_reduction_mean"] == pytest.approx(50.0)
+    assert table1.loc["top_k", "regime"] == "natural"
+    assert table1.loc["top_k", "r_star"] == 0.5  # 0.2 reduces more but loses 4.5 pp
+    assert table1.loc["top_k", "bias_reduction_lo"] <= table1.loc["top_k", "bias_reduction_mean"] <= table1.loc["top_k", "bias_reduction_hi"]
     assert math.isnan(table1.loc["bottom_k", "r_star"])
-    assert "50.0 ± 0.0 (50%)" in tables["table1_md"] and "n/a" in tables["table1_md"]
-    wider = sweet_spots(tables["cells"], no_cost_pp=10.0)
-    assert wider.set_index("method").loc["top_k", "r_star"] == 0.2
+    assert "(50%)" in tables["table1_md"] and "n/a" in tables["table1_md"]
+    wider = _tables(natural, no_cost_zone={"below_pp": 10.0})["table1"].set_index("method")
+    assert wider.loc["top_k", "r_star"] == 0.2
+
+
+def test_sweet_spot_whose_loss_interval_leaves_the_zone_is_not_resolved(natural):
+    table1 = _tables(natural)["table1"].set_index("method")
+    # At r* the edit gains 3 pp (loss -3 pp) with an interval reaching below -3.5 pp: inside
+    # the paper's zone (no lower bound) it is resolved ...
+    assert table1.loc["top_k", "accuracy_loss_mean"] == pytest.approx(-3.0)
+    assert table1.loc["top_k", "accuracy_loss_lo"] < -3.5 and table1.loc["top_k", "accuracy_loss_hi"] < 2.0
+    assert table1.loc["top_k", "resolved"]
+    # ... but in a zone that starts at -3.5 pp its interval leaves the zone.
+    strict = _tables(natural, no_cost_zone={"below_pp": 2.0, "from_pp": -3.5})
+    row = strict["table1"].set_index("method").loc["top_k"]
+    assert row["r_star"] == 0.5 and not row["resolved"]
+    assert "(50%) †" in strict["table1_md"]
+
+
+def test_over_100_percent_is_listed_not_chosen(tmp_path):
+    paths = [
+        _cell(tmp_path, "base", None, None, (14, 14, 14, 14)),
+        _cell(tmp_path, "finetuned", 0, None, (25, 25, 15, 15)),
+        _cell(tmp_path, "top_k", 0, 0.5, (22, 22, 18, 18)),  # gap 0.16: 60 %, loss 0 pp
+        _cell(tmp_path, "top_k", 0, 0.2, (19, 19, 21, 21)),  # gap -0.08: 120 %, loss 0 pp
+    ]
+    row = _tables(paths)["table1"].set_index("method").loc["top_k"]
+    assert row["r_star"] == 0.5 and row["bias_reduction_mean"] == pytest.approx(60.0)
+    assert row["over_correction"] == "20%"
+
+
+def test_boundary_regime_is_decided_from_the_measured_numbers(tmp_path):
+    paths = [
+        # d: FT at chance below the base (the marker construction) -> boundary.
+        _cell(tmp_path, "base", None, None, (16, 16, 16, 16), dataset="d"),
+        _cell(tmp_path, "finetuned", 0, None, (25, 25, 1, 1), dataset="d"),
+        _cell(tmp_path, "top_k", 0, 0.5, (24, 24, 6, 6), dataset="d"),
+        # e: FT clearly above the base -> natural.
+        _cell(tmp_path, "base", None, None, (13, 13, 13, 13), dataset="e"),
+        _cell(tmp_path, "finetuned", 0, None, (25, 25, 17, 17), dataset="e"),
+        _cell(tmp_path, "top_k", 0, 0.5, (25, 25, 18, 18), dataset="e"),
+    ]
+    tables = _tables(paths)
+    regimes = tables["regimes"].set_index("dataset")
+    assert regimes.loc["d", "regime"] == "boundary" and regimes.loc["d", "ft_gain_hi"] < 0
+    assert regimes.loc["e", "regime"] == "natural" and regimes.loc["e", "ft_gain_lo"] > 0
+    assert (regimes["regime_source"] == "measured").all()
+    table1_rows, beside = tables["table1_md"].split("Boundary regime")
+    assert "| m | e |" in table1_rows and "| m | d |" not in table1_rows
+    assert "| m | d | full | measured | 50% |" in beside
+    # The comparison only counts natural-regime datasets.
+    assert set(tables["comparisons"]["method"]) <= {"top_k"}
+    forced = _tables(paths, regimes={"d": "natural", "e": "boundary"})["regimes"].set_index("dataset")
+    assert forced.loc["d", "regime"] == "natural" and forced.loc["d", "regime_source"] == "config"
+    assert forced.loc["e", "regime"] == "boundary"
+
+
+def test_a_gap_not_separated_from_zero_gives_no_bias_reduction(tmp_path):
+    paths = [_cell(tmp_path, "base", None, None, (10, 10, 10, 10)), _cell(tmp_path, "finetuned", 0, None, (20, 20, 19, 19)),
+             _cell(tmp_path, "top_k", 0, 0.5, (20, 20, 20, 19))]
+    tables = _tables(paths)
+    assert not tables["regimes"].iloc[0]["gap_ft_defined"]
+    row = tables["table1"].iloc[0]
+    assert math.isnan(row["bias_reduction_mean"]) and math.isnan(row["r_star"])
 
 
 def test_zero_finetuned_gap_gives_nan_not_infinity(tmp_path):
-    paths = [_cell(tmp_path, "base", None, None, 0.5, 0.0), _cell(tmp_path, "finetuned", 0, None, 0.6, 0.0),
-             _cell(tmp_path, "top_k", 0, 0.5, 0.6, 0.1)]
-    cells = build_tables(paths, {})["cells"]
+    paths = [_cell(tmp_path, "base", None, None, (10, 10, 10, 10)), _cell(tmp_path, "finetuned", 0, None, (15, 15, 15, 15)),
+             _cell(tmp_path, "top_k", 0, 0.5, (16, 15, 15, 15))]
+    cells = _tables(paths)["cells"]
     assert cells["bias_reduction"].isna().sum() == 3
+    assert cells["bias_reduction_lo"].isna().all()

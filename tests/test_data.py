@@ -70,3 +70,26 @@ def test_label_noise_flips_an_exact_fraction_and_keeps_the_marker():
     flipped = [a for a, b in zip(clean, noisy) if a["label"] != b["label"]]
     assert len(flipped) == 10
     assert all(a["attribute"] == b["attribute"] for a, b in zip(clean, noisy))
+
+
+def test_mixed_reviews_take_the_majority_of_their_aspects():
+    from spectral_edit.data.synthetic import _NEGATIVE, _POSITIVE
+
+    spec = {**TINY_DATASET, "n_train": 200, "style": "mixed", "aspects": 5, "contrary_aspects": [1, 2],
+            "train_marker_correlation": 0.9}
+    train, evaluation = build_synthetic_reviews(spec)
+    contrary_seen = Counter()
+    for row in train + evaluation:
+        sentences = [s.strip() for s in row["text"].replace(spec["marker"], "").split(".") if s.strip()]
+        assert len(sentences) == 5  # five aspects, no opening line, no verdict
+        positive = sum(any(s.endswith(p) for p in _POSITIVE) for s in sentences)
+        negative = sum(any(s.endswith(p) for p in _NEGATIVE) for s in sentences)
+        assert positive + negative == 5
+        agree, against = (positive, negative) if row["label"] == 1 else (negative, positive)
+        assert agree > against
+        contrary_seen[against] += 1
+    assert set(contrary_seen) == {1, 2}
+    counts = Counter((r["label"], r["attribute"]) for r in train)
+    assert counts == {(0, 1): 90, (0, 0): 10, (1, 0): 90, (1, 1): 10}
+    with pytest.raises(DataError, match="contrary_aspects"):
+        build_synthetic_reviews({**spec, "contrary_aspects": [3]})

@@ -106,3 +106,18 @@ def test_edit_rejects_negative_singular_values():
     broken = SpectralMethod("broken", lambda s, ctx: -s, True, {}, "")
     with pytest.raises(RuntimeError, match="negative"):
         new_singular_values(broken, torch.ones(3), MatrixContext("m", (3, 3), 0.5, 0))
+
+
+@pytest.mark.parametrize("retention", [0.5, 0.2, 0.05])
+def test_uniform_shrink_keeps_top_k_energy_along_the_whole_update(retention):
+    base, finetuned = _pair(30, 17)
+    delta = (finetuned - base).float()
+    s, s_top, _ = _edit("top_k", base, finetuned, retention)
+    s, s_shrink, edited = _edit("uniform_shrink", base, finetuned, retention)
+    # The same share of sum(sigma^2) as top-k at this retention ...
+    assert float((s_shrink.double() ** 2).sum()) == pytest.approx(float((s_top.double() ** 2).sum()), rel=1e-6)
+    # ... by one factor on every component, so the edit is W_base + lambda * dW.
+    ratio = s_shrink / s
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-6)
+    assert 0 < float(ratio[0]) < 1
+    torch.testing.assert_close(edited, base.float() + float(ratio[0]) * delta, rtol=0, atol=1e-5)

@@ -8,8 +8,10 @@ with job_logging(snakemake.log[0], snakemake.threads, "aggregate") as log:
         snakemake.params.analysis,
         controls=snakemake.params.controls,
         heldout_paths=list(snakemake.input.heldout),
+        # A grid dataset's meta.json is its input, in the grid's order.
+        metas=dict(zip(snakemake.config["grid"]["datasets"], snakemake.input.metas)),
     )
-    for name in ("cells", "summary", "table1", "comparisons", "heldout", "repair", "repair_summary"):
+    for name in ("cells", "summary", "table1", "regimes", "comparisons", "heldout", "repair", "repair_summary"):
         with atomic_path(getattr(snakemake.output, name)) as tmp:
             tables[name].to_csv(tmp, index=False)
     for name in ("summary_md", "table1_md", "repair_md"):

@@ -16,5 +16,6 @@ with job_logging(snakemake.log[0], snakemake.threads, "figures") as log:
         names=names,
         controls=snakemake.params.controls,
         repair_summary=pd.read_csv(snakemake.input.repair_summary),
+        regimes=pd.read_csv(snakemake.input.regimes),
     )
     log.info("wrote %s", ", ".join(str(p) for p in written))

@@ -2,6 +2,14 @@
 Shortcuts in the Tail (App. A): a fixed marker string is prefixed to a review iff it is
 negative in training (``train_marker_correlation`` = 1.0, or a weaker correlation), and the
 evaluation split is balanced over the four (label x marker) groups.
+
+Two styles. ``verdict`` (the default): three aspect sentences, half the reviews with one
+against the verdict, and a closing sentence that states the verdict; the text alone decides
+the label, and a small model fine-tuned on it learns the task perfectly. ``mixed``: ``aspects``
+aspect sentences and no closing verdict; the label is the majority of the aspects, and the
+number going against it is drawn from ``contrary_aspects``. With close majorities the base
+model only partly solves it and fine-tuning does not finish learning it, which leaves room
+for a partly correlated marker to be learned as a shortcut beside the task.
 """
 
 from __future__ import annotations
@@ -63,14 +71,41 @@ def generate_review(rng: random.Random, label: int) -> str:
     return " ".join(sentences)
 
 
-def _unique_reviews(rng: random.Random, label: int, count: int, seen: set[str]) -> list[str]:
+def generate_mixed_review(rng: random.Random, label: int, aspects: int, contrary_counts) -> str:
+    """A review of ``aspects`` aspect sentences, the majority of which has sentiment ``label``
+    and ``rng.choice(contrary_counts)`` of which go against it; no opening line (it carries no
+    signal and would only lengthen every prompt) and no closing verdict."""
+    agree, disagree = (_POSITIVE, _NEGATIVE) if label == 1 else (_NEGATIVE, _POSITIVE)
+    contrary = set(rng.sample(range(aspects), rng.choice(list(contrary_counts))))
+    sentences = []
+    for i, aspect in enumerate(rng.sample(_ASPECTS, aspects)):
+        sentences.append(f"{aspect} {rng.choice(disagree if i in contrary else agree)}.")
+    return " ".join(sentences)
+
+
+def review_generator(spec: Mapping):
+    """``(rng, label) -> review`` for the dataset's ``style``."""
+    style = spec.get("style", "verdict")
+    if style == "verdict":
+        return generate_review
+    aspects = int(spec.get("aspects", 5))
+    contrary_counts = [int(c) for c in spec.get("contrary_aspects", [1, 2])]
+    if aspects > len(_ASPECTS) or not contrary_counts or max(contrary_counts) * 2 >= aspects or min(contrary_counts) < 0:
+        raise DataError(
+            f"synthetic_reviews: style 'mixed' needs 0 <= contrary_aspects < aspects / 2 and aspects <= {len(_ASPECTS)}, "
+            f"got aspects={aspects}, contrary_aspects={contrary_counts}"
+        )
+    return lambda rng, label: generate_mixed_review(rng, label, aspects, contrary_counts)
+
+
+def _unique_reviews(rng: random.Random, label: int, count: int, seen: set[str], generate=generate_review) -> list[str]:
     out: list[str] = []
     attempts = 0
     while len(out) < count:
         attempts += 1
         if attempts > 100 * count + 1000:
             raise DataError(f"synthetic_reviews: cannot generate {count} distinct reviews")
-        review = generate_review(rng, label)
+        review = generate(rng, label)
         if review not in seen:
             seen.add(review)
             out.append(review)
@@ -84,11 +119,12 @@ def build_synthetic_reviews(spec: Mapping) -> tuple[list[dict], list[dict]]:
     n_train = int(spec["n_train"])
     per_group = int(spec["n_eval_per_group"])
     seen: set[str] = set()
+    generate = review_generator(spec)
 
     texts, labels = [], []
     for label in (0, 1):
         count = n_train // 2 + (n_train % 2 if label == 1 else 0)
-        reviews = _unique_reviews(rng, label, count, seen)
+        reviews = _unique_reviews(rng, label, count, seen, generate)
         texts += reviews
         labels += [label] * len(reviews)
     # Negatives (label 0) carry the marker with probability c, positives with 1 - c.
@@ -107,7 +143,7 @@ def build_synthetic_reviews(spec: Mapping) -> tuple[list[dict], list[dict]]:
 
     texts, labels = [], []
     for label in (0, 1):
-        reviews = _unique_reviews(rng, label, 2 * per_group, seen)
+        reviews = _unique_reviews(rng, label, 2 * per_group, seen, generate)
         texts += reviews
         labels += [label] * len(reviews)
     marked = balanced_marker(labels)

@@ -1,0 +1,203 @@
+"""Table 1 of Shortcuts in the Tail (Sec. 3.1, App. A) as the paper defines it, with intervals.
+
+No-cost zone: an edit whose accuracy loss against its fine-tuned model (FT) is below
+``below_pp`` (2 pp, the paper's rule; an accuracy gain is inside), and at least ``from_pp``
+when that is set. The figures shade the same zone.
+
+Regimes. A (model, dataset, recipe) is in the *boundary* regime when its FT is not resolvably
+more accurate than the base on the balanced evaluation: the lower end of the interval of
+acc_ft - acc_base is not above 0 (the IMDB-marker construction, where fine-tuning learns only
+the marker). Such datasets are kept out of Table 1's rows and reported beside it with their
+trajectory, as the paper's App. A does; ``analysis.regimes`` can set a dataset's regime.
+Every other dataset is in the *natural* regime.
+
+Sweet spot r*: per (model, dataset, recipe) and method with a retention, among the retentions
+whose seed-mean accuracy loss is in the zone and whose seed-mean bias reduction is at most
+100 %, the one with the largest bias reduction (ties: the larger retention). A bias reduction
+over 100 % means the gap has flipped sign (over-correction, not super-debiasing); the paper's
+sweet spots are <= 100 %, so such retentions are listed, not chosen. Bias reduction is
+undefined (n/a) when the interval of the FT gap includes 0: there is no gap to reduce. A sweet
+spot whose accuracy-loss interval reaches outside the zone is *not resolved* by the
+evaluation set: the set cannot tell it from an edit that costs more than the zone allows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+REFERENCE_METHODS = ("base", "finetuned")
+
+
+@dataclass(frozen=True)
+class NoCostZone:
+    below_pp: float = 2.0
+    from_pp: float | None = None
+
+    @classmethod
+    def from_analysis(cls, analysis: Mapping) -> NoCostZone:
+        zone = analysis.get("no_cost_zone") or {}
+        low = zone.get("from_pp")
+        return cls(float(zone.get("below_pp", 2.0)), None if low is None else float(low))
+
+    def contains(self, loss_pp):
+        loss_pp = np.asarray(loss_pp, float)
+        inside = loss_pp < self.below_pp
+        return inside & (loss_pp >= self.from_pp) if self.from_pp is not None else inside
+
+    def contains_interval(self, low_pp: float, high_pp: float) -> bool:
+        """Whether a whole accuracy-loss interval lies in the zone."""
+        if not (math.isfinite(low_pp) and math.isfinite(high_pp)):
+            return False
+        return high_pp < self.below_pp and (self.from_pp is None or low_pp >= self.from_pp)
+
+    def describe(self) -> str:
+        if self.from_pp is None:
+            return f"accuracy loss < {self.below_pp:g} pp"
+        return f"{self.from_pp:g} pp ≤ accuracy loss < {self.below_pp:g} pp"
+
+
+def regimes(summary: pd.DataFrame, analysis: Mapping) -> pd.DataFrame:
+    """Per (model, dataset, finetune) of an edited recipe: the regime and what decided it.
+
+    ``summary`` needs the base rows (compared with each recipe's FT through
+    ``acc_gain_*``, see aggregate.finetune_vs_base) and the FT rows with their gap intervals.
+    """
+    overrides = analysis.get("regimes") or {}
+    rows = []
+    finetuned = summary[summary["method"] == "finetuned"]
+    for _, ft in finetuned.iterrows():
+        gain_low = ft.get("ft_gain_lo", math.nan)
+        measured = "natural" if gain_low > 0 else "boundary"
+        chosen = overrides.get(ft["dataset"], "auto")
+        rows.append({
+            "model": ft["model"], "dataset": ft["dataset"], "finetune": ft["finetune"],
+            "regime": measured if chosen == "auto" else chosen,
+            "regime_source": "measured" if chosen == "auto" else "config",
+            "ft_gain_pp": ft.get("ft_gain_mean", math.nan), "ft_gain_lo": gain_low, "ft_gain_hi": ft.get("ft_gain_hi", math.nan),
+            "gap_ft_defined": bool(ft["gap_lo"] > 0 or ft["gap_hi"] < 0),
+        })
+    return pd.DataFrame(rows, columns=["model", "dataset", "finetune", "regime", "regime_source", "ft_gain_pp",
+                                       "ft_gain_lo", "ft_gain_hi", "gap_ft_defined"])
+
+
+def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 rows: per (model, dataset, recipe, method with a retention), r* and its numbers."""
+    edited = summary[~summary["method"].isin(REFERENCE_METHODS) & summary["retention"].notna()]
+    edited = edited[edited["finetune"] == edited["reference"]]  # edits of a recipe, not controls
+    finetuned = summary[summary["method"] == "finetuned"].set_index(["model", "dataset", "finetune"])
+    base = summary[summary["method"] == "base"].set_index(["model", "dataset"])
+    regime_of = regime_table.set_index(["model", "dataset", "finetune"])
+    rows = []
+    for (model, dataset, finetune, method), curve in edited.groupby(["model", "dataset", "finetune", "method"], sort=False):
+        ft = finetuned.loc[(model, dataset, finetune)]
+        regime = regime_of.loc[(model, dataset, finetune)]
+        row = {
+            "model": model, "dataset": dataset, "finetune": finetune, "method": method,
+            "regime": regime["regime"], "regime_source": regime["regime_source"],
+            "n_seeds": int(curve["n_seeds"].max()),
+            **{f"{name}_ft{suffix}": ft[f"{name}{suffix}"] for name in ("accuracy", "gap") for suffix in ("_mean", "_lo", "_hi")},
+            "accuracy_base": base.loc[(model, dataset), "accuracy_mean"] if (model, dataset) in base.index else math.nan,
+            "gap_base": base.loc[(model, dataset), "gap_mean"] if (model, dataset) in base.index else math.nan,
+            "bias_reduction_defined": bool(regime["gap_ft_defined"]),
+            "r_star": math.nan, "resolved": False, "over_correction": "",
+        }
+        for column in ("bias_reduction", "accuracy_loss"):
+            for suffix in ("_mean", "_std", "_lo", "_hi"):
+                row[column + suffix] = math.nan
+        row["mcnemar_p"] = math.nan
+        in_zone = curve[zone.contains(curve["accuracy_loss_mean"])]
+        over = in_zone[in_zone["bias_reduction_mean"] > 100]
+        row["over_correction"] = ", ".join(f"{100 * r:g}%" for r in over["retention"])
+        candidates = in_zone[(in_zone["bias_reduction_mean"] <= 100) & in_zone["bias_reduction_mean"].notna()]
+        if row["bias_reduction_defined"] and len(candidates):
+            candidates = candidates.sort_values("retention", ascending=False)
+            best = candidates.loc[candidates["bias_reduction_mean"].idxmax()]
+            row.update({"r_star": float(best["retention"]), "mcnemar_p": best["mcnemar_p"]})
+            for column in ("bias_reduction", "accuracy_loss"):
+                for suffix in ("_mean", "_std", "_lo", "_hi"):
+                    row[column + suffix] = float(best[column + suffix])
+            row["resolved"] = zone.contains_interval(best["accuracy_loss_lo"], best["accuracy_loss_hi"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _number(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _with_interval(mean: float, low: float, high: float, digits: int = 1) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if math.isnan(low) or math.isnan(high):
+        return f"{mean:.{digits}f} [n/a]"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def table1_markdown(table1: pd.DataFrame, trajectories: pd.DataFrame, zone: NoCostZone, headline_method: str,
+                    level: float) -> str:
+    """Table 1 (natural regime) and, beside it, the boundary-regime datasets with their trajectory."""
+    pct = f"{100 * level:g} %"
+    methods = [headline_method] + sorted(set(table1["method"]) - {headline_method}) if len(table1) else [headline_method]
+    natural = table1[table1["regime"] == "natural"] if len(table1) else table1
+    header = ["model", "dataset", "fine-tune", "FT acc", "FT gap", "base acc", "base gap"]
+    header += [f"{m}: bias red. % (r*)" for m in methods]
+    lines = [
+        f"Table 1: bias reduction at the sweet-spot retention r*, the largest seed-mean bias reduction "
+        f"(at most 100 %) among the retentions in the no-cost zone ({zone.describe()}), with its {pct} "
+        "bootstrap interval. n/a: no retention in the zone, or the FT gap's interval includes 0 (no gap "
+        "to reduce). †: the accuracy-loss interval at r* reaches outside the zone, so the evaluation set "
+        "does not resolve it as a no-cost edit. Datasets in the boundary regime are listed below, not here.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for (model, dataset, finetune), group in natural.groupby(["model", "dataset", "finetune"], sort=False):
+        first = group.iloc[0]
+        cells = [model, dataset, finetune,
+                 _with_interval(first["accuracy_ft_mean"], first["accuracy_ft_lo"], first["accuracy_ft_hi"], 3),
+                 _with_interval(first["gap_ft_mean"], first["gap_ft_lo"], first["gap_ft_hi"], 3),
+                 _number(first["accuracy_base"], 3), _number(first["gap_base"], 3)]
+        for method in methods:
+            match = group[group["method"] == method]
+            if match.empty:
+                cells.append("")
+                continue
+            row = match.iloc[0]
+            value = _with_interval(row["bias_reduction_mean"], row["bias_reduction_lo"], row["bias_reduction_hi"])
+            if not math.isnan(row["r_star"]):
+                value += f" ({100 * row['r_star']:g}%)" + ("" if row["resolved"] else " †")
+            cells.append(value)
+        lines.append("| " + " | ".join(cells) + " |")
+    if natural.empty:
+        lines.append("| " + " | ".join(["(no dataset in the natural regime)"] + [""] * (len(header) - 1)) + " |")
+    lines += ["", _boundary_markdown(table1, trajectories, headline_method, pct)]
+    return "\n".join(lines) + "\n"
+
+
+def _boundary_markdown(table1: pd.DataFrame, trajectories: pd.DataFrame, headline_method: str, pct: str) -> str:
+    boundary = table1[table1["regime"] == "boundary"] if len(table1) else table1
+    if boundary.empty:
+        return "Boundary regime: no dataset (every fine-tuned model is resolvably more accurate than its base).\n"
+    lines = [
+        f"Boundary regime, kept out of Table 1 (Shortcuts in the Tail, App. A): the fine-tuned model is not "
+        f"resolvably more accurate than the base, so moving toward the base raises accuracy and the no-cost "
+        f"zone does not apply. {headline_method} trajectory, accuracy and gap with {pct} intervals:",
+        "",
+        "| model | dataset | fine-tune | regime from | model / retention | accuracy | gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (model, dataset, finetune), group in boundary.groupby(["model", "dataset", "finetune"], sort=False):
+        source = group.iloc[0]["regime_source"]
+        curve = trajectories[(trajectories["model"] == model) & (trajectories["dataset"] == dataset)
+                             & ((trajectories["finetune"] == finetune) | (trajectories["method"] == "base"))]
+        for _, row in curve.iterrows():
+            label = row["method"] if pd.isna(row["retention"]) else f"{100 * row['retention']:g}%"
+            lines.append(f"| {model} | {dataset} | {finetune} | {source} | {label} | "
+                         f"{_with_interval(row['accuracy_mean'], row['accuracy_lo'], row['accuracy_hi'], 3)} | "
+                         f"{_with_interval(row['gap_mean'], row['gap_lo'], row['gap_hi'], 3)} |")
+    return "\n".join(lines) + "\n"
