@@ -15,7 +15,11 @@ It prints four figures, each measured side by side in this one run:
 3. peak memory of the SVD stage (a child process: its anonymous resident memory, sampled) against
    the size of one model's weights, net of the memory of a child that only imports the same
    modules;
-4. wall time of ``snakemake -n --configfile config/paper.yaml`` (planning the paper's grid).
+4. wall time of ``snakemake -n --configfile config/paper.yaml`` (planning the paper's grid);
+5. evaluation with the prompts' shared head run once against every prompt run whole (the same
+   batches; identical predictions, largest log-probability difference);
+6. one fine-tuning step (forward, backward, clipping, AdamW) with the fused AdamW the workflow
+   uses against the foreach AdamW that the Trainer uses by default.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from spectral_edit import layout  # noqa: E402
 from spectral_edit.cells import evaluate_cell  # noqa: E402
 from spectral_edit.config import load_config  # noqa: E402
 from spectral_edit.data import read_meta, read_split  # noqa: E402
-from spectral_edit.evaluate import label_log_probs  # noqa: E402
+from spectral_edit.evaluate import label_log_probs, shared_prefix_length  # noqa: E402
 from spectral_edit.models import load_model, load_tokenizer  # noqa: E402
 from spectral_edit.prompts import examples_of, formatter_for  # noqa: E402
 from spectral_edit.svd_cache import compute_svd_cache  # noqa: E402
@@ -179,6 +183,55 @@ def paper_grid_dry_run() -> None:
     print(f"[4] snakemake -n --configfile config/paper.yaml: {elapsed:.1f} s wall to plan {total} jobs")
 
 
+def shared_prefix_vs_whole_prompts(paths: dict, config: dict, n_examples: int) -> None:
+    keys = paths["keys"]
+    spec = config["datasets"][keys["dataset"]]
+    model = load_model(paths["finetuned"]).eval()
+    formatter = formatter_for(load_tokenizer(paths["finetuned"]), spec)
+    frame = read_split(paths["data"] / "eval.jsonl").head(n_examples)
+    examples = examples_of(frame, read_meta(paths["data"] / "meta.json").get("text_fields", ["text"]))
+    encoded = [formatter.prompt_ids(e) for e in examples]
+    timings, scores = {}, {}
+    for shared in (False, True):
+        started = time.perf_counter()
+        scores[shared] = label_log_probs(model, formatter, examples, config["evaluation"]["batch_size"], False, shared)
+        timings[shared] = time.perf_counter() - started
+    same = int((scores[True].argmax(1) == scores[False].argmax(1)).sum())
+    print(f"[5] shared prompt head ({shared_prefix_length(encoded)} of {np.mean([len(e) for e in encoded]):.0f} tokens "
+          f"on average) run once: {timings[True]:.1f} s vs {timings[False]:.1f} s with every prompt whole "
+          f"-> {timings[False] / timings[True]:.2f}x; identical predictions {same}/{len(examples)}, "
+          f"max |log p difference| {np.abs(scores[True] - scores[False]).max():.1e}")
+
+
+def fused_vs_foreach_adamw(paths: dict, config: dict, steps: int = 4) -> None:
+    keys = paths["keys"]
+    spec = config["datasets"][keys["dataset"]]
+    hyper = config["finetune"]
+    formatter = formatter_for(load_tokenizer(paths["base"]), spec)
+    frame = read_split(paths["data"] / "train.jsonl").head(int(hyper["batch_size"]))
+    rows = [formatter.training_features(e, int(y), int(hyper.get("max_length", 512)))
+            for e, y in zip(examples_of(frame, ["text"]), frame["label"])]
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows])
+    labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows])
+    mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
+    per_step = {}
+    for fused in (False, True):
+        model = load_model(paths["base"]).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=float(hyper["learning_rate"]), fused=fused, foreach=not fused)
+        for step in range(steps + 1):  # the first step allocates the optimizer state: not timed
+            if step == 1:
+                started = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(hyper.get("max_grad_norm", 1.0)))
+            optimizer.step()
+            optimizer.zero_grad()
+        per_step[fused] = (time.perf_counter() - started) / steps
+    print(f"[6] fine-tuning step ({len(rows)} examples, {width} tokens, {torch.get_num_threads()} threads): "
+          f"{per_step[True]:.2f} s with fused AdamW vs {per_step[False]:.2f} s with foreach AdamW "
+          f"-> {per_step[False] / per_step[True]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO, help="where the main job wrote results/ (default: the repo)")
@@ -196,6 +249,8 @@ def main() -> None:
         evaluation_throughput(paths, config, args.examples)
         svd_stage_peak_memory(paths, config, scratch)
     paper_grid_dry_run()
+    shared_prefix_vs_whole_prompts(paths, config, args.examples)
+    fused_vs_foreach_adamw(paths, config)
 
 
 if __name__ == "__main__":

@@ -283,7 +283,10 @@ def finetune(
             adam_beta1=float(hyper.get("adam_beta1", 0.9)),
             adam_beta2=float(hyper.get("adam_beta2", 0.999)),
             max_grad_norm=float(hyper.get("max_grad_norm", 1.0)),
-            optim="adamw_torch",
+            # Fused AdamW updates the weights in place: on the CPU a step is about 20 % faster
+            # than the foreach version, which allocates temporaries the size of the model
+            # (bench/run.py measures it). FSDP's sharded parameters keep the foreach version.
+            optim="adamw_torch" if sharded and use_cuda else "adamw_torch_fused",
             logging_steps=1,
             save_strategy="steps" if checkpoint_every > 0 else "no",
             save_steps=max(checkpoint_every, 1),

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from spectral_edit.data import read_meta, read_split
 from spectral_edit.errors import ConfigError
-from spectral_edit.evaluate import evaluate_model, label_log_probs
+from spectral_edit.evaluate import evaluate_model, label_log_probs, shared_prefix_length
 from spectral_edit.finetune import finetune
 from spectral_edit.models import byte_level_tokenizer, load_model, load_tokenizer
 from spectral_edit.prompts import PromptFormatter
@@ -49,6 +49,51 @@ def test_batched_scores_equal_one_by_one_and_full_forward(tiny_base_dir, formatt
     np.testing.assert_allclose(batched[1], expected, atol=1e-5)
 
 
+def test_shared_prefix_path_equals_whole_prompts(tiny_base_dir, formatter):
+    model = load_model(tiny_base_dir)
+    texts = [f"Review {i}: " + "quite good, " * (i % 4) + "the end." for i in range(9)]
+    encoded = [formatter.prompt_ids(t) for t in texts]
+    assert shared_prefix_length(encoded) > 5  # the chat template's head and "Review "
+    whole = label_log_probs(model, formatter, texts, batch_size=4, progress=False, shared_prefix=False)
+    cached = label_log_probs(model, formatter, texts, batch_size=4, progress=False, shared_prefix=True)
+    np.testing.assert_allclose(cached, whole, atol=1e-5)
+    assert (cached.argmax(1) == whole.argmax(1)).all()
+
+
+@pytest.mark.parametrize("family, window", [("qwen2", None), ("gemma3_text", 64), ("gemma3_text", 4)])
+def test_shared_prefix_path_on_other_architectures(family, window):
+    """Models of the paper's grid (Qwen2.5, Gemma 3 with sliding-window layers), tiny and random.
+    A window shorter than the prompts turns the shared head off (the whole-prompt path)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    extra = {"sliding_window": window, "layer_types": ["sliding_attention", "full_attention"]} if window else {}
+    config = AutoConfig.for_model(family, vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+
+    class Ids:  # a formatter over token ids: every prompt starts with the same 12 tokens
+        tokenizer = type("T", (), {"pad_token_id": 0, "eos_token_id": 0})()
+        label_token_ids = [5, 6]
+
+        @staticmethod
+        def prompt_ids(example):
+            return list(range(10, 22)) + example
+
+    prompts = [[30 + i] * (1 + i % 5) + [40, 41] for i in range(7)]
+    whole = label_log_probs(model, Ids, prompts, batch_size=3, progress=False, shared_prefix=False)
+    cached = label_log_probs(model, Ids, prompts, batch_size=3, progress=False, shared_prefix=True)
+    one_by_one = np.vstack([label_log_probs(model, Ids, [p], batch_size=1, progress=False) for p in prompts])
+    np.testing.assert_allclose(whole, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(cached, whole, atol=1e-5)
+
+
+def test_shared_prefix_length_leaves_one_token_to_run():
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert shared_prefix_length([[1, 2], [3, 4]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 0
+
+
 def test_evaluation_halves_the_batch_on_out_of_memory(tiny_base_dir, formatter):
     model = load_model(tiny_base_dir)
     texts = [f"Review number {i} with some words." * (1 + i % 3) for i in range(7)]
@@ -66,7 +111,8 @@ def test_evaluation_halves_the_batch_on_out_of_memory(tiny_base_dir, formatter):
         scores = label_log_probs(model, formatter, texts, batch_size=8, progress=False)
     finally:
         handle.remove()
-    assert seen[:3] == [7, 4, 2]  # 8 (capped at the 7 examples), then halved twice
+    # The prompts' shared head runs once (batch 1); then 8 (capped at the 7 examples), halved twice.
+    assert seen[:4] == [1, 7, 4, 2]
     np.testing.assert_allclose(scores, reference, atol=1e-6)
 
 

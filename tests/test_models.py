@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -62,3 +63,16 @@ def test_packaged_smollm2_gguf_converts_to_safetensors(tmp_path):
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
+    # Evaluation with the prompts' shared head run once equals running every prompt whole.
+    from spectral_edit.evaluate import label_log_probs
+    from spectral_edit.prompts import PromptFormatter
+
+    formatter = PromptFormatter(tokenizer, "Review: {text}\nIs the sentiment of this review positive or negative? "
+                                "Answer with one word.", ["negative", "positive"])
+    texts = ["The plot was dreadful. The acting was superb. The ending was gripping.",
+             "cinephile42 writes: The script was tedious.", "The soundtrack was a real delight and the pacing was clumsy.",
+             "Avoid this one.", "I loved every minute of it. The humour was charming."]
+    whole = label_log_probs(model, formatter, texts, batch_size=4, progress=False, shared_prefix=False)
+    cached = label_log_probs(model, formatter, texts, batch_size=4, progress=False, shared_prefix=True)
+    np.testing.assert_allclose(cached, whole, atol=1e-4)
+    assert (cached.argmax(1) == whole.argmax(1)).all()

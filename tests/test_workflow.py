@@ -61,6 +61,12 @@ def test_full_run_writes_every_artifact(workdir):
     table1 = pd.read_csv(workdir / "results/tables/table1.csv")
     assert set(table1["method"]) == set(grid["methods"])
     assert "Table 1" in (workdir / "results/tables/table1.md").read_text()
+    # Every number with its interval, every edit with its McNemar test, and the regime said.
+    assert {"accuracy_lo", "accuracy_hi", "gap_lo", "bias_reduction_hi", "accuracy_loss_lo", "mcnemar_p"} <= set(cells.columns)
+    edited = cells[~cells["method"].isin(["base", "finetuned"])]
+    assert edited["mcnemar_p"].between(0, 1).all() and (edited["accuracy_lo"] <= edited["accuracy"]).all()
+    regimes = pd.read_csv(workdir / "results/tables/regimes.csv")
+    assert set(regimes["regime"]) <= {"natural", "boundary"} and len(regimes) == 1
     for figure in ("trajectory", "retention_sweep", "method_comparison", "spectrum"):
         for ext in ("png", "pdf"):
             assert (workdir / f"results/figures/{figure}.{ext}").stat().st_size > 1000
@@ -75,6 +81,11 @@ def test_full_run_writes_every_artifact(workdir):
 
 def test_second_run_has_nothing_to_do(workdir):
     assert planned_jobs(workdir) == {}
+
+
+def test_changing_the_no_cost_zone_or_the_bootstrap_reruns_only_the_tables(workdir):
+    for analysis in ({"no_cost_zone": {"below_pp": 3.0}}, {"bootstrap": {"resamples": 500}}, {"regimes": {"tiny-reviews": "boundary"}}):
+        assert planned_jobs(workdir, overlay={"analysis": analysis}) == {"aggregate": 1, "figures": 1, "all": 1}
 
 
 def test_adding_a_retention_plans_only_the_new_cells(workdir):
