@@ -101,8 +101,8 @@ def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFr
             "regime": regime["regime"], "regime_source": regime["regime_source"],
             "n_seeds": int(curve["n_seeds"].max()),
             **{f"{name}_ft{suffix}": ft[f"{name}{suffix}"] for name in ("accuracy", "gap") for suffix in ("_mean", "_lo", "_hi")},
-            "accuracy_base": base.loc[(model, dataset), "accuracy_mean"] if (model, dataset) in base.index else math.nan,
-            "gap_base": base.loc[(model, dataset), "gap_mean"] if (model, dataset) in base.index else math.nan,
+            **{f"{name}_base{suffix}": base.loc[(model, dataset), f"{name}{suffix}"] if (model, dataset) in base.index else math.nan
+               for name in ("accuracy", "gap") for suffix in ("_mean", "_lo", "_hi")},
             "bias_reduction_defined": bool(regime["gap_ft_defined"]),
             "r_star": math.nan, "resolved": False, "over_correction": "",
         }
@@ -124,10 +124,6 @@ def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFr
             row["resolved"] = zone.contains_interval(best["accuracy_loss_lo"], best["accuracy_loss_hi"])
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _number(value: float, digits: int = 1) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def _with_interval(mean: float, low: float, high: float, digits: int = 1) -> str:
@@ -161,7 +157,8 @@ def table1_markdown(table1: pd.DataFrame, trajectories: pd.DataFrame, zone: NoCo
         cells = [model, dataset, finetune,
                  _with_interval(first["accuracy_ft_mean"], first["accuracy_ft_lo"], first["accuracy_ft_hi"], 3),
                  _with_interval(first["gap_ft_mean"], first["gap_ft_lo"], first["gap_ft_hi"], 3),
-                 _number(first["accuracy_base"], 3), _number(first["gap_base"], 3)]
+                 _with_interval(first["accuracy_base_mean"], first["accuracy_base_lo"], first["accuracy_base_hi"], 3),
+                 _with_interval(first["gap_base_mean"], first["gap_base_lo"], first["gap_base_hi"], 3)]
         for method in methods:
             match = group[group["method"] == method]
             if match.empty:
