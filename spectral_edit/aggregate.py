@@ -23,7 +23,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from .intervals import STATISTICS, GroupDesign, align, bootstrap_intervals, mcnemar_exact
+from .intervals import STATISTICS, GroupDesign, align, bootstrap_intervals, mcnemar_counts, mcnemar_exact
 from .table1 import NoCostZone, regimes, sweet_spots, table1_markdown
 
 KEYS = ["model", "dataset", "seed", "finetune", "method", "retention"]
@@ -129,7 +129,7 @@ def _reference_rows(cells: pd.DataFrame):
     return ft, base
 
 
-def _compared_rows(rows: pd.DataFrame, cells: pd.DataFrame, scores: _Scores, ft_rows, base_rows):
+def _compared_rows(rows: pd.DataFrame, scores: _Scores, ft_rows, base_rows):
     """(edit, FT, base) correctness for a set of rows of one (model, dataset, recipe, method,
     retention): one row per seed; the base is compared with every seed of the reference FT."""
     first = rows.iloc[0]
@@ -161,12 +161,8 @@ def _interval_columns(intervals: Mapping[str, tuple[float, float]] | None) -> di
 
 def _mcnemar_columns(edit: np.ndarray, ft: np.ndarray) -> dict:
     """Exact McNemar test; with several seeds, the discordant counts are summed over seeds."""
-    b = c = 0
-    for e, f in zip(edit, ft):
-        result = mcnemar_exact(e.astype(bool), f.astype(bool))
-        b, c = b + result["mcnemar_b"], c + result["mcnemar_c"]
-    pooled = mcnemar_exact([True] * b + [False] * c, [False] * b + [True] * c)
-    return pooled
+    per_seed = [mcnemar_exact(e.astype(bool), f.astype(bool)) for e, f in zip(edit, ft)]
+    return mcnemar_counts(sum(r["mcnemar_b"] for r in per_seed), sum(r["mcnemar_c"] for r in per_seed))
 
 
 def add_cell_intervals(cells: pd.DataFrame, scores: _Scores, bootstrap: Mapping) -> pd.DataFrame:
@@ -174,7 +170,7 @@ def add_cell_intervals(cells: pd.DataFrame, scores: _Scores, bootstrap: Mapping)
     ft_rows, base_rows = _reference_rows(cells)
     extra = []
     for index, row in cells.iterrows():
-        compared = _compared_rows(cells.loc[[index]], cells, scores, ft_rows, base_rows)
+        compared = _compared_rows(cells.loc[[index]], scores, ft_rows, base_rows)
         values = _interval_columns(None)
         if compared is not None:
             edit, ft, base = compared
@@ -206,7 +202,7 @@ def summarise(cells: pd.DataFrame, scores: _Scores | None = None, bootstrap: Map
     ft_rows, base_rows = _reference_rows(cells)
     extra = []
     for _, rows in grouped:
-        compared = _compared_rows(rows, cells, scores, ft_rows, base_rows)
+        compared = _compared_rows(rows, scores, ft_rows, base_rows)
         values = _interval_columns(None)
         values.update(ft_gain_mean=math.nan, ft_gain_lo=math.nan, ft_gain_hi=math.nan)
         if compared is not None:

@@ -156,8 +156,11 @@ def mcnemar_exact(edit_correct: Sequence[bool], finetuned_correct: Sequence[bool
     Returns b (examples only the edit gets right), c (only the FT), and the two-sided p.
     """
     edit_correct, finetuned_correct = np.asarray(edit_correct, bool), np.asarray(finetuned_correct, bool)
-    b = int(np.sum(edit_correct & ~finetuned_correct))
-    c = int(np.sum(~edit_correct & finetuned_correct))
+    return mcnemar_counts(int(np.sum(edit_correct & ~finetuned_correct)), int(np.sum(~edit_correct & finetuned_correct)))
+
+
+def mcnemar_counts(b: int, c: int) -> dict[str, float]:
+    """McNemar's exact test from the discordant counts b (edit right only) and c (FT right only)."""
     p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
     return {"mcnemar_b": b, "mcnemar_c": c, "mcnemar_p": p}
 
