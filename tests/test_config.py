@@ -132,5 +132,6 @@ def test_methods_without_retention_get_one_cell(config):
     config["grid"]["methods"] = ["top_k", "dg_hard"]
     validate_schema(config)
     cells = list(grid_cells(config))
-    assert [c.retention for c in cells if c.method == "dg_hard"] == ["none"]
-    assert len(cells) == len(config["grid"]["retentions"]) + 1
+    datasets = len(config["grid"]["datasets"])
+    assert [c.retention for c in cells if c.method == "dg_hard"] == ["none"] * datasets
+    assert len(cells) == datasets * (len(config["grid"]["retentions"]) + 1)

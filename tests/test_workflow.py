@@ -311,7 +311,7 @@ def test_the_paper_grid_plans_offline_through_the_slurm_profile(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     plan = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", result.stdout.split("Job stats:", 1)[1], flags=re.M))
     assert int(plan["finetune"]) == 3 * 5 * 3 * (1 + 6)  # models x datasets x seeds x (full + controls)
-    assert int(plan["evaluate_edit"]) == 3 * 5 * 3 * (3 * 7 + 9)
+    assert int(plan["evaluate_edit"]) == 3 * 5 * 3 * (4 * 7 + 9)  # top/bottom/random-k, uniform shrink; fixed-setting methods
 
     jobs = _planned_jobs_with_resources(result.stdout + "\n" + result.stderr)
     finetunes = [j for j in jobs if j["rule"] == "finetune"]
