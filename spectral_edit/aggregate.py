@@ -310,7 +310,8 @@ def build_tables(cell_paths: Iterable[str | Path], analysis: Mapping, controls: 
     table1 = sweet_spots(summary, zone, regime_table)
     headline = analysis.get("sweet_spot_method", "top_k")
     trajectories = summary[summary["method"].isin([headline, "finetuned", "base"])]
-    natural = regime_table[regime_table["regime"] == "natural"]
+    # Scored where Table 1 has a number: the natural regime, with a gap to reduce.
+    natural = regime_table[(regime_table["regime"] == "natural") & regime_table["gap_ft_defined"]]
     comparisons = compare_methods(method_scores(cells, table1, zone, controls, natural), headline)
     heldout = load_heldout(heldout_paths)
     tolerance = float(analysis.get("heldout_tolerance_pp", 1.0))

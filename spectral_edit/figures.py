@@ -110,6 +110,15 @@ def _boundary(regimes: pd.DataFrame | None) -> set[tuple[str, str, str]]:
     return set(zip(rows["model"], rows["dataset"], rows["finetune"]))
 
 
+def _no_gap(regimes: pd.DataFrame | None) -> set[tuple[str, str, str]]:
+    """Checkpoints whose fine-tuned gap is not resolved from 0: their bias reductions and
+    normalised gaps are ratios of noise (Table 1 says n/a), so the figures leave them out."""
+    if regimes is None or regimes.empty:
+        return set()
+    rows = regimes[~regimes["gap_ft_defined"].astype(bool)]
+    return set(zip(rows["model"], rows["dataset"], rows["finetune"]))
+
+
 def _edits(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[~summary["method"].isin(["base", "finetuned"])]
 
@@ -141,6 +150,8 @@ def trajectory(summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, o
     zone = NoCostZone.from_analysis(analysis)
     data = _with_retention(summary)
     data = data[data["finetune"] == data["reference"]]  # edits of a recipe
+    no_gap = _no_gap(regimes)
+    data = data[[k not in no_gap for k in zip(data["model"], data["dataset"], data["finetune"])]]
     boundary = _boundary(regimes)
     data = data.assign(_regime=["boundary" if k in boundary else "natural"
                                 for k in zip(data["model"], data["dataset"], data["finetune"])])
@@ -177,7 +188,9 @@ def trajectory(summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, o
         ax.set_xlabel("accuracy loss (pp)")
         ax.set_ylabel("bias reduction (%)  (above 100: gap flipped sign)")
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Bias vs accuracy trajectories (rings: sweet spot r*; bars: bootstrap intervals)", fontsize=11)
+    left_out = sorted({d for (_, d, _) in no_gap})
+    note = f"; left out, no fine-tuned gap to reduce: {', '.join(left_out)}" if left_out else ""
+    fig.suptitle(f"Bias vs accuracy trajectories (rings: sweet spot r*; bars: bootstrap intervals{note})", fontsize=10)
     return save_figure(fig, out_stem, formats)
 
 
@@ -222,6 +235,7 @@ def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, 
                       regimes: pd.DataFrame | None = None) -> list[Path]:
     zone = NoCostZone.from_analysis(analysis)
     boundary = _boundary(regimes)
+    no_gap = _no_gap(regimes)
     edited = _edits(summary)
     methods = list(dict.fromkeys(edited["method"]))
     edited_finetunes = _edited_finetunes(summary)
@@ -234,15 +248,18 @@ def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, 
         own_ft = finetuned[finetuned["finetune"] == finetune]
         controls = finetuned[~finetuned["finetune"].isin(edited_finetunes)]
         sweep = here[here["retention"].notna()].sort_values("retention", ascending=False)
+        gap_defined = (model, dataset, finetune) not in no_gap
         for method, curve in sweep.groupby("method", sort=False):
             colour = _colour(method, methods)
-            left.errorbar(curve["retention"], curve["normalised_gap_mean"], yerr=_ci(curve, "normalised_gap"),
-                          marker="o", ms=4, color=colour, capsize=2, elinewidth=0.8, label=method)
+            if gap_defined:
+                left.errorbar(curve["retention"], curve["normalised_gap_mean"], yerr=_ci(curve, "normalised_gap"),
+                              marker="o", ms=4, color=colour, capsize=2, elinewidth=0.8, label=method)
             right.errorbar(curve["gap_mean"], curve["accuracy_mean"], xerr=_ci(curve, "gap"),
                            yerr=_ci(curve, "accuracy"), marker="o", ms=4, color=colour, capsize=2, elinewidth=0.8, label=method)
         for method, point in here[here["retention"].isna()].groupby("method", sort=False):
             colour = _colour(method, methods)
-            left.axhline(point["normalised_gap_mean"].iloc[0], color=colour, ls="-.", lw=1.2, label=f"{method} (fixed)")
+            if gap_defined:
+                left.axhline(point["normalised_gap_mean"].iloc[0], color=colour, ls="-.", lw=1.2, label=f"{method} (fixed)")
             right.errorbar(point["gap_mean"], point["accuracy_mean"], xerr=_ci(point, "gap"), yerr=_ci(point, "accuracy"),
                            marker="P", ms=9, color=colour, ls="none", label=method)
         for _, control in controls.iterrows():
@@ -251,6 +268,9 @@ def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, 
                            xytext=(4, -8), fontsize=6, color="#8c564b")
         left.axhline(1, color="black", ls="--", lw=0.8, label="fine-tuned")
         left.axhline(0, color="black", lw=0.6)
+        if not gap_defined:
+            left.text(0.5, 0.5, "fine-tuned gap not resolved from 0:\nno normalised gap", transform=left.transAxes,
+                      ha="center", va="center", fontsize=8)
         if len(sweep):
             _log_retention_axis(left, sweep["retention"])
         left.set_xlabel("retention r")

@@ -4,8 +4,9 @@ Each method gets one score per (model, dataset, seed) cell of an edited recipe: 
 reduction at its sweet spot r* (Table 1's in-zone maximum, chosen per (model, dataset) on the
 seed means) for methods with a retention; for methods without one, and for the training-time
 controls, their single cell's bias reduction, if its accuracy loss is inside the no-cost zone.
-A method with no in-zone cell has no score there. Only datasets in the natural regime count
-(the boundary regime is kept out of Table 1, and so out of its comparison). The strongest baseline is the method other
+A method with no in-zone cell has no score there. Only datasets in the natural regime whose
+fine-tuned gap is resolved from 0 count (the others have no bias reduction in Table 1, and so
+none in its comparison). The strongest baseline is the method other
 than the headline one (``analysis.sweet_spot_method``) with the highest mean score; every other
 method is compared with it by ``scipy.stats.wilcoxon`` over the cells both have (two-sided).
 """

@@ -231,11 +231,12 @@ def test_boundary_regime_is_decided_from_the_measured_numbers(tmp_path):
 
 def test_a_gap_not_separated_from_zero_gives_no_bias_reduction(tmp_path):
     paths = [_cell(tmp_path, "base", None, None, (10, 10, 10, 10)), _cell(tmp_path, "finetuned", 0, None, (20, 20, 19, 19)),
-             _cell(tmp_path, "top_k", 0, 0.5, (20, 20, 20, 19))]
+             _cell(tmp_path, "top_k", 0, 0.5, (20, 20, 20, 19)), _cell(tmp_path, "dg_hard", 0, None, (20, 20, 20, 20))]
     tables = _tables(paths)
     assert not tables["regimes"].iloc[0]["gap_ft_defined"]
     row = tables["table1"].iloc[0]
     assert math.isnan(row["bias_reduction_mean"]) and math.isnan(row["r_star"])
+    assert tables["comparisons"].empty  # not even a method without a retention is scored there
 
 
 def test_zero_finetuned_gap_gives_nan_not_infinity(tmp_path):
