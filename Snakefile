@@ -15,7 +15,7 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
 
 from spectral_edit import layout
-from spectral_edit.config import SCHEMA_PATH, check_config, validate_schema
+from spectral_edit.config import SCHEMA_PATH, canonical, check_config, validate_schema
 from spectral_edit.errors import ConfigError
 
 
@@ -32,6 +32,10 @@ except WorkflowError as error:
     validate_schema(config)
     raise ConfigError(str(error)) from None
 check_config(config)
+# Params are compared by their repr: keys in one order, whatever order the files wrote them in.
+_canonical = canonical(config)
+config.clear()
+config.update(_canonical)
 
 
 wildcard_constraints:

@@ -79,6 +79,19 @@ def deep_merge(base: dict, override: Mapping) -> dict:
     return merged
 
 
+def canonical(value):
+    """The same config with every mapping's keys in sorted order (lists keep theirs).
+
+    Snakemake compares a rule's params by their repr, in which a dict's key order shows: the
+    same config written in another key order would otherwise rerun everything.
+    """
+    if isinstance(value, Mapping):
+        return {key: canonical(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
 def load_config(path: str | Path, *overlays: str | Path | Mapping) -> dict:
     """Load a config file, apply overlays (files or dicts), validate and check it."""
     path = Path(path)
@@ -91,7 +104,7 @@ def load_config(path: str | Path, *overlays: str | Path | Mapping) -> dict:
         config = deep_merge(config, overlay)
     validate_schema(config)
     check_config(config)
-    return config
+    return canonical(config)
 
 
 # --- cross-reference checks -------------------------------------------------------------

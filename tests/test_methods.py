@@ -121,3 +121,29 @@ def test_uniform_shrink_keeps_top_k_energy_along_the_whole_update(retention):
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-6)
     assert 0 < float(ratio[0]) < 1
     torch.testing.assert_close(edited, base.float() + float(ratio[0]) * delta, rtol=0, atol=1e-5)
+
+
+def test_a_methods_code_digest_covers_the_package_modules_it_imports(tmp_path, monkeypatch):
+    import inspect
+    from pathlib import Path
+
+    from spectral_edit import methods
+
+    def closure(name):
+        files = methods.package_import_closure(Path(inspect.getsourcefile(get_method(name).edit)))
+        return {path.relative_to(methods._PACKAGE_ROOT).as_posix() for path in files}
+
+    assert closure("top_k") == {"methods/top_k.py", "methods/__init__.py", "errors.py"}
+    assert "random_matrix.py" in closure("dg_hard") and "random_matrix.py" not in closure("random_k")
+    # The digest follows the contents of every file in the closure.
+    before = get_method("dg_hard").source_digest
+    copy = tmp_path / "spectral_edit"
+    import shutil
+
+    shutil.copytree(methods._PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(methods, "_PACKAGE_ROOT", copy)
+    dg_file = copy / "methods" / "dg_hard.py"
+    monkeypatch.setattr(inspect, "getsourcefile", lambda _: str(dg_file))
+    assert get_method("dg_hard").source_digest == before
+    (copy / "random_matrix.py").write_text((copy / "random_matrix.py").read_text() + "\n# edited\n")
+    assert get_method("dg_hard").source_digest != before

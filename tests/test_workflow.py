@@ -21,8 +21,9 @@ TINY = REPO / "tests" / "tiny_config.yaml"
 
 
 def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: bool = True,
-              snakefile: Path = REPO / "Snakefile", env: dict | None = None) -> subprocess.CompletedProcess:
-    configfiles = [str(TINY)]
+              snakefile: Path = REPO / "Snakefile", env: dict | None = None,
+              config: Path = TINY) -> subprocess.CompletedProcess:
+    configfiles = [str(config)]
     if overlay is not None:
         extra = workdir / "overlay.yaml"
         extra.write_text(yaml.safe_dump(overlay))
@@ -122,8 +123,22 @@ def test_changing_one_methods_parameters_reruns_only_its_cells(workdir):
     assert planned_jobs(workdir, same) == {}
 
 
-def test_editing_one_methods_file_reruns_only_its_cells(workdir, tmp_path):
-    """A copy of the workflow and package; editing bottom_k.py in it replans bottom_k's cells."""
+def test_the_same_config_in_another_key_order_plans_nothing(workdir, tmp_path):
+    reordered = tmp_path / "sorted.yaml"
+    reordered.write_text(yaml.safe_dump(yaml.safe_load(TINY.read_text()), sort_keys=True))
+    assert reordered.read_text() != TINY.read_text()
+    result = snakemake(workdir, "-n", config=reordered)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("edited, rerun", [
+    ("methods/bottom_k.py", ["bottom_k"]),
+    ("methods/__init__.py", ["top_k", "bottom_k", "random_k"]),  # kept_count and keep_only live there
+    ("random_matrix.py", []),  # only dg_hard imports it, and the tiny grid has no dg_hard
+])
+def test_editing_a_methods_code_reruns_only_the_cells_that_use_it(workdir, tmp_path, edited, rerun):
+    """A copy of the workflow and package; editing a file of it replans the cells of the methods
+    whose file imports it, directly or through other modules of the package."""
     copy = tmp_path / "repo"
     copy.mkdir()
     for part in ("Snakefile", "config.yaml", "rules", "workflow_scripts", "envs", "spectral_edit"):
@@ -135,13 +150,15 @@ def test_editing_one_methods_file_reruns_only_its_cells(workdir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(copy)}
     kwargs = {"snakefile": copy / "Snakefile", "env": env}
     assert planned_jobs(workdir, **kwargs) == {}  # the copy itself changes nothing
-    method_file = copy / "spectral_edit" / "methods" / "bottom_k.py"
-    method_file.write_text(method_file.read_text() + "\n# an edit of the method's code\n")
+    source = copy / "spectral_edit" / edited
+    source.write_text(source.read_text() + "\n# an edit of the code\n")
     grid = yaml.safe_load(TINY.read_text())["grid"]
-    assert planned_jobs(workdir, **kwargs) == {"evaluate_edit": len(grid["retentions"]), "aggregate": 1, "figures": 1, "all": 1}
-    result = snakemake(workdir, "-n", "--summary", **kwargs)  # which cells: bottom_k's only
+    expected = {"evaluate_edit": len(rerun) * len(grid["retentions"]), "aggregate": 1, "figures": 1, "all": 1} if rerun else {}
+    assert planned_jobs(workdir, **kwargs) == expected
+    result = snakemake(workdir, "-n", "--summary", **kwargs)  # which cells
     stale = [line.split("\t")[0] for line in result.stdout.splitlines() if "update pending" in line or "params changed" in line]
-    assert stale and all("/bottom_k/" in path or not path.startswith("results/cells") for path in stale)
+    stale_cells = [path for path in stale if path.startswith("results/cells")]
+    assert sorted({path.split("/")[-2] for path in stale_cells}) == sorted(rerun)
 
 
 def test_changing_the_evaluation_prompt_reruns_evaluations_only(workdir):

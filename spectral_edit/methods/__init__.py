@@ -11,6 +11,7 @@ every module here is imported on first use, so adding a method is adding one fil
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import inspect
@@ -72,11 +73,15 @@ class SpectralMethod:
 
     @property
     def source_digest(self) -> str:
-        """SHA-256 (16 hex digits) of the method's own file: a param of its cells, so editing
-        that file reruns this method's cells and no others (Snakemake's code trigger sees only
-        the rule's script, which every method shares)."""
-        path = inspect.getsourcefile(self.edit)
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        """SHA-256 (16 hex digits) of the method's file and every module of this package it
+        imports, directly or through others (e.g. methods/__init__.py's kept_count,
+        random_matrix.py): a param of its cells, so editing any of them reruns the cells of
+        the methods that use it and no others (Snakemake's code trigger sees only the rule's
+        script, which every method shares)."""
+        digest = hashlib.sha256()
+        for path in package_import_closure(Path(inspect.getsourcefile(self.edit))):
+            digest.update(path.relative_to(_PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()[:16]
 
     def resolve_params(self, given: Mapping[str, object], where: str) -> dict:
         unknown = sorted(set(given) - set(self.defaults))
@@ -92,6 +97,54 @@ class SpectralMethod:
             except ValueError as error:
                 raise ConfigError(f"{where}: {error}") from None
         return params
+
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # spectral_edit/
+
+
+def _module_file(parts: list[str]) -> Path | None:
+    """The file of module spectral_edit.<parts> (a package's __init__.py), if it exists."""
+    base = _PACKAGE_ROOT.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def package_import_closure(path: Path) -> list[Path]:
+    """``path`` and every module of this package it imports, transitively, sorted.
+
+    Read from the import statements (relative ones and ``spectral_edit.``), not by importing:
+    what a file imports is what it can call. ``from . import name`` counts the package's
+    __init__ and, where ``name`` is a submodule, that module too.
+    """
+    seen: set[Path] = set()
+    pending = [path.resolve()]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        package = list(current.relative_to(_PACKAGE_ROOT).parent.parts)
+        for node in ast.walk(ast.parse(current.read_text())):
+            targets: list[list[str]] = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                    module = anchor + (node.module.split(".") if node.module else [])
+                elif node.module and node.module.split(".")[0] == _PACKAGE_ROOT.name:
+                    module = node.module.split(".")[1:]
+                else:
+                    continue
+                targets.append(module)
+                targets += [module + [alias.name] for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets += [a.name.split(".")[1:] for a in node.names if a.name.split(".")[0] == _PACKAGE_ROOT.name]
+            for parts in targets:
+                found = _module_file(parts)
+                if found is not None and found not in seen:
+                    pending.append(found)
+    return sorted(seen)
 
 
 _REGISTRY: dict[str, SpectralMethod] = {}
