@@ -1,5 +1,8 @@
 # Helpers shared by the rules: config lookups used as params (a change reruns the rule) and
-# the lists of targets the grid asks for.
+# the lists of targets the grid asks for. Input, params and resources functions run once per
+# job (thousands on the paper grid), so what depends only on a name is resolved once.
+
+import functools
 
 from spectral_edit.config import grid_cells, grid_finetunes, resolve_finetune, resolve_method
 from spectral_edit.figures import figure_names
@@ -39,9 +42,21 @@ def benchmark_data(wildcards):
     return {"eval": directory + "/eval.jsonl", "meta": directory + "/meta.json"}
 
 
+@functools.cache
+def resolved_method(name):
+    """(registered method, its parameters, the digest of its code) of a grid method name."""
+    method, params = resolve_method(config, name)
+    return method, params, method.source_digest
+
+
+@functools.cache
+def resolved_recipe(name):
+    return resolve_finetune(config, name)
+
+
 def method_of(wildcards):
-    method, params = resolve_method(config, wildcards.method)
-    return {"name": method.name, "params": params, "code": method.source_digest}
+    method, params, code = resolved_method(wildcards.method)
+    return {"name": method.name, "params": params, "code": code}
 
 
 def checkpoint_dirs(wildcards):
@@ -50,7 +65,7 @@ def checkpoint_dirs(wildcards):
 
 def edit_inputs(wildcards):
     """Inputs of an edited cell; methods that need calibration sensitivities get that file."""
-    method, params = resolve_method(config, wildcards.method)
+    method, params, _ = resolved_method(wildcards.method)
     dirs = checkpoint_dirs(wildcards)
     inputs = {
         "base_config": layout.BASE_MODEL_DIR.format(model=wildcards.model) + "/config.json",
@@ -160,11 +175,15 @@ def cluster_resources(kind, with_recipe=False):
     A profile's set-resources overrides them per rule; a local run ignores gpu and runtime.
     """
 
+    @functools.cache
+    def resources_of(model, finetune):
+        spec = config["models"][model] if model else {}
+        return rule_resources(kind, spec, config, resolved_recipe(finetune) if finetune else None)
+
     def pick(key):
         def value(wildcards):
-            spec = config["models"][wildcards.model] if "model" in wildcards.keys() else {}
-            recipe = resolve_finetune(config, wildcards.finetune) if with_recipe else None
-            return rule_resources(kind, spec, config, recipe)[key]
+            model = wildcards.model if "model" in wildcards.keys() else None
+            return resources_of(model, wildcards.finetune if with_recipe else None)[key]
 
         return value
 

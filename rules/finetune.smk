@@ -9,7 +9,7 @@ rule finetune:
         weights=layout.FINETUNE_DIR + "/model.safetensors",
         train_log=layout.FINETUNE_DIR + "/train_log.json",
     params:
-        recipe=lambda w: resolve_finetune(config, w.finetune),
+        recipe=lambda w: resolved_recipe(w.finetune),
         prompt=dataset_prompt,
         runtime=config["runtime"],
     resources:

@@ -8,6 +8,7 @@ a one-line :class:`ConfigError` that names the offending key.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,14 @@ from .methods import SpectralMethod, available_methods
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
+@functools.lru_cache(maxsize=None)
+def _schema_text() -> str:
+    return SCHEMA_PATH.read_text()
+
+
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    # Parsed anew for every caller (some fill defaults into what they get); read once.
+    return yaml.safe_load(_schema_text())
 
 
 def _path_of(error: jsonschema.ValidationError) -> str:

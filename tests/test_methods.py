@@ -146,4 +146,5 @@ def test_a_methods_code_digest_covers_the_package_modules_it_imports(tmp_path, m
     monkeypatch.setattr(inspect, "getsourcefile", lambda _: str(dg_file))
     assert get_method("dg_hard").source_digest == before
     (copy / "random_matrix.py").write_text((copy / "random_matrix.py").read_text() + "\n# edited\n")
+    methods._sources_digest.cache_clear()  # computed once per process: files do not change while planning
     assert get_method("dg_hard").source_digest != before

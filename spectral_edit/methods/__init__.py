@@ -12,6 +12,7 @@ every module here is imported on first use, so adding a method is adding one fil
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import inspect
@@ -78,10 +79,7 @@ class SpectralMethod:
         random_matrix.py): a param of its cells, so editing any of them reruns the cells of
         the methods that use it and no others (Snakemake's code trigger sees only the rule's
         script, which every method shares)."""
-        digest = hashlib.sha256()
-        for path in package_import_closure(Path(inspect.getsourcefile(self.edit))):
-            digest.update(path.relative_to(_PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-        return digest.hexdigest()[:16]
+        return _sources_digest(Path(inspect.getsourcefile(self.edit)), _PACKAGE_ROOT)
 
     def resolve_params(self, given: Mapping[str, object], where: str) -> dict:
         unknown = sorted(set(given) - set(self.defaults))
@@ -145,6 +143,15 @@ def package_import_closure(path: Path) -> list[Path]:
                 if found is not None and found not in seen:
                     pending.append(found)
     return sorted(seen)
+
+
+@functools.lru_cache(maxsize=None)
+def _sources_digest(path: Path, root: Path) -> str:
+    # Once per file and process: planning a large grid asks for it for every cell.
+    digest = hashlib.sha256()
+    for source in package_import_closure(path):
+        digest.update(source.relative_to(root).as_posix().encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 _REGISTRY: dict[str, SpectralMethod] = {}
