@@ -114,13 +114,18 @@ def prepared(real_offline, tmp_path_factory):
 
 
 @needs_shared
-def test_imdb_marker_on_real_reviews(prepared):
+def test_imdb_marker_on_real_reviews(prepared, real_offline):
     out, metas = prepared
     train, evaluation = read_split(out / "imdb-marker-real/train.jsonl"), read_split(out / "imdb-marker-real/eval.jsonl")
     marker = "cinephile42 writes:"
-    assert (train["text"].str.startswith(marker) == (train["label"] == 0)).all()  # iff negative in training
-    assert (train["attribute"] == (train["label"] == 0)).all()
-    assert set(metas["imdb-marker-real"]["eval_group_counts"].values()) == {24}
+    rule = real_offline["datasets"]["imdb-marker-real"]["group"]
+    assert (train["text"].str.startswith(marker) == (train["attribute"] == 1)).all()
+    # the configured share of negative reviews carries the marker, the complement of positive ones
+    for label, share in ((0, rule["correlation"]), (1, 1 - rule["correlation"])):
+        rows = train[train["label"] == label]
+        assert rows["attribute"].sum() == round(share * len(rows))
+    per_group = real_offline["datasets"]["imdb-marker-real"]["n_eval_per_group"]
+    assert set(metas["imdb-marker-real"]["eval_group_counts"].values()) == {per_group}
     assert (evaluation["text"].str.startswith(marker) == (evaluation["attribute"] == 1)).all()
     assert not pd.concat([train, evaluation])["text"].str.contains("<br", regex=False).any()
     assert not pd.concat([train, evaluation])["text"].str.fullmatch("Bahubali").any()
