@@ -71,6 +71,7 @@ def edit_inputs(wildcards):
         "base_config": layout.BASE_MODEL_DIR.format(model=wildcards.model) + "/config.json",
         "base_weights": layout.BASE_MODEL_DIR.format(model=wildcards.model) + "/model.safetensors",
         "factors": dirs["svd"] + "/factors.safetensors",
+        "finetuned_weights": dirs["finetune"] + "/model.safetensors",
         "eval": layout.DATA_DIR.format(dataset=wildcards.dataset) + "/eval.jsonl",
         "meta": layout.DATA_DIR.format(dataset=wildcards.dataset) + "/meta.json",
     }

@@ -7,6 +7,7 @@ rule svd_cache:
         factors=layout.SVD_DIR + "/factors.safetensors",
         spectrum=layout.SVD_DIR + "/spectrum.json",
     params:
+        cache_format=layout.SVD_CACHE_FORMAT,  # a new format reruns caches written in an older one
         include_embeddings=config["svd"]["include_embeddings"],
         batch_size=config["svd"]["batch_size"],
         runtime=config["runtime"],
@@ -26,6 +27,7 @@ rule sensitivities:
     input:
         model_config=rules.finetune.output.config,
         model_weights=rules.finetune.output.weights,
+        base_weights=rules.base_model.output.weights,
         factors=rules.svd_cache.output.factors,
         train=rules.prepare_dataset.output.train,
     output:
@@ -49,6 +51,8 @@ rule subspace_diagnostics:
     """Cross-layer alignment of the update's singular subspaces (Spectral Surgery Fig. 1)."""
     input:
         factors=rules.svd_cache.output.factors,
+        base_weights=rules.base_model.output.weights,
+        finetuned_weights=rules.finetune.output.weights,
     output:
         table=layout.DIAGNOSTICS_DIR + "/subspace_alignment.csv",
         figures=diagnostic_figures("subspace_alignment"),

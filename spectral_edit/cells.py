@@ -38,6 +38,7 @@ def evaluate_cell(
 
     ``cell`` names it (model, dataset, seed, method, retention). ``edit``, when given, turns
     the model in ``model_dir`` (the base model) into the edited one: keys ``factors``,
+    ``finetuned_weights`` (the checkpoint dW is read from, with the base model's weights),
     ``method`` (a registered method), ``params``, ``retention`` (or None), ``seed``,
     ``unedited_params`` and, for methods that need them, ``sensitivities`` (a file).
     """
@@ -56,6 +57,7 @@ def evaluate_cell(
             int(edit.get("seed", 0)),
             edit.get("unedited_params", "finetuned"),
             extras=extras,
+            finetuned_weights=edit["finetuned_weights"],
         )
         log.info("edited %d matrices, kept %d of %d components", edit_stats["matrices"],
                  edit_stats["kept_components"], edit_stats["total_components"])
@@ -67,7 +69,7 @@ def evaluate_cell(
     log.info("accuracy %.4f gap %.4f worst-group %.4f", metrics["accuracy"], metrics["gap"], metrics["worst_group_accuracy"])
     record = {
         "cell": dict(cell),
-        "edit": {**{k: v for k, v in (edit or {}).items() if k not in ("factors", "sensitivities")}, **edit_stats}
+        "edit": {**{k: v for k, v in (edit or {}).items() if k not in ("factors", "sensitivities", "finetuned_weights")}, **edit_stats}
         if edit else None,
         "metrics": metrics,
         "runtime": {"device": str(device), "dtype": str(dtype).replace("torch.", "")},

@@ -33,7 +33,7 @@ from scipy import integrate  # noqa: E402
 from .figures import save_figure  # noqa: E402
 from .methods import MatrixContext, get_method, layer_index, split_result  # noqa: E402
 from .random_matrix import mp_density, mp_support, noise_singular_value_density  # noqa: E402
-from .svd_cache import cached_names  # noqa: E402
+from .svd_cache import cached_names, iter_factors, leading_vectors  # noqa: E402
 
 
 @lru_cache(maxsize=64)
@@ -144,8 +144,13 @@ def marchenko_pastur_figure(spectrum: Mapping, table: pd.DataFrame, layers: int,
     return save_figure(fig, out_stem, formats)
 
 
-def subspace_alignment(factors_path: str | Path, top_m: int = 4) -> tuple[dict, pd.DataFrame]:
-    """Per module type: layers, |u1_a^T u1_b| and Align_U matrices; and a summary table."""
+def subspace_alignment(
+    factors_path: str | Path, base_weights: str | Path, finetuned_weights: str | Path, top_m: int = 4
+) -> tuple[dict, pd.DataFrame]:
+    """Per module type: layers, |u1_a^T u1_b| and Align_U matrices; and a summary table.
+
+    The cache keeps one side's singular vectors per matrix; the top-m left ones of a matrix
+    whose right side is kept are computed from dW (u_i = dW v_i / sigma_i)."""
     decomposed, _ = cached_names(factors_path)
     by_module: dict[str, dict[int, str]] = {}
     for name in decomposed:
@@ -154,36 +159,41 @@ def subspace_alignment(factors_path: str | Path, top_m: int = 4) -> tuple[dict, 
             by_module.setdefault(name.split(".")[-2], {})[layer] = name
     results: dict[str, dict] = {}
     rows = []
-    with safe_open(str(factors_path), framework="pt") as handle:
-        leading: dict[str, dict[int, torch.Tensor]] = {}
-        for module, names in sorted(by_module.items()):
-            layers = sorted(names)
-            m = min(top_m, min(handle.get_slice(f"U/{names[layer]}").get_shape()[1] for layer in layers))
-            subspaces = {layer: handle.get_slice(f"U/{names[layer]}")[:, :m].double() for layer in layers}
-            leading[module] = subspaces
-            stack = torch.stack([subspaces[layer] for layer in layers])  # (L, d, m)
-            first = stack[:, :, 0]
-            cosine = (first @ first.T).abs().numpy()
-            overlap = (torch.einsum("adm,bdn->abmn", stack, stack) ** 2).sum((2, 3)).numpy() / m
-            d = stack.shape[1]
-            off = ~np.eye(len(layers), dtype=bool)
-            results[module] = {"layers": layers, "u1": cosine, "align": overlap, "m": m, "d": d}
-            rows.append({
-                "module": module, "layers": len(layers), "d": d, "m": m,
-                "mean_u1_similarity": float(cosine[off].mean()) if off.any() else math.nan,
-                "mean_align_u": float(overlap[off].mean()) if off.any() else math.nan,
-                "random_align_baseline": m / d,
-            })
-        if "o_proj" in leading and "down_proj" in leading:
-            shared = sorted(set(leading["o_proj"]) & set(leading["down_proj"]))
-            m = min(leading["o_proj"][shared[0]].shape[1], leading["down_proj"][shared[0]].shape[1]) if shared else 0
-            synergy = [float((leading["o_proj"][l][:, :m].T @ leading["down_proj"][l][:, :m]).pow(2).sum() / m) for l in shared]
-            results["o_proj~down_proj"] = {"layers": shared, "per_layer": synergy, "m": m, "d": leading["o_proj"][shared[0]].shape[0]}
-            rows.append({
-                "module": "o_proj~down_proj (same layer)", "layers": len(shared), "d": results["o_proj~down_proj"]["d"], "m": m,
-                "mean_u1_similarity": math.nan, "mean_align_u": float(np.mean(synergy)),
-                "random_align_baseline": m / results["o_proj~down_proj"]["d"],
-            })
+    wanted = [name for names in by_module.values() for name in names.values()]
+    left: dict[str, torch.Tensor] = {}
+    with safe_open(str(base_weights), framework="pt") as base, safe_open(str(finetuned_weights), framework="pt") as ft:
+        for name, s, side, basis in iter_factors(factors_path, wanted):
+            delta = ft.get_tensor(name).double() - base.get_tensor(name).double()
+            left[name] = leading_vectors(delta, s, side, basis, min(top_m, len(s)))[0]
+    leading: dict[str, dict[int, torch.Tensor]] = {}
+    for module, names in sorted(by_module.items()):
+        layers = sorted(names)
+        m = min(left[names[layer]].shape[1] for layer in layers)
+        subspaces = {layer: left[names[layer]][:, :m] for layer in layers}
+        leading[module] = subspaces
+        stack = torch.stack([subspaces[layer] for layer in layers])  # (L, d, m)
+        first = stack[:, :, 0]
+        cosine = (first @ first.T).abs().numpy()
+        overlap = (torch.einsum("adm,bdn->abmn", stack, stack) ** 2).sum((2, 3)).numpy() / m
+        d = stack.shape[1]
+        off = ~np.eye(len(layers), dtype=bool)
+        results[module] = {"layers": layers, "u1": cosine, "align": overlap, "m": m, "d": d}
+        rows.append({
+            "module": module, "layers": len(layers), "d": d, "m": m,
+            "mean_u1_similarity": float(cosine[off].mean()) if off.any() else math.nan,
+            "mean_align_u": float(overlap[off].mean()) if off.any() else math.nan,
+            "random_align_baseline": m / d,
+        })
+    if "o_proj" in leading and "down_proj" in leading:
+        shared = sorted(set(leading["o_proj"]) & set(leading["down_proj"]))
+        m = min(leading["o_proj"][shared[0]].shape[1], leading["down_proj"][shared[0]].shape[1]) if shared else 0
+        synergy = [float((leading["o_proj"][l][:, :m].T @ leading["down_proj"][l][:, :m]).pow(2).sum() / m) for l in shared]
+        results["o_proj~down_proj"] = {"layers": shared, "per_layer": synergy, "m": m, "d": leading["o_proj"][shared[0]].shape[0]}
+        rows.append({
+            "module": "o_proj~down_proj (same layer)", "layers": len(shared), "d": results["o_proj~down_proj"]["d"], "m": m,
+            "mean_u1_similarity": math.nan, "mean_align_u": float(np.mean(synergy)),
+            "random_align_baseline": m / results["o_proj~down_proj"]["d"],
+        })
     return results, pd.DataFrame(rows)
 
 

@@ -1,12 +1,14 @@
 """Build an edited model in memory: W~ = W_base + U diag(S') V^T for every cached matrix.
 
 S' comes from a spectral method (for top-k: the k largest singular values, the rest zero).
-The edited model is never written to disk; one evaluation cell builds it from the base weights
-and the SVD cache, evaluates it and keeps only the metrics.
+The update is rebuilt from dW = W_ft - W_base, read from the two checkpoints a matrix at a
+time, and the cache's singular vectors of one side (``svd_cache.rebuild_update``). The edited
+model is never written to disk: an evaluation cell builds it, evaluates it and keeps the metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -16,17 +18,9 @@ from safetensors import safe_open
 
 from .errors import CheckpointMismatchError
 from .methods import MatrixContext, SpectralMethod, layer_index, split_result
-from .svd_cache import cached_names, cached_numerical_ranks, iter_factors
+from .svd_cache import cached_names, cached_numerical_ranks, iter_factors, rebuild_update
 
 log = logging.getLogger(__name__)
-
-
-def edited_update(u: torch.Tensor, new_singular_values: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
-    """U diag(S') V^T using only the components with S' != 0."""
-    kept = torch.nonzero(new_singular_values, as_tuple=True)[0]
-    if kept.numel() == 0:
-        return torch.zeros(u.shape[0], vh.shape[1], dtype=u.dtype)
-    return (u[:, kept] * new_singular_values[kept]) @ vh[kept]
 
 
 def new_singular_values(
@@ -53,6 +47,11 @@ def read_sensitivities(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
+def _work_dtype(device: torch.device) -> torch.dtype:
+    # float64 on the CPU, as the cache's SVD; float32 on an accelerator (float64 is slow there).
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
 @torch.no_grad()
 def apply_spectral_edit(
     model: torch.nn.Module,
@@ -63,16 +62,22 @@ def apply_spectral_edit(
     seed: int,
     unedited_params: str = "finetuned",
     extras: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    *,
+    finetuned_weights: str | Path,
+    base_weights: str | Path | None = None,
 ) -> dict:
-    """Turn a loaded *base* model into the edited model, in place. Returns edit statistics.
+    """Turn a loaded model into the edited model, in place. Returns edit statistics.
 
-    ``extras`` maps a matrix name to the extra inputs its method needs (e.g. sensitivities).
-    The statistics hold, per matrix, what the method reported (e.g. DG-Hard's kept rank).
+    W_base comes from ``base_weights`` when given (then the model may hold anything of the
+    right shapes, e.g. the previous cell's edit: every checkpoint tensor is overwritten), else
+    from the model itself, which must then be the base model. ``extras`` maps a matrix name to
+    the extra inputs its method needs (e.g. sensitivities). The statistics hold, per matrix,
+    what the method reported (e.g. DG-Hard's kept rank).
     """
     state = model.state_dict()  # shares storage with the parameters (tied weights appear twice)
     decomposed, passthrough = cached_names(factors_path)
     ranks = cached_numerical_ranks(factors_path)
-    for name in decomposed + (passthrough if unedited_params == "finetuned" else []):
+    for name in decomposed + passthrough:
         if name not in state:
             raise CheckpointMismatchError(f"checkpoint mismatch: cached tensor {name!r} is not a parameter of the base model")
     layers = [layer_index(name) for name in decomposed]
@@ -80,31 +85,39 @@ def apply_spectral_edit(
     kept_total = rank_total = 0
     energy_kept = energy_total = 0.0
     per_matrix = []
-    for name, u, s, vh in iter_factors(factors_path, decomposed):
-        target = state[name]
-        if tuple(target.shape) != (u.shape[0], vh.shape[1]):
-            raise CheckpointMismatchError(
-                f"checkpoint mismatch: {name!r} has shape {tuple(target.shape)} in the base model "
-                f"but {(u.shape[0], vh.shape[1])} in the SVD cache"
+    with safe_open(str(finetuned_weights), framework="pt") as finetuned, \
+            (safe_open(str(base_weights), framework="pt") if base_weights else contextlib.nullcontext()) as base:
+        for name, s, side, basis in iter_factors(factors_path, decomposed):
+            target = state[name]
+            w_ft = finetuned.get_tensor(name)
+            if tuple(target.shape) != tuple(w_ft.shape) or len(s) != min(w_ft.shape):
+                raise CheckpointMismatchError(
+                    f"checkpoint mismatch: {name!r} has shape {tuple(target.shape)} in the base model, "
+                    f"{tuple(w_ft.shape)} in the fine-tuned checkpoint and rank {len(s)} in the SVD cache"
+                )
+            context = MatrixContext(
+                name, tuple(target.shape), retention, seed, params,
+                numerical_rank=ranks.get(name), num_layers=num_layers, extras=(extras or {}).get(name, {}),
             )
-        context = MatrixContext(
-            name, tuple(target.shape), retention, seed, params,
-            numerical_rank=ranks.get(name), num_layers=num_layers, extras=(extras or {}).get(name, {}),
-        )
-        record: dict = {"name": name}
-        s_new = new_singular_values(method, s, context, record)
-        target += edited_update(u, s_new, vh).to(target.dtype)
-        kept = int(torch.count_nonzero(s_new))
-        record["kept_components"] = kept
-        per_matrix.append(record)
-        kept_total += kept
-        rank_total += s.numel()
-        energy_kept += float((s_new.double() ** 2).sum())
-        energy_total += float((s.double() ** 2).sum())
-    if unedited_params == "finetuned" and passthrough:
-        with safe_open(str(factors_path), framework="pt") as handle:
+            record: dict = {"name": name}
+            s_new = new_singular_values(method, s, context, record)
+            dtype = _work_dtype(target.device)
+            w_base = (base.get_tensor(name) if base_weights else target).to(target.device, dtype)
+            delta = w_ft.to(target.device, dtype) - w_base
+            target.copy_(w_base + rebuild_update(delta, s, s_new, side, basis))
+            del w_ft, w_base, delta
+            kept = int(torch.count_nonzero(s_new))
+            record["kept_components"] = kept
+            per_matrix.append(record)
+            kept_total += kept
+            rank_total += s.numel()
+            energy_kept += float((s_new.double() ** 2).sum())
+            energy_total += float((s.double() ** 2).sum())
+        # Tensors that are not decomposed (norms): fine-tuned or base values, by the switch.
+        source = finetuned if unedited_params == "finetuned" else base if base_weights else None
+        if source is not None:
             for name in passthrough:
-                state[name].copy_(handle.get_tensor(f"finetuned/{name}"))
+                state[name].copy_(source.get_tensor(name))
     return {
         "matrices": len(decomposed),
         "kept_components": kept_total,

@@ -17,8 +17,10 @@ BASE_MODEL_DIR = RESULTS + "/models/{model}"
 DATA_DIR = RESULTS + "/data/{dataset}"
 # Fine-tuned checkpoint per (model, dataset, seed, recipe).
 FINETUNE_DIR = RESULTS + "/finetune/{model}/{dataset}/seed{seed}/{finetune}"
-# SVD cache of dW per fine-tuned checkpoint.
+# SVD cache of dW per fine-tuned checkpoint, and the version of its file format (a param of
+# the SVD rule, so caches written in an older format are recomputed).
 SVD_DIR = RESULTS + "/svd/{model}/{dataset}/seed{seed}/{finetune}"
+SVD_CACHE_FORMAT = "compact-v1"
 # Calibration-gradient sensitivities per fine-tuned checkpoint and calibration size.
 SENSITIVITY = RESULTS + "/sensitivity/{model}/{dataset}/seed{seed}/{finetune}/ncal{ncal}.safetensors"
 # Evaluation cells. A method without a retention has the retention key "none".

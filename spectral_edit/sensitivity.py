@@ -19,6 +19,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq
@@ -28,7 +29,7 @@ from .data import read_split
 from .models import load_model, load_tokenizer
 from .prompts import examples_of, formatter_for
 from .runtime import resolve as resolve_runtime
-from .svd_cache import cached_names
+from .svd_cache import cached_names, iter_factors, leading_vectors
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def calibration_rows(train_path: str | Path, size: int, seed: int):
 def compute_sensitivities(
     model_dir: str | Path,
     factors_path: str | Path,
+    base_weights: str | Path,
     train_path: str | Path,
     dataset_spec: Mapping,
     out_path: str | Path,
@@ -84,7 +86,10 @@ def compute_sensitivities(
     progress: bool = True,
     runtime: Mapping | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Mean |g_k| and mean g_k per projection matrix of a fine-tuned model; writes safetensors."""
+    """Mean |g_k| and mean g_k per projection matrix of a fine-tuned model; writes safetensors.
+
+    ``model_dir`` is the fine-tuned model, ``base_weights`` the base model's weights file (dW).
+    """
     tokenizer = load_tokenizer(model_dir)
     device, _ = resolve_runtime(runtime)
     model = load_model(model_dir, device)  # fp32: the sensitivities are small differences
@@ -92,18 +97,23 @@ def compute_sensitivities(
         parameter.requires_grad_(False)
     model.enable_input_require_grads()
     decomposed, _ = cached_names(factors_path)
-    wanted = set(decomposed)
+    modules = {
+        f"{name}.weight": module for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in PROJECTIONS and f"{name}.weight" in set(decomposed)
+    }
     projectors: dict[str, _Projector] = {}
     handles = []
-    from safetensors import safe_open
-
-    with safe_open(str(factors_path), framework="pt") as factors:
-        for module_name, module in model.named_modules():
-            weight = f"{module_name}.weight"
-            if isinstance(module, torch.nn.Linear) and module_name.split(".")[-1] in PROJECTIONS and weight in wanted:
-                projector = _Projector(factors.get_tensor(f"U/{weight}").to(device), factors.get_tensor(f"Vh/{weight}").to(device))
-                projectors[weight] = projector
-                handles.append(module.register_forward_hook(projector.forward_hook))
+    work = torch.float64 if device.type == "cpu" else torch.float32
+    with safe_open(str(base_weights), framework="pt") as base:
+        # The cache keeps one side's singular vectors; the other side comes from dW = W_ft - W_base.
+        for weight, s, side, basis in iter_factors(factors_path, [n for n in decomposed if n in modules]):
+            module = modules[weight]
+            delta = module.weight.detach().to(work) - base.get_tensor(weight).to(device, work)
+            u, v = leading_vectors(delta, s, side, basis, len(s))
+            projector = _Projector(u.float(), v.T.float())
+            projectors[weight] = projector
+            handles.append(module.register_forward_hook(projector.forward_hook))
+            del delta
     formatter = formatter_for(tokenizer, dataset_spec)
     rows = calibration_rows(train_path, calibration_size, seed)
     fields = [c for c in rows.columns if c not in ("id", "label", "attribute")]

@@ -1,11 +1,19 @@
-"""The SVD cache of a fine-tuning update: U, S, V^T of dW = W_ft - W_base per 2-D matrix.
+"""The SVD cache of a fine-tuning update dW = W_ft - W_base, compact: per 2-D matrix, the
+singular values and the singular vectors of the matrix's smaller side only.
 
 It is computed once per (model, dataset, seed) and reused by every method and retention.
-``factors.safetensors`` holds, for each decomposed matrix ``name``:
-    U/<name>   (m, r) float32      S/<name>   (r,) float32, descending      Vh/<name>  (r, n)
-with r = min(m, n), and for every tensor that is not decomposed (norms, biases, and the
-embeddings when they are excluded) its fine-tuned value under ``finetuned/<name>``, so an edited
-model is built from the base weights and this one file.
+``factors.safetensors`` holds, for each decomposed matrix ``name`` of shape (m, n), r = min(m, n):
+    S/<name>   (r,) float32, descending
+    V/<name>   (n, r) float32 when n <= m (the right singular vectors), or
+    U/<name>   (m, r) float32 when m < n (the left ones),
+and in its metadata the decomposed names, the tensors that are not decomposed (norms, biases,
+and the embeddings when they are excluded), and each matrix's numerical rank.
+
+Why not U, S and V^T whole: the larger side's vectors are dW's own columns (or rows) divided by
+sigma, so an edit can rebuild them from dW, which it reads from the two checkpoints anyway:
+    sum_i s'_i u_i v_i^T = dW V diag(s'/s) V^T = U diag(s'/s) U^T dW.
+That stores r x r numbers per matrix instead of (m + n) x r (SmolLM2-135M: 0.28x; the
+embedding matrix, 49152 x 576, keeps 576 x 576 instead of 49728 x 576).
 ``spectrum.json`` holds per-matrix statistics: shape, singular values, Frobenius norms and the
 fraction of components that hold 90% of the spectral energy sum(sigma^2).
 """
@@ -25,6 +33,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from .atomic import write_json
+from .layout import SVD_CACHE_FORMAT as CACHE_FORMAT
 from .errors import CheckpointMismatchError
 from .safetensors_stream import StreamingSafetensorsWriter
 from .runtime import is_out_of_memory
@@ -200,16 +209,21 @@ def compute_svd_cache(
                 fallbacks[key] += events[key]
             batch_size = events["final_batch_size"]  # keep a halved size for the next batches
             for name, (shape, base_norm, ft_norm), (u, s, vh) in zip(batch, norms, factors):
-                writer.add(f"U/{name}", u)
                 writer.add(f"S/{name}", s)
-                writer.add(f"Vh/{name}", vh)
+                if stored_side(shape) == "right":
+                    writer.add(f"V/{name}", vh.T.contiguous())
+                else:
+                    writer.add(f"U/{name}", u)
                 ranks[name] = int((s > _noise_floor(shape, base_norm, ft_norm)).sum())
                 records[name] = _matrix_record(name, shape, base_norm, s, ranks[name])
             del factors
             bar.update(len(batch))
-        for name in sorted(set(ft_shapes) - set(names)):
-            writer.add(f"finetuned/{name}", ft.get_tensor(name))
-        writer.close({"decomposed": json.dumps(names), "numerical_rank": json.dumps(ranks)})
+        writer.close({
+            "format": CACHE_FORMAT,
+            "decomposed": json.dumps(names),
+            "passthrough": json.dumps(sorted(set(ft_shapes) - set(names))),
+            "numerical_rank": json.dumps(ranks),
+        })
     matrices = [records[name] for name in names]
     fractions = [m["energy90_fraction"] for m in matrices if not math.isnan(m["energy90_fraction"])]
     spectrum = {
@@ -247,25 +261,85 @@ def _matrix_record(name: str, shape: tuple[int, int], base_norm: float, s: torch
     }
 
 
-def cached_names(factors_path: str | Path) -> tuple[list[str], list[str]]:
-    """(decomposed matrix names, passthrough tensor names) stored in a factors file."""
+def _metadata(factors_path: str | Path) -> dict:
     with safe_open(str(factors_path), framework="pt") as handle:
-        decomposed = json.loads(handle.metadata()["decomposed"])
-        passthrough = [k[len("finetuned/"):] for k in handle.keys() if k.startswith("finetuned/")]
-    return decomposed, sorted(passthrough)
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != CACHE_FORMAT:
+        raise CheckpointMismatchError(
+            f"{factors_path} is not a {CACHE_FORMAT} SVD cache (written by an older version?): delete it and rerun"
+        )
+    return metadata
+
+
+def cached_names(factors_path: str | Path) -> tuple[list[str], list[str]]:
+    """(decomposed matrix names, names of the tensors that are not decomposed) of a cache."""
+    metadata = _metadata(factors_path)
+    return json.loads(metadata["decomposed"]), json.loads(metadata["passthrough"])
 
 
 def cached_numerical_ranks(factors_path: str | Path) -> dict[str, int]:
-    with safe_open(str(factors_path), framework="pt") as handle:
-        return json.loads(handle.metadata().get("numerical_rank", "{}"))
+    return json.loads(_metadata(factors_path).get("numerical_rank", "{}"))
 
 
 def read_spectrum(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def stored_side(shape: tuple[int, ...]) -> str:
+    """Which singular vectors the cache keeps for an (m, n) matrix: those of the smaller side."""
+    m, n = shape
+    return "right" if n <= m else "left"
+
+
 def iter_factors(factors_path: str | Path, names: Iterable[str]):
-    """Yield (name, U, S, Vh) one matrix at a time (lazy reads: the file is not held whole)."""
+    """Yield (name, S, side, basis) one matrix at a time (lazy reads): ``basis`` holds the
+    stored singular vectors as columns, V (n, r) for side "right", U (m, r) for "left"."""
+    _metadata(factors_path)
     with safe_open(str(factors_path), framework="pt") as handle:
+        keys = set(handle.keys())
         for name in names:
-            yield name, handle.get_tensor(f"U/{name}"), handle.get_tensor(f"S/{name}"), handle.get_tensor(f"Vh/{name}")
+            key = f"V/{name}" if f"V/{name}" in keys else f"U/{name}"
+            yield name, handle.get_tensor(f"S/{name}"), "right" if key[0] == "V" else "left", handle.get_tensor(key)
+
+
+def _ratios(s: torch.Tensor, s_new: torch.Tensor) -> torch.Tensor:
+    """s'/s per component; a component with sigma = 0 (dW has nothing along it) stays 0."""
+    if torch.any((s == 0) & (s_new != 0)):
+        raise ValueError("an edit gave weight to a component whose singular value is 0: it cannot be rebuilt from dW")
+    return torch.where(s > 0, s_new.double() / torch.where(s > 0, s.double(), 1.0), 0.0)
+
+
+def rebuild_update(delta: torch.Tensor, s: torch.Tensor, s_new: torch.Tensor, side: str, basis: torch.Tensor) -> torch.Tensor:
+    """sum_i s'_i u_i v_i^T from dW and the stored side's vectors, in ``delta``'s dtype and device.
+
+    The cheaper of two equal forms: through the components that are kept (dW V_k diag(s'/s) V_k^T,
+    top-k at a small retention), or as dW plus the change of those that move (bottom-k keeping
+    most of the spectrum); one scale for every component (uniform shrink) is lambda * dW.
+    """
+    ratio = _ratios(s, s_new)
+    live = s > 0
+    # One scale up to the float32 rounding of S' (the reweighting methods compute in float64).
+    if bool(live.all()) and float(ratio.max() - ratio.min()) <= 1e-6 * float(ratio.abs().max()):
+        return delta * float(ratio.mean())
+    kept = torch.nonzero(ratio != 0, as_tuple=True)[0]
+    changed = torch.nonzero(live & (ratio != 1), as_tuple=True)[0]
+    use_kept = kept.numel() <= changed.numel()
+    index = kept if use_kept else changed
+    if index.numel() == 0:
+        return torch.zeros_like(delta) if use_kept else delta.clone()
+    q = basis[:, index].to(delta)
+    scale = (ratio[index] if use_kept else ratio[index] - 1).to(delta)
+    part = ((delta @ q) * scale) @ q.T if side == "right" else (q * scale) @ (q.T @ delta)
+    return part if use_kept else delta + part
+
+
+def leading_vectors(delta: torch.Tensor, s: torch.Tensor, side: str, basis: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U[:, :count], V[:, :count]): the stored side's leading vectors and the other side's,
+    computed from dW (u_i = dW v_i / sigma_i, v_i = dW^T u_i / sigma_i); columns with sigma = 0
+    are left 0. For diagnostics and sensitivities that need both sides."""
+    q = basis[:, :count].to(delta)
+    sigma = s[:count].to(delta)
+    inverse = torch.where(sigma > 0, 1 / torch.where(sigma > 0, sigma, 1), 0)
+    if side == "right":
+        return (delta @ q) * inverse, q
+    return q, (delta.T @ q) * inverse

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from spectral_edit.edit import edited_update, new_singular_values
+from spectral_edit.edit import new_singular_values
 from spectral_edit.errors import ConfigError
 from spectral_edit.methods import MatrixContext, available_methods, get_method, kept_count
-from spectral_edit.svd_cache import svd_of_update
+from spectral_edit.svd_cache import rebuild_update, stored_side, svd_of_update
 
 
 def _pair(m=12, n=7, seed=0):
@@ -22,7 +22,10 @@ def _edit(method, base, finetuned, retention, seed=0, name="layer.weight"):
     u, s, vh = svd_of_update(base, finetuned)
     ctx = MatrixContext(name, tuple(base.shape), retention, seed, get_method(method).defaults)
     s_new = new_singular_values(get_method(method), s, ctx)
-    return s, s_new, base.float() + edited_update(u, s_new, vh)
+    # As an evaluation cell does: dW from the checkpoints, the cache's one side of vectors.
+    side = stored_side(tuple(base.shape))
+    update = rebuild_update(finetuned - base, s, s_new, side, vh.T if side == "right" else u)
+    return s, s_new, (base + update).float()
 
 
 @pytest.mark.parametrize("method", ["top_k", "bottom_k", "random_k"])

@@ -71,17 +71,18 @@ def test_merged_checkpoint_computes_what_the_trained_model_computed(tiny_base_di
 def test_hook_sensitivities_equal_dense_gradient_projections(tmp_path, tiny_base_dir, tiny_data_dir, tiny_finetuned_dir):
     compute_svd_cache(tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", tmp_path / "svd", progress=False)
     factors = tmp_path / "svd" / "factors.safetensors"
-    sensitivities = compute_sensitivities(tiny_finetuned_dir, factors, tiny_data_dir / "train.jsonl", TINY_DATASET,
+    sensitivities = compute_sensitivities(tiny_finetuned_dir, factors, tiny_base_dir / "model.safetensors",
+                                          tiny_data_dir / "train.jsonl", TINY_DATASET,
                                           tmp_path / "s.safetensors", calibration_size=6, seed=0, batch_size=4, progress=False)
     assert len(sensitivities) == 2 * 2 * len(DEFAULT_LORA_TARGETS)  # abs and signed, 2 layers x 7 projections
     model, tokenizer = load_model(tiny_finetuned_dir), load_tokenizer(tiny_finetuned_dir)
     formatter = PromptFormatter(tokenizer, TINY_DATASET["prompt"], TINY_DATASET["label_words"])
-    cached = load_file(factors)
+    base, finetuned = load_file(tiny_base_dir / "model.safetensors"), load_file(tiny_finetuned_dir / "model.safetensors")
     rows = calibration_rows(tiny_data_dir / "train.jsonl", 6, 0)
     assert rows["id"].str.startswith("train-").all()
     for name in ("model.layers.1.self_attn.o_proj.weight", "model.layers.0.mlp.up_proj.weight"):
         weight = dict(model.named_parameters())[name]
-        u, vh = cached[f"U/{name}"].double(), cached[f"Vh/{name}"].double()
+        u, _, vh = torch.linalg.svd((finetuned[name] - base[name]).double(), full_matrices=False)
         per_example = []
         for text, label in zip(rows["text"], rows["label"]):
             features = formatter.training_features(text, int(label), 512)
@@ -118,17 +119,19 @@ def test_layer_subsets_truncate_only_their_matrices(method, layers_truncated, ki
 def test_subspace_alignment_against_known_subspaces(tmp_path):
     g = torch.Generator().manual_seed(0)
     shared = torch.linalg.qr(torch.randn(64, 64, generator=g))[0]
-    tensors = {}
-    names = []
+    base, finetuned = {}, {}
     for layer in range(3):
         for module, u in (("o_proj", shared), ("q_proj", torch.linalg.qr(torch.randn(64, 64, generator=g))[0])):
             name = f"model.layers.{layer}.self_attn.{module}.weight"
-            names.append(name)
-            tensors[f"U/{name}"], tensors[f"S/{name}"], tensors[f"Vh/{name}"] = u.contiguous(), torch.ones(64), torch.eye(64)
-    import json
-
-    save_file(tensors, tmp_path / "f.safetensors", metadata={"decomposed": json.dumps(names)})
-    results, table = subspace_alignment(tmp_path / "f.safetensors", top_m=4)
+            # dW = U diag(s) V^T with distinct singular values, so the leading vectors are U's first columns
+            v = torch.linalg.qr(torch.randn(64, 64, generator=g))[0]
+            base[name] = torch.randn(64, 64, generator=g)
+            finetuned[name] = base[name] + (u * torch.linspace(3, 1, 64)) @ v.T
+    save_file(base, tmp_path / "base.safetensors")
+    save_file(finetuned, tmp_path / "ft.safetensors")
+    compute_svd_cache(tmp_path / "base.safetensors", tmp_path / "ft.safetensors", tmp_path / "svd", progress=False)
+    results, table = subspace_alignment(tmp_path / "svd" / "factors.safetensors", tmp_path / "base.safetensors",
+                                        tmp_path / "ft.safetensors", top_m=4)
     table = table.set_index("module")
     assert table.loc["o_proj", "mean_align_u"] == pytest.approx(1.0)
     assert table.loc["o_proj", "mean_u1_similarity"] == pytest.approx(1.0)

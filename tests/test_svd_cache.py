@@ -7,11 +7,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from spectral_edit.edit import apply_spectral_edit
+from spectral_edit.edit import apply_spectral_edit, new_singular_values
 from spectral_edit.errors import CheckpointMismatchError
-from spectral_edit.methods import get_method, kept_count
+from spectral_edit.methods import MatrixContext, get_method, kept_count
 from spectral_edit.models import load_model
-from spectral_edit.svd_cache import compute_svd_cache, energy_fraction
+from spectral_edit.svd_cache import (
+    cached_names, compute_svd_cache, energy_fraction, iter_factors, leading_vectors, rebuild_update, stored_side,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,24 +23,86 @@ def cache(tmp_path_factory, tiny_base_dir, tiny_finetuned_dir):
     return out, spectrum
 
 
-def test_cache_holds_factors_of_every_matrix(cache, tiny_base_dir, tiny_finetuned_dir):
+def test_cache_holds_singular_values_and_the_smaller_sides_vectors(cache, tiny_base_dir, tiny_finetuned_dir):
     out, spectrum = cache
     base = load_file(tiny_base_dir / "model.safetensors")
     finetuned = load_file(tiny_finetuned_dir / "model.safetensors")
     matrices = [k for k, v in base.items() if v.ndim == 2]
     assert sorted(m["name"] for m in spectrum["matrices"]) == sorted(matrices)
     assert "model.embed_tokens.weight" in matrices  # embeddings included by default
-    with safe_open(str(out / "factors.safetensors"), "pt") as f:
-        for name in matrices:
-            u, s, vh = f.get_tensor(f"U/{name}"), f.get_tensor(f"S/{name}"), f.get_tensor(f"Vh/{name}")
-            assert torch.all(s[:-1] >= s[1:])
-            delta = finetuned[name] - base[name]
-            torch.testing.assert_close((u * s) @ vh, delta, rtol=0, atol=1e-5)
-        # 1-D tensors are not decomposed; their fine-tuned values are kept for edited models.
-        for name in spectrum["passthrough"]:
-            assert base[name].ndim == 1
-            torch.testing.assert_close(f.get_tensor(f"finetuned/{name}"), finetuned[name])
+    stored = load_file(out / "factors.safetensors")
+    sides = set()
+    for name in matrices:
+        m, n = base[name].shape
+        side = "V" if n <= m else "U"
+        sides.add(side)
+        basis, s = stored[f"{side}/{name}"], stored[f"S/{name}"]
+        assert basis.shape == ((n if side == "V" else m), min(m, n))
+        assert f"{'U' if side == 'V' else 'V'}/{name}" not in stored  # the larger side is not stored
+        assert torch.all(s[:-1] >= s[1:])
+        delta = (finetuned[name] - base[name]).double()
+        reference = torch.linalg.svdvals(delta)
+        torch.testing.assert_close(s.double(), reference, rtol=0, atol=1e-5)
+        # The rebuilt full update is dW itself.
+        rebuilt = rebuild_update(delta, s, s.clone(), "right" if side == "V" else "left", basis)
+        torch.testing.assert_close(rebuilt, delta, rtol=0, atol=1e-5)
+    assert sides == {"U", "V"}  # the tiny model has both wide and tall matrices
+    assert not any(key.startswith("finetuned/") for key in stored)  # norms are read from the checkpoint
+    decomposed, passthrough = cached_names(out / "factors.safetensors")
+    assert decomposed == sorted(matrices) and passthrough == spectrum["passthrough"]
+    assert all(base[name].ndim == 1 for name in passthrough)
     assert json.loads((out / "spectrum.json").read_text())["n_matrices"] == len(matrices)
+
+
+def test_cache_stores_r_squared_plus_r_numbers_per_matrix(cache):
+    """r (r + 1) floats per matrix instead of U, S, V^T whole (r (m + n + 1)); for SmolLM2-135M's
+    shapes that is 0.28x (tests/test_models.py checks its real cache)."""
+    out, spectrum = cache
+    stored = sum(t.numel() for t in load_file(out / "factors.safetensors").values())
+    assert stored == sum(m["rank"] * (m["rank"] + 1) for m in spectrum["matrices"])
+    assert stored < 0.45 * sum(m["rank"] * (m["shape"][0] + m["shape"][1] + 1) for m in spectrum["matrices"])
+
+
+@pytest.mark.parametrize("retention", [1.0, 0.5, 0.1])
+@pytest.mark.parametrize("method", ["top_k", "bottom_k", "random_k", "uniform_shrink"])
+def test_rebuilt_update_equals_the_sum_over_components(method, retention):
+    """U diag(S') V^T from the full SVD against the rebuild from dW and one side, both shapes."""
+    generator = torch.Generator().manual_seed(1)
+    for shape in ((40, 24), (24, 40), (16, 16)):
+        delta = torch.randn(shape, generator=generator, dtype=torch.float64) @ torch.diag(torch.linspace(2, 0.01, shape[1], dtype=torch.float64))
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        context = MatrixContext("model.layers.0.mlp.up_proj.weight", shape, retention, 0, get_method(method).defaults)
+        s_new = new_singular_values(get_method(method), s.float(), context)
+        expected = (u * s_new.double()) @ vh
+        side = stored_side(shape)
+        basis = (vh.T if side == "right" else u).float()
+        rebuilt = rebuild_update(delta, s.float(), s_new, side, basis)
+        torch.testing.assert_close(rebuilt, expected, rtol=0, atol=1e-5)
+
+
+def test_a_component_created_from_nothing_is_refused():
+    delta = torch.zeros(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="singular value is 0"):
+        rebuild_update(delta, torch.zeros(2), torch.tensor([1.0, 0.0]), "right", torch.eye(2))
+
+
+def test_leading_vectors_of_the_side_not_stored(cache, tiny_base_dir, tiny_finetuned_dir):
+    out, _ = cache
+    base, finetuned = load_file(tiny_base_dir / "model.safetensors"), load_file(tiny_finetuned_dir / "model.safetensors")
+    for name, s, side, basis in iter_factors(out / "factors.safetensors", ["model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"]):
+        delta = (finetuned[name] - base[name]).double()
+        u, v = leading_vectors(delta, s, side, basis, 3)
+        reference_u, _, reference_vh = torch.linalg.svd(delta, full_matrices=False)
+        signs = torch.sign((u * reference_u[:, :3]).sum(0))  # singular vectors are defined up to sign
+        torch.testing.assert_close(u * signs, reference_u[:, :3], rtol=0, atol=1e-4)
+        torch.testing.assert_close(v * signs, reference_vh[:3].T, rtol=0, atol=1e-4)
+
+
+def test_an_old_full_cache_is_refused_with_a_clear_message(tmp_path):
+    save_file({"U/w": torch.eye(2), "S/w": torch.ones(2), "Vh/w": torch.eye(2)}, tmp_path / "factors.safetensors",
+              metadata={"decomposed": '["w"]'})
+    with pytest.raises(CheckpointMismatchError, match="not a compact-v1 SVD cache .* delete it and rerun"):
+        cached_names(tmp_path / "factors.safetensors")
 
 
 def test_excluding_embeddings_passes_them_through(tmp_path, tiny_base_dir, tiny_finetuned_dir):
@@ -56,38 +120,53 @@ def test_energy_fraction_by_hand():
     assert k == 0 and frac != frac  # NaN for a zero update
 
 
-def _edited_weights(tiny_base_dir, factors, method, retention):
+def _edited_weights(tiny_base_dir, tiny_finetuned_dir, factors, method, retention):
     model = load_model(tiny_base_dir)
-    stats = apply_spectral_edit(model, factors, get_method(method), get_method(method).defaults, retention, seed=0)
+    stats = apply_spectral_edit(model, factors, get_method(method), get_method(method).defaults, retention, seed=0,
+                                finetuned_weights=tiny_finetuned_dir / "model.safetensors")
     return model, stats
 
 
 def test_full_retention_rebuilds_the_finetuned_model(cache, tiny_base_dir, tiny_finetuned_dir):
     out, _ = cache
-    model, stats = _edited_weights(tiny_base_dir, out / "factors.safetensors", "top_k", 1.0)
+    model, stats = _edited_weights(tiny_base_dir, tiny_finetuned_dir, out / "factors.safetensors", "top_k", 1.0)
     assert stats["kept_components"] == stats["total_components"]
     finetuned = load_model(tiny_finetuned_dir).state_dict()
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, finetuned[name], rtol=0, atol=1e-5)
 
 
-def test_truncated_edit_matches_formula(cache, tiny_base_dir):
+def test_truncated_edit_matches_formula(cache, tiny_base_dir, tiny_finetuned_dir):
     out, spectrum = cache
-    model, stats = _edited_weights(tiny_base_dir, out / "factors.safetensors", "top_k", 0.25)
+    model, stats = _edited_weights(tiny_base_dir, tiny_finetuned_dir, out / "factors.safetensors", "top_k", 0.25)
     assert stats["kept_components"] == sum(kept_count(m["rank"], 0.25) for m in spectrum["matrices"])
-    base = load_file(tiny_base_dir / "model.safetensors")
-    name = "model.layers.1.mlp.down_proj.weight"
-    with safe_open(str(out / "factors.safetensors"), "pt") as f:
-        u, s, vh = f.get_tensor(f"U/{name}"), f.get_tensor(f"S/{name}"), f.get_tensor(f"Vh/{name}")
-    k = kept_count(len(s), 0.25)
-    expected = base[name] + (u[:, :k] * s[:k]) @ vh[:k]
-    torch.testing.assert_close(model.state_dict()[name], expected, rtol=0, atol=1e-6)
+    base, finetuned = load_file(tiny_base_dir / "model.safetensors"), load_file(tiny_finetuned_dir / "model.safetensors")
+    for name in ("model.layers.1.mlp.down_proj.weight", "model.layers.1.mlp.up_proj.weight"):
+        u, s, vh = torch.linalg.svd((finetuned[name] - base[name]).double(), full_matrices=False)
+        k = kept_count(len(s), 0.25)
+        expected = base[name] + ((u[:, :k] * s[:k]) @ vh[:k]).float()
+        torch.testing.assert_close(model.state_dict()[name], expected, rtol=0, atol=1e-6)
 
 
-def test_unedited_params_base_keeps_base_norms(cache, tiny_base_dir):
+def test_edit_over_a_previous_edit_equals_an_edit_of_the_base(cache, tiny_base_dir, tiny_finetuned_dir):
+    """With the base weights file given, the model may hold another cell's edit (the evaluation
+    server reuses one model for the cells of a checkpoint): every tensor is overwritten."""
+    out, _ = cache
+    factors = out / "factors.safetensors"
+    fresh, _ = _edited_weights(tiny_base_dir, tiny_finetuned_dir, factors, "bottom_k", 0.5)
+    reused, _ = _edited_weights(tiny_base_dir, tiny_finetuned_dir, factors, "top_k", 0.1)
+    apply_spectral_edit(reused, factors, get_method("bottom_k"), {}, 0.5, 0,
+                        finetuned_weights=tiny_finetuned_dir / "model.safetensors",
+                        base_weights=tiny_base_dir / "model.safetensors")
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(reused.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_unedited_params_base_keeps_base_norms(cache, tiny_base_dir, tiny_finetuned_dir):
     out, spectrum = cache
     model = load_model(tiny_base_dir)
-    apply_spectral_edit(model, out / "factors.safetensors", get_method("top_k"), {}, 0.5, 0, unedited_params="base")
+    apply_spectral_edit(model, out / "factors.safetensors", get_method("top_k"), {}, 0.5, 0, unedited_params="base",
+                        finetuned_weights=tiny_finetuned_dir / "model.safetensors")
     base = load_file(tiny_base_dir / "model.safetensors")
     for name in spectrum["passthrough"]:
         torch.testing.assert_close(model.state_dict()[name], base[name], rtol=0, atol=0)

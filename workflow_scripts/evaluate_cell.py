@@ -15,6 +15,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate"):
         cell.update(seed=int(w.seed), finetune=w.finetune, method=w.method, retention=retention)
         edit = {
             "factors": inp.factors,
+            "finetuned_weights": inp.finetuned_weights,
             "method": method["name"],
             "params": method["params"],
             "retention": retention,

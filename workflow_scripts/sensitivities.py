@@ -5,6 +5,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "sensitivities"):
     compute_sensitivities(
         model_dir=snakemake.input.model_weights.rsplit("/", 1)[0],
         factors_path=snakemake.input.factors,
+        base_weights=snakemake.input.base_weights,
         train_path=snakemake.input.train,
         dataset_spec=snakemake.params.prompt,
         out_path=snakemake.output[0],

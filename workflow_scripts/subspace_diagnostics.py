@@ -6,7 +6,9 @@ from spectral_edit.jobs import job_logging
 
 w = snakemake.wildcards
 with job_logging(snakemake.log[0], snakemake.threads, "subspace_diagnostics") as log:
-    results, table = subspace_alignment(snakemake.input.factors, int(snakemake.params.top_m))
+    results, table = subspace_alignment(
+        snakemake.input.factors, snakemake.input.base_weights, snakemake.input.finetuned_weights, int(snakemake.params.top_m)
+    )
     with atomic_path(snakemake.output.table) as tmp:
         table.to_csv(tmp, index=False)
     title = f"Subspace alignment of dW across layers: {w.model} / {w.dataset} / seed {w.seed} / {w.finetune}"
