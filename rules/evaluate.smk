@@ -1,5 +1,6 @@
-# Evaluation cells. An edited model is built in memory from the base weights and the SVD
-# cache; it is never written to disk.
+# Evaluation cells. An edited model is built in memory from the base weights, the fine-tuned
+# weights and the SVD cache; it is never written to disk. The cells of one checkpoint are
+# evaluated by one server process that loads the model once (spectral_edit.evaluation_client).
 
 
 rule evaluate_edit:
@@ -32,6 +33,7 @@ rule evaluate_finetuned:
     input:
         model_config=rules.finetune.output.config,
         model_weights=rules.finetune.output.weights,
+        base_weights=rules.base_model.output.weights,  # the evaluation server loads the base model
         eval=rules.prepare_dataset.output.eval,
         meta=rules.prepare_dataset.output.meta,
     output:
@@ -103,6 +105,7 @@ use rule evaluate_finetuned as evaluate_heldout_finetuned with:
     input:
         model_config=rules.finetune.output.config,
         model_weights=rules.finetune.output.weights,
+        base_weights=rules.base_model.output.weights,
         eval=lambda w: benchmark_data(w)["eval"],
         meta=lambda w: benchmark_data(w)["meta"],
     output:

@@ -1,4 +1,11 @@
-"""One evaluation cell: build the model (base, fine-tuned, or edited), evaluate, write JSON."""
+"""One evaluation cell: build the model (base, fine-tuned, or edited), evaluate, write JSON.
+
+``CellEvaluator`` holds a loaded model and tokenizer and serves any number of cells of one
+checkpoint: before each cell it overwrites every checkpoint tensor of the model (with the edit,
+the fine-tuned weights, or the base weights), so no cell sees another's state. The evaluation
+server (``evaluation_server``) keeps one alive per checkpoint; ``evaluate_cell`` makes one for a
+single cell in this process.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,13 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+import torch
+from safetensors import safe_open
+
 from .atomic import write_json
 from .data import read_meta, read_split
 from .edit import apply_spectral_edit, read_sensitivities
+from .errors import CheckpointMismatchError
 from .evaluate import evaluate_model
 from .methods import get_method
 from .models import load_model, load_tokenizer
@@ -19,6 +30,93 @@ from .prompts import formatter_for
 from .runtime import resolve as resolve_runtime
 
 log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
+    """Copy every tensor of a safetensors file into the model's parameters of the same name."""
+    state = model.state_dict()
+    with safe_open(str(weights), framework="pt") as handle:
+        for name in handle.keys():
+            if name not in state or tuple(state[name].shape) != tuple(handle.get_slice(name).get_shape()):
+                raise CheckpointMismatchError(f"checkpoint mismatch: {name!r} of {weights} does not fit the model")
+            state[name].copy_(handle.get_tensor(name))
+
+
+class CellEvaluator:
+    """A model of one architecture, loaded once, that evaluates cells one after another.
+
+    ``model_dir`` is the model to load (for edited cells: the base model). ``weights`` of
+    :meth:`run` names the checkpoint whose tensors the model takes for that cell (None: keep
+    the loaded ones, for a single cell).
+    """
+
+    def __init__(self, model_dir: str | Path, runtime: Mapping | None = None):
+        started = time.time()
+        self.model_dir = Path(model_dir)
+        self.device, self.dtype = resolve_runtime(runtime)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_model(model_dir).to(device=self.device, dtype=self.dtype)
+        self.load_seconds = time.time() - started
+        self.cells_served = 0
+
+    def run(
+        self,
+        *,
+        eval_path: str | Path,
+        meta_path: str | Path,
+        dataset_spec: Mapping,
+        cell: Mapping,
+        edit: Mapping | None = None,
+        weights: str | Path | None = None,
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> dict:
+        """Evaluate one cell and return its record (what ``evaluate_cell`` writes).
+
+        ``edit``, when given, turns the model into the edited one: keys ``factors``,
+        ``finetuned_weights`` (the checkpoint dW is read from), ``base_weights`` (W_base; by
+        default the loaded model's own file), ``method`` (a registered method),
+        ``params``, ``retention`` (or None), ``seed``, ``unedited_params`` and, for methods
+        that need them, ``sensitivities`` (a file).
+        """
+        started = time.time()
+        edit_stats = None
+        if edit is not None:
+            extras = read_sensitivities(edit["sensitivities"]) if edit.get("sensitivities") else None
+            edit_stats = apply_spectral_edit(
+                self.model,
+                edit["factors"],
+                get_method(edit["method"]),
+                edit.get("params", {}),
+                edit.get("retention"),
+                int(edit.get("seed", 0)),
+                edit.get("unedited_params", "finetuned"),
+                extras=extras,
+                finetuned_weights=edit["finetuned_weights"],
+                # W_base from the file, not the model: the model may be in bf16 or hold the last cell's edit.
+                base_weights=edit.get("base_weights") or self.model_dir / "model.safetensors",
+            )
+            log.info("edited %d matrices, kept %d of %d components", edit_stats["matrices"],
+                     edit_stats["kept_components"], edit_stats["total_components"])
+        elif weights is not None:
+            load_weights(self.model, weights)
+        formatter = formatter_for(self.tokenizer, dataset_spec)
+        result = evaluate_model(self.model, formatter, read_split(eval_path), read_meta(meta_path), batch_size, progress)
+        self.cells_served += 1
+        metrics = result["metrics"]
+        log.info("accuracy %.4f gap %.4f worst-group %.4f", metrics["accuracy"], metrics["gap"], metrics["worst_group_accuracy"])
+        hidden = ("factors", "sensitivities", "finetuned_weights", "base_weights")
+        return {
+            "cell": dict(cell),
+            "edit": {**{k: v for k, v in edit.items() if k not in hidden}, **edit_stats} if edit else None,
+            "metrics": metrics,
+            "runtime": {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")},
+            "seconds": time.time() - started,
+            # Where it ran: a cluster job id is provenance (and lets a test see grouped cells).
+            "job": {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname()},
+            "examples": result["examples"],
+        }
 
 
 def evaluate_cell(
@@ -34,49 +132,15 @@ def evaluate_cell(
     progress: bool = True,
     runtime: Mapping | None = None,
 ) -> dict:
-    """Evaluate one cell and write ``out_path``.
+    """Evaluate one cell in this process and write ``out_path``.
 
-    ``cell`` names it (model, dataset, seed, method, retention). ``edit``, when given, turns
-    the model in ``model_dir`` (the base model) into the edited one: keys ``factors``,
-    ``finetuned_weights`` (the checkpoint dW is read from, with the base model's weights),
-    ``method`` (a registered method), ``params``, ``retention`` (or None), ``seed``,
-    ``unedited_params`` and, for methods that need them, ``sensitivities`` (a file).
+    ``cell`` names it (model, dataset, seed, method, retention). ``model_dir`` is the model to
+    evaluate, or for an edited cell (``edit`` given, see :meth:`CellEvaluator.run`) the base model.
     """
     started = time.time()
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
-    edit_stats = None
-    if edit is not None:
-        extras = read_sensitivities(edit["sensitivities"]) if edit.get("sensitivities") else None
-        edit_stats = apply_spectral_edit(
-            model,
-            edit["factors"],
-            get_method(edit["method"]),
-            edit.get("params", {}),
-            edit.get("retention"),
-            int(edit.get("seed", 0)),
-            edit.get("unedited_params", "finetuned"),
-            extras=extras,
-            finetuned_weights=edit["finetuned_weights"],
-        )
-        log.info("edited %d matrices, kept %d of %d components", edit_stats["matrices"],
-                 edit_stats["kept_components"], edit_stats["total_components"])
-    device, dtype = resolve_runtime(runtime)
-    model = model.to(device=device, dtype=dtype)  # after the fp32 edit
-    formatter = formatter_for(tokenizer, dataset_spec)
-    result = evaluate_model(model, formatter, read_split(eval_path), read_meta(meta_path), batch_size, progress)
-    metrics = result["metrics"]
-    log.info("accuracy %.4f gap %.4f worst-group %.4f", metrics["accuracy"], metrics["gap"], metrics["worst_group_accuracy"])
-    record = {
-        "cell": dict(cell),
-        "edit": {**{k: v for k, v in (edit or {}).items() if k not in ("factors", "sensitivities", "finetuned_weights")}, **edit_stats}
-        if edit else None,
-        "metrics": metrics,
-        "runtime": {"device": str(device), "dtype": str(dtype).replace("torch.", "")},
-        "seconds": time.time() - started,
-        # Where it ran: a cluster job id is provenance (and lets a test see grouped cells).
-        "job": {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname()},
-        "examples": result["examples"],
-    }
+    evaluator = CellEvaluator(model_dir, runtime)
+    record = evaluator.run(eval_path=eval_path, meta_path=meta_path, dataset_spec=dataset_spec, cell=cell, edit=edit,
+                           batch_size=batch_size, progress=progress)
+    record["seconds"] = time.time() - started
     write_json(out_path, record)
     return record

@@ -11,8 +11,9 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def job_logging(log_path: str | Path | None, threads: int = 1, name: str = "job"):
-    """Log to ``log_path`` (and stderr) for the duration of a job; pin torch to ``threads``.
+def job_logging(log_path: str | Path | None, threads: int = 1, name: str = "job", pin_torch: bool = True):
+    """Log to ``log_path`` (and stderr) for the duration of a job; pin torch to ``threads``
+    (``pin_torch=False``: a job that does not import torch, e.g. an evaluation server's client).
 
     A fixed thread count also keeps CPU results reproducible: the reduction order of matrix
     products depends on it.
@@ -26,11 +27,14 @@ def job_logging(log_path: str | Path | None, threads: int = 1, name: str = "job"
     )
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
-    import torch
-
-    torch.set_num_threads(max(1, int(threads)))
     logger = logging.getLogger(name)
-    logger.info("start (torch threads: %d)", torch.get_num_threads())
+    if pin_torch:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        logger.info("start (torch threads: %d)", torch.get_num_threads())
+    else:
+        logger.info("start")
     started = time.time()
     try:
         yield logger

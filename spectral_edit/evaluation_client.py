@@ -1,0 +1,186 @@
+"""Client side of the evaluation server: one long-lived process per checkpoint serves its cells.
+
+Standard library only: a cell job that goes through the server never imports torch (about
+1.5 s with transformers), so its cost is the server's evaluation pass and a few milliseconds.
+
+Why not Snakemake's service jobs (``service()`` outputs): as verified here (see the README),
+a failing consumer fails its whole group and Snakemake removes the outputs of the cells of the
+group that had already finished, and a service output always counts as missing, so every cell
+of a checkpoint reruns when one is added. Here every cell stays an ordinary job with its own
+output; the first cell of a checkpoint starts the server, later ones reuse it.
+
+Lifetime: the server watches the outermost Snakemake process above the cell that started it
+(on a SLURM node: the job step's Snakemake) and exits within a second of it, and exits on its own
+after ``idle_seconds`` without a request. A cell never hangs on it: the server sends a
+heartbeat line every ``HEARTBEAT_S`` while it works or queues a request, and the client gives
+up with a one-line error after ``stall_seconds`` of silence, at once if the server dies, and
+after ``startup_seconds`` if it cannot load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping
+
+HEARTBEAT_S = 2.0
+
+
+class EvaluationServerError(RuntimeError):
+    """The server could not be started, died, or stopped answering."""
+
+
+def _file_identity(path: str | os.PathLike) -> list:
+    stat = os.stat(path)
+    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def server_key(model_dir: str | os.PathLike, files: list, runtime: Mapping | None, threads: int, session: int) -> str:
+    """One server per (model, checkpoint files as they are now, runtime, threads, Snakemake
+    session): a checkpoint rewritten by a rerun (new mtime) gets a new server rather than the
+    old weights, and two Snakemake runs never share one (each stops its own)."""
+    identity = {
+        "session": session,
+        "model": _file_identity(Path(model_dir) / "model.safetensors"),
+        "files": [_file_identity(f) for f in files],
+        "runtime": dict(runtime or {}),
+        "threads": threads,
+        "python": sys.executable,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def socket_dir() -> Path:
+    # Unix socket paths are limited to ~107 bytes: a short per-user directory, node-local on a
+    # cluster ($TMPDIR is the job's scratch there).
+    base = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
+    path = base / f"spectral-edit-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def _parent_and_command(pid: int) -> tuple[int, str]:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return parent, command
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        pass
+    try:  # no /proc (macOS)
+        out = subprocess.run(["ps", "-o", "ppid=,args=", "-p", str(pid)], capture_output=True, text=True, check=True).stdout
+        parent, _, command = out.strip().partition(" ")
+        return int(parent), command
+    except (subprocess.CalledProcessError, ValueError, FileNotFoundError):
+        return 0, ""
+
+
+def supervising_process() -> int:
+    """The outermost Snakemake process above this one (the server lives no longer than it),
+    else this process's parent (a notebook or a test calling the client directly)."""
+    found, pid = 0, os.getppid()
+    for _ in range(64):
+        if pid <= 1:
+            break
+        parent, command = _parent_and_command(pid)
+        if "snakemake" in command:
+            found = pid
+        pid = parent
+    return found or os.getppid()
+
+
+def _connect(path: Path) -> socket.socket | None:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(str(path))
+        return client
+    except (FileNotFoundError, ConnectionRefusedError):
+        client.close()
+        return None
+
+
+def _start_server(path: Path, spec: Mapping, log_path: Path, startup_seconds: float) -> socket.socket:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "spectral_edit.evaluation_server", "--socket", str(path), "--spec", json.dumps(spec)]
+    with open(log_path, "a") as log:
+        log.write(f"--- started by pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        log.flush()
+        # Its own session: a signal to the cell job that started it does not reach it.
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env=os.environ.copy())
+    deadline = time.monotonic() + startup_seconds
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            raise EvaluationServerError(f"evaluation server exited during start-up (exit code {code}); see {log_path}")
+        connection = _connect(path)
+        if connection is not None:
+            return connection
+        time.sleep(0.2)
+    process.kill()
+    raise EvaluationServerError(f"evaluation server did not start within {startup_seconds:.0f} s; see {log_path}")
+
+
+def serve_cell(
+    request: Mapping,
+    *,
+    model_dir: str | os.PathLike,
+    checkpoint_files: list,
+    runtime: Mapping | None,
+    threads: int,
+    server_log: str | os.PathLike,
+    idle_seconds: float = 120.0,
+    startup_seconds: float = 900.0,
+    stall_seconds: float = 60.0,
+    note=print,
+) -> dict:
+    """Have the checkpoint's server evaluate one cell (starting the server if none runs) and
+    return the cell's record. ``request`` holds :meth:`CellEvaluator.run`'s arguments."""
+    supervisor = supervising_process()
+    key = server_key(model_dir, checkpoint_files, runtime, threads, supervisor)
+    path = socket_dir() / f"{key}.sock"
+    spec = {"model_dir": str(model_dir), "runtime": dict(runtime or {}), "threads": threads,
+            "idle_seconds": idle_seconds, "watch_pid": supervisor}
+    connection = _connect(path)
+    if connection is None:
+        # One starter at a time: a second cell arriving now waits here, then finds the server.
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            connection = _connect(path)
+            if connection is None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # a socket file left by a server that died
+                note(f"starting evaluation server {key} (log: {server_log})")
+                connection = _start_server(path, spec, Path(server_log), startup_seconds)
+    with connection:
+        connection.settimeout(stall_seconds)
+        connection.sendall(json.dumps(dict(request)).encode() + b"\n")
+        stream = connection.makefile("rb")
+        while True:
+            try:
+                line = stream.readline()
+            except (socket.timeout, TimeoutError):
+                raise EvaluationServerError(
+                    f"evaluation server {key} sent nothing for {stall_seconds:.0f} s (stuck?); see {server_log}"
+                ) from None
+            except ConnectionError as error:
+                raise EvaluationServerError(f"evaluation server {key} dropped the connection ({error}); see {server_log}") from None
+            if not line:
+                raise EvaluationServerError(f"evaluation server {key} closed the connection before answering (died?); see {server_log}")
+            message = json.loads(line)
+            if "heartbeat" in message:
+                continue
+            if "error" in message:
+                raise EvaluationServerError(f"evaluation server: {message['error']} (see {server_log})")
+            record = message["record"]
+            record["server"] = message["server"]
+            return record

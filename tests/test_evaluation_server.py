@@ -1,0 +1,170 @@
+"""The evaluation server: same records as an in-process cell, one load for many cells, and a
+clear failure (never a hang) when the server is dead, stuck, or cannot start."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from spectral_edit.cells import evaluate_cell
+from spectral_edit.evaluation_client import EvaluationServerError, serve_cell, server_key, socket_dir, supervising_process
+from spectral_edit.svd_cache import compute_svd_cache
+
+from conftest import TINY_DATASET
+
+RUNTIME = {"device": "cpu", "dtype": "float32"}
+
+
+@pytest.fixture(autouse=True)
+def own_socket_directory(monkeypatch):
+    """Each test its own servers (a short path: Unix socket paths are limited to ~107 bytes)."""
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="se-", dir="/tmp")
+    monkeypatch.setenv("TMPDIR", directory)
+    yield
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_base_dir, tiny_finetuned_dir, tiny_data_dir):
+    svd = tmp_path_factory.mktemp("svd")
+    compute_svd_cache(tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", svd, progress=False)
+    return {"base": tiny_base_dir, "finetuned": tiny_finetuned_dir / "model.safetensors",
+            "factors": svd / "factors.safetensors", "data": tiny_data_dir}
+
+
+def _request(checkpoint, method: str | None, retention: float | None = None) -> dict:
+    request = {"eval_path": str(checkpoint["data"] / "eval.jsonl"), "meta_path": str(checkpoint["data"] / "meta.json"),
+               "dataset_spec": TINY_DATASET, "batch_size": 4, "cell": {"method": method or "finetuned"}}
+    if method is None:
+        request["weights"] = str(checkpoint["finetuned"])
+    else:
+        request["edit"] = {"factors": str(checkpoint["factors"]), "finetuned_weights": str(checkpoint["finetuned"]),
+                           "method": method, "params": {}, "retention": retention, "seed": 0, "unedited_params": "finetuned"}
+    return request
+
+
+def _serve(checkpoint, request, tmp_path, **kwargs):
+    return serve_cell(request, model_dir=checkpoint["base"], checkpoint_files=[checkpoint["finetuned"]], runtime=RUNTIME,
+                      threads=1, server_log=tmp_path / "server.log", note=lambda *_: None, **kwargs)
+
+
+def _server_processes() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"spectral_edit.evaluation_server" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_cells_through_one_server_equal_cells_in_their_own_process(checkpoint, tmp_path):
+    cells = [("top_k", 0.25), ("bottom_k", 0.5), (None, None), ("uniform_shrink", 0.1), ("top_k", 0.25)]
+    served = [_serve(checkpoint, _request(checkpoint, m, r), tmp_path, idle_seconds=5) for m, r in cells]
+    assert len({record["server"]["pid"] for record in served}) == 1  # one load for all of them
+    assert [record["server"]["cells_served"] for record in served] == [1, 2, 3, 4, 5]
+    for (method, retention), record in zip(cells, served):
+        request = _request(checkpoint, method, retention)
+        alone = evaluate_cell(
+            model_dir=checkpoint["base"] if method else checkpoint["finetuned"].parent,
+            out_path=tmp_path / "alone.json", edit=request.pop("edit", None), runtime=RUNTIME, progress=False,
+            **{k: v for k, v in request.items() if k != "weights"},
+        )
+        # The same model state whatever the previous cell left in the server's model.
+        assert record["examples"] == alone["examples"]
+        assert record["metrics"] == alone["metrics"]
+    assert served[0]["examples"] == served[4]["examples"]
+
+
+def test_the_server_exits_when_idle_and_when_its_supervisor_exits(checkpoint, tmp_path):
+    record = _serve(checkpoint, _request(checkpoint, "top_k", 0.5), tmp_path, idle_seconds=1.5)
+    pid = record["server"]["pid"]
+    deadline = time.time() + 20
+    while pid in _server_processes() and time.time() < deadline:
+        time.sleep(0.2)
+    assert pid not in _server_processes()
+    assert "idle for 2 s: stopping" in (tmp_path / "server.log").read_text()
+
+
+def test_a_server_that_cannot_load_fails_the_cell_at_once(tmp_path, checkpoint):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"not a model")
+    started = time.time()
+    with pytest.raises(EvaluationServerError, match=r"exited during start-up \(exit code 1\); see .*server.log"):
+        serve_cell(_request(checkpoint, "top_k", 0.5), model_dir=broken, checkpoint_files=[checkpoint["finetuned"]],
+                   runtime=RUNTIME, threads=1, server_log=tmp_path / "server.log", note=lambda *_: None)
+    assert time.time() - started < 60
+
+
+class _FakeServer:
+    """Listens where the real server for this checkpoint would, and misbehaves."""
+
+    def __init__(self, checkpoint, behaviour: str):
+        key = server_key(checkpoint["base"], [checkpoint["finetuned"]], RUNTIME, 1, supervising_process())
+        self.path = socket_dir() / f"{key}.sock"
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.path.unlink(missing_ok=True)
+        self.listener.bind(str(self.path))
+        self.listener.listen(1)
+        self.behaviour = behaviour
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        connection, _ = self.listener.accept()
+        connection.makefile("rb").readline()
+        if self.behaviour == "dies":
+            connection.sendall(json.dumps({"heartbeat": 0}).encode() + b"\n")
+            connection.close()  # as a killed process's socket is closed by the kernel
+        elif self.behaviour == "stuck":
+            time.sleep(30)
+
+    def close(self):
+        self.listener.close()
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("behaviour, message", [
+    ("dies", "closed the connection before answering"),
+    ("stuck", "sent nothing for 1 s"),
+])
+def test_a_dead_or_stuck_server_fails_the_cell_with_a_clear_message(checkpoint, tmp_path, behaviour, message):
+    fake = _FakeServer(checkpoint, behaviour)
+    try:
+        started = time.time()
+        with pytest.raises(EvaluationServerError, match=message):
+            _serve(checkpoint, _request(checkpoint, "top_k", 0.5), tmp_path, stall_seconds=1)
+        assert time.time() - started < 10
+    finally:
+        fake.close()
+
+
+def test_a_socket_left_by_a_dead_server_is_replaced(checkpoint, tmp_path):
+    key = server_key(checkpoint["base"], [checkpoint["finetuned"]], RUNTIME, 1, supervising_process())
+    stale = socket_dir() / f"{key}.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.unlink(missing_ok=True)
+    listener.bind(str(stale))
+    listener.close()  # the file stays, nobody listens: connecting is refused
+    record = _serve(checkpoint, _request(checkpoint, "top_k", 0.5), tmp_path, idle_seconds=1)
+    assert record["server"]["cells_served"] == 1 and record["server"]["pid"] != os.getpid()
+
+
+def test_a_failing_cell_reports_the_servers_error_and_the_server_serves_on(checkpoint, tmp_path):
+    bad = _request(checkpoint, "top_k", 0.5)
+    bad["eval_path"] = str(tmp_path / "missing.jsonl")
+    with pytest.raises(EvaluationServerError, match="evaluation server: .*missing.jsonl"):
+        _serve(checkpoint, bad, tmp_path, idle_seconds=3)
+    record = _serve(checkpoint, _request(checkpoint, "top_k", 0.5), tmp_path, idle_seconds=3)
+    assert record["server"]["cells_served"] == 1  # the failed one did not count
