@@ -19,7 +19,13 @@ It prints four figures, each measured side by side in this one run:
 5. evaluation with the prompts' shared head run once against every prompt run whole (the same
    batches; identical predictions, largest log-probability difference);
 6. one fine-tuning step (forward, backward, clipping, AdamW) with the fused AdamW the workflow
-   uses against the foreach AdamW that the Trainer uses by default.
+   uses against the foreach AdamW that the Trainer uses by default;
+7. an edited cell served by its checkpoint's evaluation server (a client process, as a cell job
+   runs it; the server already up) against the evaluation pass alone on the same edited model,
+   and against a cell in its own process (imports, model load, edit, evaluation: before the
+   server), over the same cells; identical per-example scores;
+8. the SVD cache of the checkpoint against the full U, S, V^T it replaced (computed from the
+   shapes), and the same for the 7B-shaped models of the paper grid.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from spectral_edit.data import read_meta, read_split  # noqa: E402
 from spectral_edit.evaluate import label_log_probs, shared_prefix_length  # noqa: E402
 from spectral_edit.models import load_model, load_tokenizer  # noqa: E402
 from spectral_edit.prompts import examples_of, formatter_for  # noqa: E402
-from spectral_edit.svd_cache import compute_svd_cache  # noqa: E402
+from spectral_edit.svd_cache import compute_svd_cache, read_spectrum  # noqa: E402
 
 # Child process of figure 3: runs the SVD stage (or only the imports) and reports its peak memory.
 # The child samples its anonymous resident memory (RssAnon: tensors and buffers it allocated)
@@ -97,7 +103,8 @@ def cell_from_cache_vs_recomputed_svd(paths: dict, config: dict, retention: floa
         return evaluate_cell(
             model_dir=paths["base"], eval_path=paths["data"] / "eval.jsonl", meta_path=paths["data"] / "meta.json",
             dataset_spec=spec, out_path=out, cell={**keys, "method": "top_k", "retention": retention},
-            edit={"factors": str(factors), "method": "top_k", "params": {}, "retention": retention,
+            edit={"factors": str(factors), "finetuned_weights": str(paths["finetuned"] / "model.safetensors"),
+                  "method": "top_k", "params": {}, "retention": retention,
                   "seed": keys["seed"], "unedited_params": config["edit"]["unedited_params"]},
             batch_size=config["evaluation"]["batch_size"], progress=False, runtime=config["runtime"],
         )
@@ -256,6 +263,110 @@ def fused_vs_foreach_adamw(paths: dict, config: dict, steps: int = 6) -> None:
           f"-> {result[False]['step'] / result[True]['step']:.2f}x per step")
 
 
+_PER_PROCESS_CELL = """
+import json, sys, time
+started = time.perf_counter()
+import torch
+torch.set_num_threads(int(sys.argv[2]))
+from spectral_edit.cells import evaluate_cell
+request = json.loads(sys.argv[1])
+record = evaluate_cell(out_path=request.pop("out_path"), progress=False, **request)
+print(json.dumps({"seconds": time.perf_counter() - started, "examples": record["examples"]}))
+"""
+
+_SERVED_CELL = """
+import json, sys, time
+started = time.perf_counter()
+from spectral_edit.evaluation_client import serve_cell
+arguments = json.loads(sys.argv[1])
+record = serve_cell(arguments.pop("request"), note=lambda *_: None, **arguments)
+print(json.dumps({"seconds": time.perf_counter() - started, "examples": record["examples"],
+                  "pid": record["server"]["pid"]}))
+"""
+
+
+def served_cells_vs_evaluation_pass(paths: dict, config: dict, scratch: Path, methods=("top_k", "bottom_k", "uniform_shrink")) -> None:
+    from spectral_edit.cells import CellEvaluator
+
+    keys = paths["keys"]
+    spec = config["datasets"][keys["dataset"]]
+    threads = torch.get_num_threads()
+    retention = config["grid"]["retentions"][0]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": tempfile.mkdtemp(prefix="se-bench-", dir="/tmp")}
+
+    def request(method: str) -> dict:
+        return {
+            "eval_path": str(paths["data"] / "eval.jsonl"), "meta_path": str(paths["data"] / "meta.json"),
+            "dataset_spec": spec, "batch_size": config["evaluation"]["batch_size"], "cell": {"method": method},
+            "edit": {"factors": str(paths["svd"] / "factors.safetensors"),
+                     "finetuned_weights": str(paths["finetuned"] / "model.safetensors"), "method": method,
+                     "params": {}, "retention": retention, "seed": keys["seed"],
+                     "unedited_params": config["edit"]["unedited_params"]},
+        }
+
+    def child(code: str, argument: dict) -> dict:
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(argument), str(threads)],
+                             capture_output=True, text=True, check=True, env=env)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    runtime = {"device": "auto", "dtype": "auto"}
+    served_arguments = {"model_dir": str(paths["base"]), "checkpoint_files": [str(paths["finetuned"] / "model.safetensors")],
+                        "runtime": runtime, "threads": threads, "server_log": str(scratch / "server.log"),
+                        "idle_seconds": 600}
+    child(_SERVED_CELL, {**served_arguments, "request": request("top_k")})  # starts the server: not timed
+    served = {m: child(_SERVED_CELL, {**served_arguments, "request": request(m)}) for m in methods}
+    own = {m: child(_PER_PROCESS_CELL, {**request(m), "model_dir": str(paths["base"]), "runtime": runtime,
+                                         "out_path": str(scratch / f"own-{m}.json")}) for m in methods}
+    evaluator = CellEvaluator(paths["base"], runtime)
+    passes = {}
+    for method in methods:
+        evaluator.run(**request(method), progress=False)  # the edit, then time the evaluation pass alone
+        frame = read_split(paths["data"] / "eval.jsonl")
+        formatter = formatter_for(evaluator.tokenizer, spec)
+        started = time.perf_counter()
+        from spectral_edit.evaluate import evaluate_model
+
+        evaluate_model(evaluator.model, formatter, frame, read_meta(paths["data"] / "meta.json"),
+                       config["evaluation"]["batch_size"], False)
+        passes[method] = time.perf_counter() - started
+    subprocess.run(["pkill", "-f", f"spectral_edit.evaluation_server.*{env['TMPDIR']}"], check=False)
+    t_served, t_own, t_pass = (sum(x[m]["seconds"] if isinstance(x[m], dict) else x[m] for m in methods) / len(methods)
+                               for x in (served, own, passes))
+    same = all(served[m]["examples"] == own[m]["examples"] for m in methods)
+    print(f"[7] edited cell ({', '.join(methods)} at retention {retention}, {threads} threads, mean): "
+          f"{t_served:.1f} s served by the checkpoint's server vs {t_pass:.1f} s for the evaluation pass alone "
+          f"-> {t_served / t_pass:.2f}x; {t_own:.1f} s as its own process (before) -> {t_own / t_served:.2f}x faster; "
+          f"identical per-example scores: {same}")
+
+
+def cache_sizes(paths: dict) -> None:
+    spectrum = read_spectrum(paths["svd"] / "spectrum.json")
+    compact = (paths["svd"] / "factors.safetensors").stat().st_size
+    full = sum(4 * m["rank"] * (m["shape"][0] + m["shape"][1] + 1) for m in spectrum["matrices"])
+
+    def per_checkpoint(shapes: list[tuple[int, int]]) -> tuple[float, float]:
+        return (sum(4 * min(s) * (min(s) + 1) for s in shapes), sum(4 * min(s) * (s[0] + s[1] + 1) for s in shapes))
+
+    # Shapes from the models' config.json on the hub. Qwen2.5-7B-Instruct: hidden 3584, MLP 18944,
+    # 28 layers, key-value width 512, vocabulary 152064, separate LM head; Qwen2.5-0.5B-Instruct:
+    # 896, 4864, 24 layers, 128, 151936, tied; Gemma-3-1B-IT: 1152, 6912, 26 layers, query width
+    # 1024, key-value width 256, 262144, tied.
+    def decoder(h, f, q, kv, layers, vocab, heads):
+        return [(q, h), (kv, h), (kv, h), (h, q), (f, h), (f, h), (h, f)] * layers + [(vocab, h)] * heads
+
+    grid = {"Qwen2.5-7B": decoder(3584, 18944, 3584, 512, 28, 152064, 2),
+            "Qwen2.5-0.5B": decoder(896, 4864, 896, 128, 24, 151936, 1),
+            "Gemma-3-1B": decoder(1152, 6912, 1024, 256, 26, 262144, 1)}
+    sizes = {name: per_checkpoint(shapes) for name, shapes in grid.items()}
+    compact_7b, full_7b = sizes["Qwen2.5-7B"]
+    # The paper grid: each model fine-tuned on 5 datasets x 3 seeds (15 checkpoints per model).
+    grid_compact, grid_full = (15 * sum(size[i] for size in sizes.values()) for i in (0, 1))
+    print(f"[8] SVD cache of this checkpoint: {compact / 2**20:.0f} MiB vs {full / 2**20:.0f} MiB for U, S, V^T whole "
+          f"-> {compact / full:.2f}x; a Qwen2.5-7B checkpoint: {compact_7b / 1e9:.1f} GB vs {full_7b / 1e9:.1f} GB "
+          f"({compact_7b / full_7b:.2f}x); the paper grid's 45 checkpoints: {grid_compact / 1e9:.0f} GB vs "
+          f"{grid_full / 1e9:.0f} GB ({grid_compact / grid_full:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO, help="where the main job wrote results/ (default: the repo)")
@@ -263,7 +374,7 @@ def main() -> None:
                         help="as given to snakemake: config.yaml and any overlays")
     parser.add_argument("--retention", type=float, default=0.01)
     parser.add_argument("--examples", type=int, default=160, help="prompts in the throughput comparison")
-    parser.add_argument("--only", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6], help="which figures to measure")
+    parser.add_argument("--only", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8], help="which figures to measure")
     args = parser.parse_args()
     config = load_config(*args.configfile)
     paths = _paths(args.workdir, config)
@@ -277,6 +388,8 @@ def main() -> None:
             4: paper_grid_dry_run,
             5: lambda: shared_prefix_vs_whole_prompts(paths, config, args.examples),
             6: lambda: fused_vs_foreach_adamw(paths, config),
+            7: lambda: served_cells_vs_evaluation_pass(paths, config, scratch),
+            8: lambda: cache_sizes(paths),
         }
         for figure in args.only:
             figures[figure]()

