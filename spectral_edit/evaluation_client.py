@@ -10,8 +10,9 @@ of a checkpoint reruns when one is added. Here every cell stays an ordinary job 
 output; the first cell of a checkpoint starts the server, later ones reuse it.
 
 Lifetime: the server watches the outermost Snakemake process above the cell that started it
-(on a SLURM node: the job step's Snakemake) and exits within a second of it, and exits on its own
-after ``idle_seconds`` without a request. A cell never hangs on it: the server sends a
+(in a SLURM job: the group job's Snakemake in the batch step, since the cells run in ``srun``
+steps beside it) and exits within a second of it, and exits on its own after ``idle_seconds``
+without a request. A cell never hangs on it: the server sends a
 heartbeat line every ``HEARTBEAT_S`` while it works or queues a request, and the client gives
 up with a one-line error after ``stall_seconds`` of silence, at once if the server dies, and
 after ``startup_seconds`` if it cannot load.
@@ -84,9 +85,34 @@ def _parent_and_command(pid: int) -> tuple[int, str]:
         return 0, ""
 
 
+def _slurm_group_snakemake(job_id: str) -> int:
+    """Inside a SLURM job, the job's first Snakemake process: the one the batch script runs for
+    the group job. Each cell runs in its own ``srun`` step under it, not below it, so it is
+    found by the job id in its environment; the earliest started is the batch step's."""
+    found: list[tuple[int, int]] = []
+    marker = f"SLURM_JOB_ID={job_id}".encode()
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"snakemake" not in (entry / "cmdline").read_bytes() or marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            started = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])
+        except (OSError, IndexError, ValueError):
+            continue
+        found.append((started, int(entry.name)))
+    return min(found)[1] if found else 0
+
+
 def supervising_process() -> int:
-    """The outermost Snakemake process above this one (the server lives no longer than it),
-    else this process's parent (a notebook or a test calling the client directly)."""
+    """The process the server lives no longer than: in a SLURM job the group job's Snakemake,
+    else the outermost Snakemake process above this one, else this process's parent (a
+    notebook or a test calling the client directly)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id:
+        pid = _slurm_group_snakemake(job_id)
+        if pid:
+            return pid
     found, pid = 0, os.getppid()
     for _ in range(64):
         if pid <= 1:
