@@ -5,7 +5,7 @@
 import functools
 
 from spectral_edit.config import grid_cells, grid_finetunes, resolve_finetune, resolve_method
-from spectral_edit.figures import figure_names
+from spectral_edit.layout import figure_names  # not from figures.py: that imports matplotlib
 from spectral_edit.resources import rule_resources
 
 CONDA_ENV = "../envs/spectral-edit.yaml"
