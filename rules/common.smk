@@ -5,7 +5,7 @@
 import functools
 
 from spectral_edit.config import grid_cells, grid_finetunes, resolve_finetune, resolve_method
-from spectral_edit.figures import figure_names
+from spectral_edit.layout import figure_names  # not from figures.py: that imports matplotlib
 from spectral_edit.resources import rule_resources
 
 CONDA_ENV = "../envs/spectral-edit.yaml"
@@ -188,7 +188,15 @@ def cluster_resources(kind, with_recipe=False):
 
         return value
 
-    resources = {key: pick(key) for key in ("gpu", "mem_mb", "runtime", "cpus_per_task")}
+    # Snakemake evaluates a callable resource for every job (~0.2 ms each, mostly its own
+    # signature inspection), thousands of times on the paper grid. A key whose value is the
+    # same for every model in the config (gpu and cpus_per_task of most rules) is given as
+    # that constant. Recipes are not folded over: a target may name one outside the grid.
+    by_model = [resources_of(model, None) for model in config["models"]] if not with_recipe else []
+    resources = {}
+    for key in ("gpu", "mem_mb", "runtime", "cpus_per_task"):
+        values = {spec[key] for spec in by_model}
+        resources[key] = values.pop() if len(values) == 1 else pick(key)
     if kind == "evaluate":
         resources["cell_slots"] = 1  # see profiles/slurm: grouped cells run one at a time
     return resources

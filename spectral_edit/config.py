@@ -25,13 +25,21 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
 @functools.lru_cache(maxsize=None)
-def _schema_text() -> str:
-    return SCHEMA_PATH.read_text()
+def _parsed_schema() -> dict:
+    # Read and parsed once per process: parsing the YAML costs ~60 ms, and planning asked for
+    # it once per recipe resolved.
+    return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def load_schema() -> dict:
-    # Parsed anew for every caller (some fill defaults into what they get); read once.
-    return yaml.safe_load(_schema_text())
+    # A fresh copy for every caller (some fill defaults into what they get).
+    return copy.deepcopy(_parsed_schema())
+
+
+@functools.lru_cache(maxsize=None)
+def _finetune_keys() -> frozenset:
+    """The keys a recipe's overrides may set: those of the finetune section."""
+    return frozenset(_parsed_schema()["properties"]["finetune"]["properties"])
 
 
 def _path_of(error: jsonschema.ValidationError) -> str:
@@ -253,7 +261,7 @@ def resolve_finetune(config: Mapping, name: str, where: str = "config: grid.fine
         raise ConfigError(f"{where}: unknown fine-tune {name!r} (defined: {', '.join(['full', *recipes])})")
     recipe = dict(recipes.get(name, {"kind": "full"}))
     overrides = recipe.pop("overrides", {}) or {}
-    allowed = set(load_schema()["properties"]["finetune"]["properties"])
+    allowed = _finetune_keys()
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ConfigError(

@@ -35,27 +35,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
+from .layout import CORE_FIGURES, SUBSET_METHODS, figure_names  # noqa: E402,F401  (figure_names: re-exported)
 from .svd_cache import read_spectrum  # noqa: E402
 from .table1 import NoCostZone  # noqa: E402
 
 ZONE_COLOUR = "#2ca02c"
 METHOD_COLOURS = {"top_k": "#1f77b4", "bottom_k": "#d62728", "random_k": "#7f7f7f", "uniform_shrink": "#ff7f0e"}
-CORE_FIGURES = ("trajectory", "retention_sweep", "method_comparison", "spectrum")
-SUBSET_METHODS = ("top_k_attention", "top_k_mlp", "top_k_first_half", "top_k_second_half")
-
-
-def figure_names(config: Mapping) -> list[str]:
-    """The figures a config produces: the core four, plus those of the methods it names."""
-    from .config import resolve_method
-
-    names = list(CORE_FIGURES)
-    if config["grid"].get("controls"):
-        names.append("controls_pareto")
-    if any(resolve_method(config, m)[0].name in SUBSET_METHODS for m in config["grid"]["methods"]):
-        names.append("layer_subsets")
-    if any(config["datasets"][d].get("heldout") for d in config["grid"]["datasets"]):
-        names.append("recovery_preservation")
-    return names
 
 
 def save_figure(fig, out_stem: Path, formats: Sequence[str]) -> list[Path]:

@@ -8,6 +8,8 @@ recipe's checkpoint, SVD cache and cells sit side by side.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 RESULTS = "results"
 LOGS = "logs"
 
@@ -39,6 +41,24 @@ FIGURES_DIR = RESULTS + "/figures"
 
 NO_RETENTION = "none"
 FIGURE_FORMATS = ("png", "pdf")
+# The figures (spectral_edit/figures.py draws them). Named here, not there, so that planning
+# does not import matplotlib and pandas to know them.
+CORE_FIGURES = ("trajectory", "retention_sweep", "method_comparison", "spectrum")
+SUBSET_METHODS = ("top_k_attention", "top_k_mlp", "top_k_first_half", "top_k_second_half")
+
+
+def figure_names(config: Mapping) -> list[str]:
+    """The figures a config produces: the core four, plus those of the methods it names."""
+    from .config import resolve_method  # local import: config imports this module
+
+    names = list(CORE_FIGURES)
+    if config["grid"].get("controls"):
+        names.append("controls_pareto")
+    if any(resolve_method(config, m)[0].name in SUBSET_METHODS for m in config["grid"]["methods"]):
+        names.append("layer_subsets")
+    if any(config["datasets"][d].get("heldout") for d in config["grid"]["datasets"]):
+        names.append("recovery_preservation")
+    return names
 
 
 def format_retention(retention: float | None) -> str:
