@@ -361,6 +361,15 @@ def cache_sizes(paths: dict) -> None:
     compact_7b, full_7b = sizes["Qwen2.5-7B"]
     # The paper grid: each model fine-tuned on 5 datasets x 3 seeds (15 checkpoints per model).
     grid_compact, grid_full = (15 * sum(size[i] for size in sizes.values()) for i in (0, 1))
+    # What one 7B cell reads (fp32 files), from the shapes: before, a new process read the base
+    # weights and the full factors; in the server the model is loaded once per checkpoint and a
+    # cell reads the base and fine-tuned matrices (dW) and the compact factors.
+    params_7b = sum(m * n for m, n in grid["Qwen2.5-7B"]) + 28 * 2 * 3584 + 3584  # + norms
+    weights_7b = 4 * params_7b
+    print(f"[8] a Qwen2.5-7B cell reads {(weights_7b + full_7b) / 1e9:.0f} GB before (base weights "
+          f"{weights_7b / 1e9:.1f} GB + full factors, in a new process that also loads the model) and "
+          f"{(2 * weights_7b + compact_7b) / 1e9:.0f} GB in the server (base and fine-tuned matrices + compact factors; "
+          f"the model loaded once per checkpoint)")
     print(f"[8] SVD cache of this checkpoint: {compact / 2**20:.0f} MiB vs {full / 2**20:.0f} MiB for U, S, V^T whole "
           f"-> {compact / full:.2f}x; a Qwen2.5-7B checkpoint: {compact_7b / 1e9:.1f} GB vs {full_7b / 1e9:.1f} GB "
           f"({compact_7b / full_7b:.2f}x); the paper grid's 45 checkpoints: {grid_compact / 1e9:.0f} GB vs "

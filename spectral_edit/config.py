@@ -298,6 +298,12 @@ def resolve_method(config: Mapping, name: str) -> tuple[SpectralMethod, dict]:
                 f"config: method_variants.{name}.method: unknown method {implementation!r} "
                 f"(known: {', '.join(methods)})"
             )
+        if name in methods and implementation != name:
+            # Tables and figures would call the other method's results by the built-in's name.
+            raise ConfigError(
+                f"config: method_variants.{name}: a variant may not take the name of the built-in method "
+                f"{name!r} for method {implementation!r}; give it a name of its own"
+            )
         method = methods[implementation]
         return method, method.resolve_params(spec, f"config: method_variants.{name}")
     if name not in methods:

@@ -162,6 +162,11 @@ def evaluate_model(
     """Metrics and per-example label scores of ``model`` on a prepared evaluation split."""
     fields = meta.get("text_fields", ["text"])
     scores = label_log_probs(model, formatter, examples_of(eval_frame, fields), batch_size, progress)
+    finite = np.isfinite(scores).all(axis=1)
+    if not finite.all():  # no metric from NaN scores (argmax would silently pick label 0)
+        first = int(np.flatnonzero(~finite)[0])
+        raise FloatingPointError(f"non-finite label log-probabilities for example {eval_frame['id'].iloc[first]!r} "
+                                 f"({int((~finite).sum())} of {len(finite)} examples): the model's weights or logits are not finite")
     predictions = scores.argmax(axis=1)
     words, attribute = meta["label_words"], meta["attribute"]
     groups = [group_name(words, attribute, int(y), int(a)) for y, a in zip(eval_frame["label"], eval_frame["attribute"])]

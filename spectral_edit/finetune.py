@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -53,11 +54,21 @@ class _LossToLog(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
+            if not math.isfinite(float(logs["loss"])):
+                raise FloatingPointError(f"fine-tune diverged: training loss is {logs['loss']} at step {state.global_step}")
             entry = {"step": state.global_step, "loss": float(logs["loss"])}
             if "learning_rate" in logs:
                 entry["learning_rate"] = float(logs["learning_rate"])
             self.history.append(entry)
             log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, entry["loss"])
+
+
+def check_finite(tensors, what: str) -> None:
+    """Raise at the first tensor with a NaN or infinite entry, naming it."""
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise FloatingPointError(f"{what}: tensor {name!r} has {bad} non-finite values (NaN or inf)")
 
 
 CHECKPOINT_DIR = ".checkpoints"
@@ -288,6 +299,7 @@ def finetune(
             # (bench/run.py measures it). FSDP's sharded parameters keep the foreach version.
             optim="adamw_torch" if sharded and use_cuda else "adamw_torch_fused",
             logging_steps=1,
+            logging_nan_inf_filter=False,  # a non-finite loss must reach _LossToLog, which stops the run
             save_strategy="steps" if checkpoint_every > 0 else "no",
             save_steps=max(checkpoint_every, 1),
             save_total_limit=2,
@@ -344,6 +356,7 @@ def finetune(
             trainable = _unwrapped_with_state(base_dir, recipe, full_state)
     model = _merge_recipe(trainable, recipe)
     model.eval()
+    check_finite(model.state_dict().items(), "fine-tuned model")
     train_log = {
         "seed": int(seed),
         "recipe": recipe,

@@ -200,6 +200,9 @@ def compute_svd_cache(
             deltas, norms = [], []
             for name in batch:
                 w_base, w_ft = base.get_tensor(name), ft.get_tensor(name)
+                for tensor, path in ((w_base, base_weights), (w_ft, finetuned_weights)):
+                    if not bool(torch.isfinite(tensor).all()):
+                        raise FloatingPointError(f"{path}: tensor {name!r} has non-finite values (NaN or inf)")
                 norms.append((tuple(w_base.shape), _norm(w_base), _norm(w_ft)))
                 deltas.append(w_ft.double() - w_base.double() if device.type == "cpu" else w_ft.float() - w_base.float())
                 del w_base, w_ft
