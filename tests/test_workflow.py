@@ -87,21 +87,29 @@ def test_the_cells_of_a_checkpoint_share_one_server_that_stops_with_snakemake(wo
     assert len({r["server"]["pid"] for r in records}) == 1  # the model was loaded once
     assert sorted(r["server"]["cells_served"] for r in records) == list(range(1, len(records) + 1))
     assert "server" not in json.loads((workdir / "results/cells/tiny/tiny-reviews/base.json").read_text())
-    assert not _running_servers()  # none is left once Snakemake has exited
+    assert not _running_servers(workdir)  # none is left once Snakemake has exited
     server_log = (workdir / "logs/evaluation_server/tiny/tiny-reviews/seed0/full.log").read_text()
     assert server_log.count("loaded results/models/tiny") == 1 and "has exited: stopping" in server_log
 
 
-def _running_servers() -> list[int]:
+def _running_servers(workdir: Path) -> list[int]:
+    """Evaluation servers of this working directory (another run's may be alive beside it)."""
     import time
 
     deadline = time.time() + 5  # a server checks on its Snakemake once a second
     while True:
         found = [int(p.name) for p in Path("/proc").iterdir()
-                 if p.name.isdigit() and _cmdline(p).find(b"spectral_edit.evaluation_server") >= 0]
+                 if p.name.isdigit() and _cmdline(p).find(b"spectral_edit.evaluation_server") >= 0 and _cwd(p) == workdir.resolve()]
         if not found or time.time() > deadline:
             return found
         time.sleep(0.2)
+
+
+def _cwd(process: Path) -> Path | None:
+    try:
+        return (process / "cwd").resolve()
+    except OSError:
+        return None
 
 
 def _cmdline(process: Path) -> bytes:
