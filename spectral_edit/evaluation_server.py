@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -26,10 +27,10 @@ class Server:
     def __init__(self, path: Path, spec: dict):
         self.path = path
         self.spec = spec
-        self.work = threading.Lock()
         self.last_activity = time.monotonic()
         self.active = 0
         self.counter = threading.Lock()
+        self.queue: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         from .cells import CellEvaluator  # torch and transformers: only in the server process
 
@@ -51,21 +52,34 @@ class Server:
         os.replace(temporary, self.path)
         inode = os.stat(self.path).st_ino
         listener.settimeout(1.0)
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         log.info("listening on %s", self.path)
         try:
+            # Cells are evaluated here, in the main thread: torch's thread settings (set_num_threads,
+            # the OpenMP team) belong to the thread that made them.
             while not self.stopping.is_set():
                 try:
-                    connection, _ = listener.accept()
-                except socket.timeout:
+                    job = self.queue.get(timeout=1.0)
+                except queue.Empty:
                     self._check_lifetime()
                     continue
-                threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+                self._evaluate(*job)
         finally:
             listener.close()
             # Remove the socket file unless a newer server has already replaced it.
             if self.path.exists() and os.stat(self.path).st_ino == inode:
                 self.path.unlink(missing_ok=True)
             log.info("stopped after %d cells", self.evaluator.cells_served)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                connection, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
 
     def _check_lifetime(self) -> None:
         watched = int(self.spec["watch_pid"])
@@ -76,45 +90,36 @@ class Server:
             log.info("idle for %.0f s: stopping", float(self.spec["idle_seconds"]))
             self.stopping.set()
 
+    def _evaluate(self, request: dict, answer: dict, done: threading.Event) -> None:
+        try:
+            started = time.time()
+            answer["record"] = self.evaluator.run(**request, progress=False)
+            answer["server"] = {**self.identity, "cells_served": self.evaluator.cells_served}
+            log.info("cell %s: %.1f s", request.get("cell"), time.time() - started)
+        except Exception as error:  # reported to the cell, which fails with it
+            log.exception("cell %s failed", request.get("cell"))
+            answer["error"] = f"{type(error).__name__}: {error}"
+        finally:
+            done.set()
+
     def _serve(self, connection: socket.socket) -> None:
+        """One connection: queue its request for the main thread, send heartbeats until it is done."""
+        from .evaluation_client import HEARTBEAT_S
+
         with self.counter:
             self.active += 1
-        done = threading.Event()
-        send_lock = threading.Lock()
-
-        def send(message: dict) -> None:
-            with send_lock:
-                connection.sendall(json.dumps(message).encode() + b"\n")
-
-        def heartbeat() -> None:
-            from .evaluation_client import HEARTBEAT_S
-
-            while not done.wait(HEARTBEAT_S):
-                try:
-                    send({"heartbeat": time.time()})
-                except OSError:
-                    return
-
         try:
             with connection:
                 request = json.loads(connection.makefile("rb").readline())
-                threading.Thread(target=heartbeat, daemon=True).start()
-                try:
-                    with self.work:
-                        started = time.time()
-                        record = self.evaluator.run(**request, progress=False)
-                    log.info("cell %s: %.1f s", request.get("cell"), time.time() - started)
-                    served = {**self.identity, "cells_served": self.evaluator.cells_served}
-                    done.set()
-                    send({"record": record, "server": served})
-                except Exception as error:  # reported to the cell, which fails with it
-                    log.exception("cell %s failed", request.get("cell"))
-                    done.set()
-                    send({"error": f"{type(error).__name__}: {error}"})
+                answer: dict = {}
+                done = threading.Event()
+                self.queue.put((request, answer, done))
+                while not done.wait(HEARTBEAT_S):
+                    connection.sendall(json.dumps({"heartbeat": time.time()}).encode() + b"\n")
+                connection.sendall(json.dumps(answer).encode() + b"\n")
         except OSError as error:
             log.warning("client went away: %s", error)
         finally:
-            done.set()
             with self.counter:
                 self.active -= 1
                 self.last_activity = time.monotonic()
