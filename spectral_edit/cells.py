@@ -51,14 +51,27 @@ class CellEvaluator:
     the loaded ones, for a single cell).
     """
 
-    def __init__(self, model_dir: str | Path, runtime: Mapping | None = None):
+    def __init__(self, model_dir: str | Path, runtime: Mapping | None = None, resident_gb: float = 0.0):
         started = time.time()
+        # Keep W_base and dW of the edited matrices in memory after the first edit when they fit
+        # in ``resident_gb``: a served cell then reads no file (its edit is a few matrix products).
+        self.resident_bytes = resident_gb * 1e9
+        self.resident: dict = {}
+        self.resident_key = None
         self.model_dir = Path(model_dir)
         self.device, self.dtype = resolve_runtime(runtime)
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir).to(device=self.device, dtype=self.dtype)
         self.load_seconds = time.time() - started
         self.cells_served = 0
+
+    def _resident_for(self, key: tuple) -> dict | None:
+        """The resident (W_base, dW) store of one checkpoint, if both fit the budget (fp32)."""
+        if 2 * _matrix_bytes(self.model) > self.resident_bytes:
+            return None
+        if key != self.resident_key:
+            self.resident, self.resident_key = {}, key
+        return self.resident
 
     def run(
         self,
@@ -84,6 +97,8 @@ class CellEvaluator:
         edit_stats = None
         if edit is not None:
             extras = read_sensitivities(edit["sensitivities"]) if edit.get("sensitivities") else None
+            base_weights = edit.get("base_weights") or self.model_dir / "model.safetensors"
+            resident = self._resident_for((str(edit["finetuned_weights"]), str(base_weights), str(edit["factors"])))
             edit_stats = apply_spectral_edit(
                 self.model,
                 edit["factors"],
@@ -95,7 +110,8 @@ class CellEvaluator:
                 extras=extras,
                 finetuned_weights=edit["finetuned_weights"],
                 # W_base from the file, not the model: the model may be in bf16 or hold the last cell's edit.
-                base_weights=edit.get("base_weights") or self.model_dir / "model.safetensors",
+                base_weights=base_weights,
+                resident=resident,
             )
             log.info("edited %d matrices, kept %d of %d components", edit_stats["matrices"],
                      edit_stats["kept_components"], edit_stats["total_components"])
@@ -117,6 +133,10 @@ class CellEvaluator:
             "job": {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname()},
             "examples": result["examples"],
         }
+
+
+def _matrix_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * 4 for p in model.parameters() if p.dim() == 2)
 
 
 def evaluate_cell(

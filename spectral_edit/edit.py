@@ -60,6 +60,7 @@ def apply_spectral_edit(
     *,
     finetuned_weights: str | Path,
     base_weights: str | Path | None = None,
+    resident: dict | None = None,
 ) -> dict:
     """Turn a loaded model into the edited model, in place. Returns edit statistics.
 
@@ -67,7 +68,9 @@ def apply_spectral_edit(
     right shapes, e.g. the previous cell's edit: every checkpoint tensor is overwritten), else
     from the model itself, which must then be the base model. ``extras`` maps a matrix name to
     the extra inputs its method needs (e.g. sensitivities). The statistics hold, per matrix,
-    what the method reported (e.g. DG-Hard's kept rank).
+    what the method reported (e.g. DG-Hard's kept rank). ``resident``, a dict kept by the
+    caller, holds each matrix's (W_base, dW) after the first edit, so that later edits of the
+    same checkpoint read no file (the evaluation server keeps one per checkpoint).
     """
     state = model.state_dict()  # shares storage with the parameters (tied weights appear twice)
     decomposed, passthrough = cached_names(factors_path)
@@ -84,25 +87,29 @@ def apply_spectral_edit(
             (safe_open(str(base_weights), framework="pt") if base_weights else contextlib.nullcontext()) as base:
         for name, s, side, basis in iter_factors(factors_path, decomposed):
             target = state[name]
-            w_ft = finetuned.get_tensor(name)
-            if tuple(target.shape) != tuple(w_ft.shape) or len(s) != min(w_ft.shape):
-                raise CheckpointMismatchError(
-                    f"checkpoint mismatch: {name!r} has shape {tuple(target.shape)} in the base model, "
-                    f"{tuple(w_ft.shape)} in the fine-tuned checkpoint and rank {len(s)} in the SVD cache"
-                )
+            if resident is not None and name in resident:
+                w_base, delta = resident[name]
+            else:
+                w_ft = finetuned.get_tensor(name)
+                if tuple(target.shape) != tuple(w_ft.shape) or len(s) != min(w_ft.shape):
+                    raise CheckpointMismatchError(
+                        f"checkpoint mismatch: {name!r} has shape {tuple(target.shape)} in the base model, "
+                        f"{tuple(w_ft.shape)} in the fine-tuned checkpoint and rank {len(s)} in the SVD cache"
+                    )
+                # float32 like the checkpoints (as the full-factor cache's U diag(S') V^T was): the
+                # rounding of dW and of the product is ~1e-7 of dW; float64 doubled a cell's edit time.
+                w_base = (base.get_tensor(name) if base_weights else target).to(target.device, torch.float32, copy=True)
+                delta = w_ft.to(target.device, torch.float32) - w_base
+                del w_ft
+                if resident is not None:
+                    resident[name] = (w_base, delta)
             context = MatrixContext(
                 name, tuple(target.shape), retention, seed, params,
                 numerical_rank=ranks.get(name), num_layers=num_layers, extras=(extras or {}).get(name, {}),
             )
             record: dict = {"name": name}
             s_new = new_singular_values(method, s, context, record)
-            # float32 like the checkpoints (as the full-factor cache's U diag(S') V^T was): the
-            # rounding of dW and of the product is ~1e-7 of dW; float64 doubled a cell's edit time.
-            w_base = (base.get_tensor(name) if base_weights else target).to(target.device, torch.float32)
-            delta = w_ft.to(target.device, torch.float32) - w_base
-            w_base += rebuild_update(delta, s, s_new, side, basis)  # (may be ``target`` itself)
-            target.copy_(w_base)
-            del w_ft, w_base, delta
+            target.copy_(w_base + rebuild_update(delta, s, s_new, side, basis))
             kept = int(torch.count_nonzero(s_new))
             record["kept_components"] = kept
             per_matrix.append(record)

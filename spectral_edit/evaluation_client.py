@@ -165,6 +165,7 @@ def serve_cell(
     threads: int,
     server_log: str | os.PathLike,
     idle_seconds: float = 120.0,
+    resident_gb: float = 16.0,
     startup_seconds: float = 900.0,
     stall_seconds: float = 60.0,
     note=print,
@@ -175,7 +176,7 @@ def serve_cell(
     key = server_key(model_dir, checkpoint_files, runtime, threads, supervisor)
     path = socket_dir() / f"{key}.sock"
     spec = {"model_dir": str(model_dir), "runtime": dict(runtime or {}), "threads": threads,
-            "idle_seconds": idle_seconds, "watch_pid": supervisor}
+            "idle_seconds": idle_seconds, "resident_gb": resident_gb, "watch_pid": supervisor}
     connection = _connect(path)
     if connection is None:
         # One starter at a time: a second cell arriving now waits here, then finds the server.

@@ -37,7 +37,7 @@ class Server:
         import torch
 
         torch.set_num_threads(max(1, int(spec["threads"])))
-        self.evaluator = CellEvaluator(spec["model_dir"], spec["runtime"])
+        self.evaluator = CellEvaluator(spec["model_dir"], spec["runtime"], float(spec.get("resident_gb", 0)))
         self.identity = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                          "load_seconds": round(self.evaluator.load_seconds, 3)}
         log.info("loaded %s on %s (%s) in %.1f s", spec["model_dir"], self.evaluator.device, self.evaluator.dtype,

@@ -54,6 +54,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
             threads=snakemake.threads,
             server_log=f"{LOGS}/evaluation_server/{w.model}/{w.dataset}/seed{w.seed}/{w.finetune}.log",
             idle_seconds=server["idle_seconds"],
+            resident_gb=server["resident_gb"],
             startup_seconds=server["startup_seconds"],
             stall_seconds=server["stall_seconds"],
             note=log.info,
