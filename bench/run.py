@@ -369,7 +369,8 @@ def cache_sizes(paths: dict) -> None:
     print(f"[8] a Qwen2.5-7B cell reads {(weights_7b + full_7b) / 1e9:.0f} GB before (base weights "
           f"{weights_7b / 1e9:.1f} GB + full factors, in a new process that also loads the model) and "
           f"{(2 * weights_7b + compact_7b) / 1e9:.0f} GB in the server (base and fine-tuned matrices + compact factors; "
-          f"the model loaded once per checkpoint)")
+          f"the model loaded once per checkpoint), or only the compact factors ({compact_7b / 1e9:.1f} GB) with W_base "
+          f"and dW resident in {2 * weights_7b / 1e9:.0f} GB of memory (evaluation.server.resident_gb)")
     print(f"[8] SVD cache of this checkpoint: {compact / 2**20:.0f} MiB vs {full / 2**20:.0f} MiB for U, S, V^T whole "
           f"-> {compact / full:.2f}x; a Qwen2.5-7B checkpoint: {compact_7b / 1e9:.1f} GB vs {full_7b / 1e9:.1f} GB "
           f"({compact_7b / full_7b:.2f}x); the paper grid's 45 checkpoints: {grid_compact / 1e9:.0f} GB vs "
