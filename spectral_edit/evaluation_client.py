@@ -177,17 +177,36 @@ def serve_cell(
     path = socket_dir() / f"{key}.sock"
     spec = {"model_dir": str(model_dir), "runtime": dict(runtime or {}), "threads": threads,
             "idle_seconds": idle_seconds, "resident_gb": resident_gb, "watch_pid": supervisor}
-    connection = _connect(path)
-    if connection is None:
-        # One starter at a time: a second cell arriving now waits here, then finds the server.
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            connection = _connect(path)
-            if connection is None:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # a socket file left by a server that died
-                note(f"starting evaluation server {key} (log: {server_log})")
-                connection = _start_server(path, spec, Path(server_log), startup_seconds)
+    for attempt in (1, 2):
+        connection = _connect(path)
+        if connection is None:
+            # One starter at a time: a second cell arriving now waits here, then finds the server.
+            with open(path.with_suffix(".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                connection = _connect(path)
+                if connection is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()  # a socket file left by a server that died
+                    note(f"starting evaluation server {key} (log: {server_log})")
+                    connection = _start_server(path, spec, Path(server_log), startup_seconds)
+        try:
+            return _ask(connection, request, key, server_log, stall_seconds)
+        except _ClosedUnheard:
+            # Closed before a word: most likely a server that stopped (idle) just as this cell
+            # connected. Once more, with a new server if need be.
+            if attempt == 2:
+                raise EvaluationServerError(
+                    f"evaluation server {key} closed the connection before answering (died?); see {server_log}"
+                ) from None
+            note(f"evaluation server {key} closed the connection unheard; asking again")
+
+
+class _ClosedUnheard(Exception):
+    pass
+
+
+def _ask(connection: socket.socket, request: Mapping, key: str, server_log, stall_seconds: float) -> dict:
+    heard = False
     with connection:
         connection.settimeout(stall_seconds)
         connection.sendall(json.dumps(dict(request)).encode() + b"\n")
@@ -202,7 +221,10 @@ def serve_cell(
             except ConnectionError as error:
                 raise EvaluationServerError(f"evaluation server {key} dropped the connection ({error}); see {server_log}") from None
             if not line:
+                if not heard:
+                    raise _ClosedUnheard
                 raise EvaluationServerError(f"evaluation server {key} closed the connection before answering (died?); see {server_log}")
+            heard = True
             message = json.loads(line)
             if "heartbeat" in message:
                 continue

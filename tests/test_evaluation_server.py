@@ -117,6 +117,7 @@ class _FakeServer:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.path.unlink(missing_ok=True)
         self.listener.bind(str(self.path))
+        self.inode = self.path.stat().st_ino
         self.listener.listen(1)
         self.behaviour = behaviour
         threading.Thread(target=self._run, daemon=True).start()
@@ -124,7 +125,10 @@ class _FakeServer:
     def _run(self):
         connection, _ = self.listener.accept()
         connection.makefile("rb").readline()
-        if self.behaviour == "dies":
+        if self.behaviour == "stops as the cell connects":  # as a server that went idle just then
+            self.close()
+            connection.close()
+        elif self.behaviour == "dies":
             connection.sendall(json.dumps({"heartbeat": 0}).encode() + b"\n")
             connection.close()  # as a killed process's socket is closed by the kernel
         elif self.behaviour == "stuck":
@@ -132,7 +136,8 @@ class _FakeServer:
 
     def close(self):
         self.listener.close()
-        self.path.unlink(missing_ok=True)
+        if self.path.exists() and self.path.stat().st_ino == self.inode:  # not a real server's socket
+            self.path.unlink()
 
 
 @pytest.mark.parametrize("behaviour, message", [
@@ -148,6 +153,15 @@ def test_a_dead_or_stuck_server_fails_the_cell_with_a_clear_message(checkpoint, 
         assert time.time() - started < 10
     finally:
         fake.close()
+
+
+def test_a_server_that_stops_unheard_as_the_cell_connects_is_replaced(checkpoint, tmp_path):
+    fake = _FakeServer(checkpoint, "stops as the cell connects")
+    try:
+        record = _serve(checkpoint, _request(checkpoint, "top_k", 0.5), tmp_path, idle_seconds=1)
+    finally:
+        fake.close()
+    assert record["server"]["cells_served"] == 1 and record["metrics"]["accuracy"] >= 0
 
 
 def test_a_socket_left_by_a_dead_server_is_replaced(checkpoint, tmp_path):
