@@ -67,3 +67,23 @@ def atomic_directory_files(final_dir: str | os.PathLike, last: tuple[str, ...] =
             os.replace(scratch / name, final_dir / name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a scratch directory beside ``final_dir``; on success rename it to ``final_dir``.
+
+    For outputs that are whole directories (an exported model): the directory appears under its
+    name complete or not at all. An existing ``final_dir`` is replaced.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.incomplete-", dir=final_dir.parent))
+    os.chmod(scratch, 0o777 & ~_umask())  # mkdtemp makes it 0700
+    try:
+        yield scratch
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.replace(scratch, final_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

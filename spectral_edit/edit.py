@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 from safetensors import safe_open
 
 from .errors import CheckpointMismatchError
 from .methods import MatrixContext, SpectralMethod, layer_index, split_result
-from .svd_cache import cached_names, cached_numerical_ranks, iter_factors, rebuild_update
+from .svd_cache import cached_names, cached_numerical_ranks, iter_factors, low_rank_factors, rebuild_update
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +48,48 @@ def read_sensitivities(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
+@dataclass
+class MatrixEdit:
+    """One decomposed matrix of a cell's edit: W_base, dW, its spectrum S and the method's S'."""
+
+    name: str
+    w_base: torch.Tensor
+    delta: torch.Tensor
+    s: torch.Tensor
+    s_new: torch.Tensor
+    side: str
+    basis: torch.Tensor
+    record: dict
+
+    def update(self) -> torch.Tensor:
+        """The edited update sum_i s'_i u_i v_i^T (what W_base gains)."""
+        return rebuild_update(self.delta, self.s, self.s_new, self.side, self.basis)
+
+    def low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, A) with B @ A the edited update, of rank the number of kept components."""
+        return low_rank_factors(self.delta, self.s, self.s_new, self.side, self.basis)
+
+
 @torch.no_grad()
-def apply_spectral_edit(
-    model: torch.nn.Module,
+def iter_matrix_edits(
     factors_path: str | Path,
     method: SpectralMethod,
     params: Mapping[str, object],
     retention: float | None,
     seed: int,
-    unedited_params: str = "finetuned",
     extras: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     *,
+    state: Mapping[str, torch.Tensor],
     finetuned_weights: str | Path,
     base_weights: str | Path | None = None,
     resident: dict | None = None,
-) -> dict:
-    """Turn a loaded model into the edited model, in place. Returns edit statistics.
+) -> Iterator[MatrixEdit]:
+    """Each decomposed matrix of the cache with the method's new singular values.
 
-    W_base comes from ``base_weights`` when given (then the model may hold anything of the
-    right shapes, e.g. the previous cell's edit: every checkpoint tensor is overwritten), else
-    from the model itself, which must then be the base model. ``extras`` maps a matrix name to
-    the extra inputs its method needs (e.g. sensitivities). The statistics hold, per matrix,
-    what the method reported (e.g. DG-Hard's kept rank). ``resident``, a dict kept by the
-    caller, holds each matrix's (W_base, dW) after the first edit, so that later edits of the
-    same checkpoint read no file (the evaluation server keeps one per checkpoint).
+    ``state`` is the model's state dict: its shapes are checked against the checkpoint and the
+    cache, and W_base comes from it unless ``base_weights`` names the base checkpoint. The same
+    edit is applied in place by :func:`apply_spectral_edit` and exported by ``spectral_edit.export``.
     """
-    state = model.state_dict()  # shares storage with the parameters (tied weights appear twice)
     decomposed, passthrough = cached_names(factors_path)
     ranks = cached_numerical_ranks(factors_path)
     for name in decomposed + passthrough:
@@ -80,9 +97,6 @@ def apply_spectral_edit(
             raise CheckpointMismatchError(f"checkpoint mismatch: cached tensor {name!r} is not a parameter of the base model")
     layers = [layer_index(name) for name in decomposed]
     num_layers = max((i for i in layers if i is not None), default=-1) + 1
-    kept_total = rank_total = 0
-    energy_kept = energy_total = 0.0
-    per_matrix = []
     with safe_open(str(finetuned_weights), framework="pt") as finetuned, \
             (safe_open(str(base_weights), framework="pt") if base_weights else contextlib.nullcontext()) as base:
         for name, s, side, basis in iter_factors(factors_path, decomposed):
@@ -109,24 +123,60 @@ def apply_spectral_edit(
             )
             record: dict = {"name": name}
             s_new = new_singular_values(method, s, context, record)
-            target.copy_(w_base + rebuild_update(delta, s, s_new, side, basis))
-            kept = int(torch.count_nonzero(s_new))
-            record["kept_components"] = kept
-            per_matrix.append(record)
-            kept_total += kept
-            rank_total += s.numel()
-            energy_kept += float((s_new.double() ** 2).sum())
-            energy_total += float((s.double() ** 2).sum())
-        # Tensors that are not decomposed (norms): fine-tuned or base values, by the switch.
-        source = finetuned if unedited_params == "finetuned" else base if base_weights else None
-        if source is not None:
+            record["kept_components"] = int(torch.count_nonzero(s_new))
+            yield MatrixEdit(name, w_base, delta, s, s_new, side, basis, record)
+
+
+@torch.no_grad()
+def apply_spectral_edit(
+    model: torch.nn.Module,
+    factors_path: str | Path,
+    method: SpectralMethod,
+    params: Mapping[str, object],
+    retention: float | None,
+    seed: int,
+    unedited_params: str = "finetuned",
+    extras: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    *,
+    finetuned_weights: str | Path,
+    base_weights: str | Path | None = None,
+    resident: dict | None = None,
+) -> dict:
+    """Turn a loaded model into the edited model, in place. Returns edit statistics.
+
+    W_base comes from ``base_weights`` when given (then the model may hold anything of the
+    right shapes, e.g. the previous cell's edit: every checkpoint tensor is overwritten), else
+    from the model itself, which must then be the base model. ``extras`` maps a matrix name to
+    the extra inputs its method needs (e.g. sensitivities). The statistics hold, per matrix,
+    what the method reported (e.g. DG-Hard's kept rank). ``resident``, a dict kept by the
+    caller, holds each matrix's (W_base, dW) after the first edit, so that later edits of the
+    same checkpoint read no file (the evaluation server keeps one per checkpoint).
+    """
+    state = model.state_dict()  # shares storage with the parameters (tied weights appear twice)
+    edits = iter_matrix_edits(factors_path, method, params, retention, seed, extras, state=state,
+                              finetuned_weights=finetuned_weights, base_weights=base_weights, resident=resident)
+    per_matrix = []
+    totals = {"kept": 0, "components": 0, "energy_kept": 0.0, "energy": 0.0}
+    for matrix in edits:
+        state[matrix.name].copy_(matrix.w_base + matrix.update())
+        per_matrix.append(matrix.record)
+        totals["kept"] += matrix.record["kept_components"]
+        totals["components"] += matrix.s.numel()
+        totals["energy_kept"] += float((matrix.s_new.double() ** 2).sum())
+        totals["energy"] += float((matrix.s.double() ** 2).sum())
+    # Tensors that are not decomposed (norms): fine-tuned or base values, by the switch (with
+    # "base" and no base file, the model's own values are the base ones).
+    passthrough = cached_names(factors_path)[1]
+    source = finetuned_weights if unedited_params == "finetuned" else base_weights
+    if source is not None:
+        with safe_open(str(source), framework="pt") as handle:
             for name in passthrough:
-                state[name].copy_(source.get_tensor(name))
+                state[name].copy_(handle.get_tensor(name))
     return {
-        "matrices": len(decomposed),
-        "kept_components": kept_total,
-        "total_components": rank_total,
-        "energy_kept_fraction": energy_kept / energy_total if energy_total > 0 else float("nan"),
+        "matrices": len(per_matrix),
+        "kept_components": totals["kept"],
+        "total_components": totals["components"],
+        "energy_kept_fraction": totals["energy_kept"] / totals["energy"] if totals["energy"] > 0 else float("nan"),
         "unedited_params": unedited_params,
         "per_matrix": per_matrix,
     }

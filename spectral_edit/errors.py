@@ -15,3 +15,7 @@ class CheckpointMismatchError(SpectralEditError, ValueError):
 
 class DataError(SpectralEditError, ValueError):
     """A dataset file or its columns do not match what the config says."""
+
+
+class ExportError(SpectralEditError, ValueError):
+    """A cell cannot be exported in the form asked for (e.g. an adapter PEFT cannot hold exactly)."""

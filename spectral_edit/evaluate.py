@@ -126,6 +126,9 @@ def label_log_probs(
         pad_id = formatter.tokenizer.eos_token_id
     device = next(model.parameters()).device
     label_ids = torch.tensor(formatter.label_token_ids, device=device)
+    # A PEFT model (an exported adapter on its base) scores through the model it wraps, whose
+    # layers carry the adapter.
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = model.base_model
     head = shared_prefix_length(encoded, _sliding_window(model.config)) if shared_prefix else 0
     prefix = SharedPrefix(decoder, encoded[0][:head], device) if head else None

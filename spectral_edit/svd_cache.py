@@ -336,6 +336,21 @@ def rebuild_update(delta: torch.Tensor, s: torch.Tensor, s_new: torch.Tensor, si
     return part if use_kept else delta + part
 
 
+def low_rank_factors(delta: torch.Tensor, s: torch.Tensor, s_new: torch.Tensor, side: str, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A), m x k and k x n, with B @ A = sum_i s'_i u_i v_i^T over the k kept components
+    (s'_i != 0, s_i > 0): the kept form of :func:`rebuild_update` split in two, so that an edit
+    can be written as a LoRA adapter of rank k. The stored side's vectors carry no scale; the
+    other factor is dW's projection on them times s'/s (= diag(s') times the other side's vectors).
+    """
+    ratio = _ratios(s, s_new)
+    index = torch.nonzero(ratio != 0, as_tuple=True)[0]
+    q = basis[:, index].to(delta)
+    scale = ratio[index].to(delta)
+    if side == "right":
+        return (delta @ q) * scale, q.T.contiguous()
+    return q.contiguous(), ((q * scale).T @ delta).contiguous()
+
+
 def leading_vectors(delta: torch.Tensor, s: torch.Tensor, side: str, basis: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(U[:, :count], V[:, :count]): the stored side's leading vectors and the other side's,
     computed from dW (u_i = dW v_i / sigma_i, v_i = dW^T u_i / sigma_i); columns with sigma = 0
