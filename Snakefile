@@ -56,6 +56,7 @@ include: "rules/finetune.smk"
 include: "rules/svd.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
+include: "rules/export.smk"
 
 
 # Small bookkeeping jobs run where Snakemake runs, not as cluster jobs.
@@ -63,6 +64,8 @@ localrules:
     all,
     aggregate,
     figures,
+    sweet_spots,
+    export_sweet_spots,
 
 
 rule all:

@@ -21,7 +21,7 @@ import logging
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -232,28 +232,32 @@ def _assign(parameter: torch.Tensor, value: torch.Tensor, module_name: str) -> N
 
 
 @torch.no_grad()
-def export_adapter(base_dir: str | Path, edit: Mapping, out_dir: str | Path, *, card: str = "",
-                   base_name: str | None = None) -> dict:
+def export_adapter(base_dir: str | Path, edit: Mapping, out_dir: str | Path, *,
+                   card: str | Callable[[dict], str] = "", base_name: str | None = None) -> dict:
     """Write the cell's edited update as a PEFT LoRA adapter directory; returns what it holds.
 
-    ``base_name`` is what the adapter config names as its base model (a hub id; default the
-    base model directory).
+    ``card`` is the README.md, or a function of the returned summary that writes it (the card
+    states the ranks, known once the adapter is planned). ``base_name`` is what the adapter
+    config names as its base model (a hub id; default the base model directory).
     """
     model = load_model(base_dir)
     plan = plan_adapter(model, edit)
     model.config._name_or_path = base_name or str(base_dir)
     peft_model = adapter_model(model, plan)
     with atomic_directory(out_dir) as scratch:
-        peft_model.save_pretrained(scratch)
-        (scratch / "README.md").write_text(card)  # ours, in place of PEFT's template
-    summary = {
-        "modules": len(plan.factors),
-        "ranks": plan.ranks(),
-        "modules_to_save": sorted(plan.whole),
-        "zero_update_modules": plan.zero_update,
-        "tied_embeddings": plan.tie_embeddings,
-        "adapter_bytes": adapter_bytes(out_dir),
-    }
+        # The base embedding is unchanged (its update is in the LoRA factors): PEFT would otherwise
+        # store the whole embedding matrix beside an embedding LoRA.
+        peft_model.save_pretrained(scratch, save_embedding_layers=False)
+        summary = {
+            "modules": len(plan.factors),
+            "ranks": plan.ranks(),
+            "modules_to_save": sorted(plan.whole),
+            "zero_update_modules": plan.zero_update,
+            "tied_embeddings": plan.tie_embeddings,
+            "adapter_bytes": adapter_bytes(scratch),
+        }
+        # Ours, in place of PEFT's template card.
+        (scratch / "README.md").write_text(card(summary) if callable(card) else card)
     log.info("exported a LoRA adapter of %d modules (ranks %s..%s) and %d whole modules to %s",
              summary["modules"], min(summary["ranks"].values(), default=0), max(summary["ranks"].values(), default=0),
              len(plan.whole), out_dir)
@@ -339,7 +343,7 @@ def model_card(*, form: str, cell: Mapping, statistics: Mapping, edit_summary: M
                   "alpha = rank (scaling 1); `modules_to_save` holds the tensors that are not decomposed but differ",
                   "from the base. Load it with `PeftModel.from_pretrained(base_model, this_directory)`."]
     lines += ["", "## Edit", "", "| | |", "|---|---|",
-              f"| method | `{c['method']}` ({edit_summary.get('method_name', c['method'])}) |",
+              f"| method | `{c['method']}`" + (f" ({edit_summary['method_name']})" if edit_summary.get("method_name", c["method"]) != c["method"] else "") + " |",
               f"| parameters | `{dict(edit_summary.get('params') or {})}` |",
               f"| retention | {retention} |",
               f"| components kept | {edit_summary.get('kept_components')} of {edit_summary.get('total_components')} |",
@@ -356,7 +360,8 @@ def model_card(*, form: str, cell: Mapping, statistics: Mapping, edit_summary: M
     for key, (label, scale, unit) in _LABELS.items():
         entry = statistics["statistics"][key]
         low, high = entry["interval"]
-        lines.append(f"| {label} | {_number(entry['value'], scale)} {unit} | "
+        value = _number(entry["value"], scale)
+        lines.append(f"| {label} | {value}{'' if value == 'n/a' else ' ' + unit} | "
                      f"[{_number(low, scale)}, {_number(high, scale)}] |")
     mcnemar = statistics["mcnemar_vs_finetuned"]
     lines += ["", f"Fine-tuned model: accuracy {_number(statistics['finetuned_accuracy'], 100)} %, gap "

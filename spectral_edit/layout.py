@@ -33,6 +33,12 @@ BASE_CELL = RESULTS + "/cells/{model}/{dataset}/base.json"
 HELDOUT_CELL = RESULTS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/{benchmark}.json"
 HELDOUT_FINETUNED = RESULTS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/finetuned/{benchmark}.json"
 HELDOUT_BASE = RESULTS + "/heldout/{model}/base/{benchmark}.json"
+# A cell taken out: the edited model (a Hugging Face directory) and the edited update (a PEFT
+# LoRA adapter on the base model); the list of Table 1's sweet-spot cells to export.
+EXPORT_DIR = RESULTS + "/export/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}"
+EXPORT_MODEL = EXPORT_DIR + "/model"
+EXPORT_ADAPTER = EXPORT_DIR + "/adapter"
+SWEET_SPOTS = RESULTS + "/export/sweet_spots.json"
 # Per-checkpoint diagnostics of dW.
 DIAGNOSTICS_DIR = RESULTS + "/diagnostics/{model}/{dataset}/seed{seed}/{finetune}"
 # Aggregates.

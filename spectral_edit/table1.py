@@ -198,3 +198,25 @@ def _boundary_markdown(table1: pd.DataFrame, trajectories: pd.DataFrame, headlin
                          f"{_with_interval(row['accuracy_mean'], row['accuracy_lo'], row['accuracy_hi'], 3)} | "
                          f"{_with_interval(row['gap_mean'], row['gap_lo'], row['gap_hi'], 3)} |")
     return "\n".join(lines) + "\n"
+
+
+def sweet_spot_cells(table1: pd.DataFrame, seeds, methods) -> tuple[list[dict], list[str]]:
+    """The cells at Table 1's sweet spots (natural-regime rows of ``methods``, every seed), and
+    a line for each such row that has none (no retention in the no-cost zone, or no gap)."""
+    from .layout import format_retention
+
+    cells, without = [], []
+    for _, row in table1.iterrows():
+        if row["method"] not in methods:
+            continue
+        where = f"{row['model']} / {row['dataset']} / {row['finetune']} / {row['method']}"
+        if row["regime"] != "natural":
+            without.append(f"{where}: {row['regime']} regime, kept out of Table 1's rows")
+            continue
+        if not np.isfinite(row["r_star"]):
+            without.append(f"{where}: no sweet spot (no retention in the no-cost zone, or the FT gap's interval includes 0)")
+            continue
+        for seed in seeds:
+            cells.append({"model": row["model"], "dataset": row["dataset"], "seed": int(seed), "finetune": row["finetune"],
+                          "method": row["method"], "retention": format_retention(float(row["r_star"]))})
+    return cells, without

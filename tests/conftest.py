@@ -80,3 +80,18 @@ def smollm2_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smollm2")
     materialise_base_model(SMOLLM2, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_update(smollm2_dir, tiny_data_dir, tmp_path_factory):
+    """Two SFT steps of SmolLM2 on generated reviews (a real, full-rank update), and its SVD cache:
+    (fine-tuned directory, factors file, spectrum)."""
+    from spectral_edit.finetune import finetune
+    from spectral_edit.svd_cache import compute_svd_cache
+
+    finetuned = tmp_path_factory.mktemp("smollm2-ft")
+    finetune(smollm2_dir, tiny_data_dir / "train.jsonl", finetuned, TINY_DATASET,
+             {"steps": 2, "batch_size": 2, "learning_rate": 1e-4, "max_length": 128}, seed=0, progress=False)
+    svd = tmp_path_factory.mktemp("smollm2-svd")
+    spectrum = compute_svd_cache(smollm2_dir / "model.safetensors", finetuned / "model.safetensors", svd, progress=False)
+    return finetuned, svd / "factors.safetensors", spectrum

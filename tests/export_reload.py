@@ -6,6 +6,7 @@ the same prompts as the cell, and write the per-example predictions and log-prob
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -13,7 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def main(form, export_dir, base_dir, eval_dir, prompt_json, out_json):
-    torch.set_num_threads(1)
+    # The thread count of the process that evaluated the cell: it sets the reduction order of matrix products.
+    torch.set_num_threads(int(os.environ.get("EXPORT_RELOAD_THREADS", "1")))
     if form == "model":
         model = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(export_dir)
@@ -37,7 +39,8 @@ def main(form, export_dir, base_dir, eval_dir, prompt_json, out_json):
     from spectral_edit.prompts import formatter_for
 
     result = evaluate_model(model, formatter_for(tokenizer, json.loads(prompt_json)), read_split(f"{eval_dir}/eval.jsonl"),
-                            read_meta(f"{eval_dir}/meta.json"), batch_size=8, progress=False)
+                            read_meta(f"{eval_dir}/meta.json"), batch_size=16, progress=False)  # the cell's batch size
+
     with open(out_json, "w") as handle:
         json.dump({"examples": result["examples"], "loaded": loaded}, handle)
 

@@ -11,7 +11,7 @@ import pytest
 from spectral_edit.aggregate import build_tables
 from spectral_edit.intervals import GroupDesign, bootstrap_intervals, mcnemar_exact, point_statistics, resolvable_difference_pp
 from spectral_edit.metrics import group_metrics
-from spectral_edit.table1 import NoCostZone
+from spectral_edit.table1 import NoCostZone, sweet_spot_cells
 
 MAJORITY = ["negative|marker=1", "positive|marker=0"]
 MINORITY = ["negative|marker=0", "positive|marker=1"]
@@ -175,6 +175,20 @@ def test_table1_picks_the_in_zone_maximum_with_its_interval(natural):
     assert "(50%)" in tables["table1_md"] and "n/a" in tables["table1_md"]
     wider = _tables(natural, no_cost_zone={"below_pp": 10.0})["table1"].set_index("method")
     assert wider.loc["top_k", "r_star"] == 0.2
+
+
+def test_the_sweet_spot_cells_to_export_are_table1s_r_star_for_every_seed(natural):
+    table1 = _tables(natural)["table1"]
+    cells, without = sweet_spot_cells(table1, seeds=[0, 1], methods=["top_k"])
+    assert cells == [{"model": "m", "dataset": "d", "seed": s, "finetune": "full", "method": "top_k", "retention": "0.5"}
+                     for s in (0, 1)]
+    assert without == []
+    cells, without = sweet_spot_cells(table1, seeds=[0], methods=["top_k", "bottom_k"])
+    assert len(cells) == 1 and without == ["m / d / full / bottom_k: no sweet spot (no retention in the no-cost zone, "
+                                           "or the FT gap's interval includes 0)"]
+    boundary = _tables(natural, regimes={"d": "boundary"})["table1"]
+    cells, without = sweet_spot_cells(boundary, seeds=[0], methods=["top_k"])
+    assert cells == [] and "boundary regime" in without[0]
 
 
 def test_sweet_spot_whose_loss_interval_leaves_the_zone_is_not_resolved(natural):

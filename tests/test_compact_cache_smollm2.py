@@ -21,16 +21,8 @@ WEIGHT_TOLERANCE = 1e-5  # largest |difference| of an edited weight; SmolLM2's w
 
 
 @pytest.fixture(scope="module")
-def real_update(smollm2_dir, tiny_data_dir, tmp_path_factory):
-    """Two SFT steps of SmolLM2 on generated reviews (a real, full-rank update), and its cache."""
-    from spectral_edit.finetune import finetune
-
-    finetuned = tmp_path_factory.mktemp("smollm2-ft")
-    finetune(smollm2_dir, tiny_data_dir / "train.jsonl", finetuned, TINY_DATASET,
-             {"steps": 2, "batch_size": 2, "learning_rate": 1e-4, "max_length": 128}, seed=0, progress=False)
-    svd = tmp_path_factory.mktemp("smollm2-svd")
-    spectrum = compute_svd_cache(smollm2_dir / "model.safetensors", finetuned / "model.safetensors", svd, progress=False)
-    return finetuned, svd / "factors.safetensors", spectrum
+def real_update(smollm2_update):
+    return smollm2_update
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,9 @@ def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: boo
         extra = workdir / "overlay.yaml"
         extra.write_text(yaml.safe_dump(overlay))
         configfiles.append(str(extra))
-    command = [SNAKEMAKE, "-s", str(snakefile), "-d", str(workdir), "--cores", "2",
-               "--configfile", *configfiles, *args]
+    # Targets before --configfile: it takes every word after it as a config file.
+    command = [SNAKEMAKE, "-s", str(snakefile), "-d", str(workdir), "--cores", "2", *args,
+               "--configfile", *configfiles]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
@@ -149,6 +150,23 @@ def test_a_failing_cell_leaves_the_finished_cells_of_its_checkpoint(workdir, tmp
 
 def test_second_run_has_nothing_to_do(workdir):
     assert planned_jobs(workdir) == {}
+
+
+def test_a_cell_exports_by_its_path_and_export_sweet_spots_lists_table1(workdir):
+    """Exports are outputs like any other: whole directories, cached, and not part of `all`."""
+    cell = "results/export/tiny/tiny-reviews/seed0/full/top_k/retention-0.5"
+    snakemake(workdir, f"{cell}/model", f"{cell}/adapter", "export_sweet_spots")
+    assert (workdir / cell / "model" / "config.json").exists() and (workdir / cell / "model" / "README.md").exists()
+    config = json.loads((workdir / cell / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["target_modules"]
+    listing = json.loads((workdir / "results/export/sweet_spots.json").read_text())
+    table1 = pd.read_csv(workdir / "results/tables/table1.csv")
+    natural = table1[(table1["method"] == "top_k") & (table1["regime"] == "natural") & table1["r_star"].notna()]
+    assert len(listing["cells"]) == len(natural)  # the tiny fine-tune is a boundary case: none
+    assert len(listing["cells"]) + len(listing["without_sweet_spot"]) == (table1["method"] == "top_k").sum()
+    text = snakemake(workdir, f"{cell}/model", f"{cell}/adapter", "-n").stdout
+    assert "Nothing to be done" in text or "export_" not in text
+    assert planned_jobs(workdir) == {}  # the default target does not export
 
 
 def test_changing_the_no_cost_zone_or_the_bootstrap_reruns_only_the_tables(workdir):

@@ -1,0 +1,50 @@
+# One cell taken out: the edited model (params.form "model") or the edited update as a PEFT
+# LoRA adapter ("adapter"), each with a model card (spectral_edit.export).
+import json
+from pathlib import Path
+
+import spectral_edit
+from spectral_edit.export import cell_statistics, export_adapter, export_model, model_card, workflow_commit
+from spectral_edit.jobs import job_logging
+from spectral_edit.layout import parse_retention
+
+w = snakemake.wildcards
+inp = snakemake.input
+params = snakemake.params
+with job_logging(snakemake.log[0], snakemake.threads, f"export {params.form}") as log:
+    edit = {
+        "factors": inp.factors,
+        "finetuned_weights": inp.finetuned_weights,
+        "method": params.method["name"],
+        "params": params.method["params"],
+        "retention": parse_retention(w.retention),
+        "seed": int(w.seed),
+        "unedited_params": params.unedited_params,
+        "sensitivities": inp.get("sensitivities"),
+    }
+    base_dir = Path(inp.base_weights).parent
+    model_spec = params.card["model"][w.model]
+    base_id = model_spec.get("id") if model_spec.get("source") == "hub" else None
+    records = {name: json.loads(Path(inp[name]).read_text()) for name in ("cell", "finetuned_cell", "base_cell")}
+    statistics = cell_statistics(records["cell"], records["finetuned_cell"], records["base_cell"],
+                                 json.loads(Path(inp.meta).read_text()), params.card["bootstrap"])
+    provenance = {
+        "commit": workflow_commit(Path(spectral_edit.__file__).resolve().parents[1]),
+        "base_model": base_id or f"{w.model} ({model_spec.get('source')}), materialised at {base_dir}",
+        "config": params.card,
+    }
+    edit_summary = {**records["cell"]["edit"], "method_name": params.method["name"]}
+    edit_summary.pop("per_matrix", None)
+    if params.form == "model":
+        card = model_card(form="model", cell=records["cell"], statistics=statistics, edit_summary=edit_summary,
+                          provenance=provenance, base_id=base_id)
+        export_model(base_dir, edit, snakemake.output[0], dtype=params.export["dtype"],
+                     max_shard_size=params.export["max_shard_size"], card=card)
+    else:
+        summary = export_adapter(
+            base_dir, edit, snakemake.output[0], base_name=base_id,
+            card=lambda summary: model_card(form="adapter", cell=records["cell"], statistics=statistics,
+                                            edit_summary={**edit_summary, **summary}, provenance=provenance, base_id=base_id),
+        )
+        log.info("adapter: %d LoRA modules, %d whole modules, %.1f MB", summary["modules"],
+                 len(summary["modules_to_save"]), summary["adapter_bytes"] / 1e6)
