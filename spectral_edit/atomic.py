@@ -82,6 +82,9 @@ def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
     os.chmod(scratch, 0o777 & ~_umask())  # mkdtemp makes it 0700
     try:
         yield scratch
+        # Libraries write some files 0600 (safetensors); an output gets what the umask gives.
+        for path in scratch.rglob("*"):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
         if final_dir.exists():
             shutil.rmtree(final_dir)
         os.replace(scratch, final_dir)

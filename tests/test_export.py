@@ -124,6 +124,9 @@ def test_the_model_directory_is_a_standard_hugging_face_model(tiny_export):
             "README.md"} <= names
     assert "chat_template.jinja" in names or "chat_template" in (model_dir / "tokenizer_config.json").read_text()
     assert not [n for n in model_dir.parent.iterdir() if "incomplete" in n.name]  # nothing half-written left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in model_dir.iterdir()} == {oct(0o666 & ~umask)}  # not 0600
 
 
 def test_a_bfloat16_export_in_small_shards_loads_with_its_index(tmp_path, tiny_export, tiny_base_dir):
