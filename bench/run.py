@@ -5,7 +5,7 @@ fine-tuned checkpoint, SVD cache and evaluation split exist under ``results/``:
 
     .venv/bin/python bench/run.py
 
-It prints four figures, each measured side by side in this one run:
+It prints these figures, each measured side by side in this one run:
 
 1. one edit-and-evaluate cell from the cached SVD against the same cell when the SVD of every
    dW has to be computed for it (ratio of wall times; the cell metrics must be identical);
@@ -25,7 +25,13 @@ It prints four figures, each measured side by side in this one run:
    and against a cell in its own process (imports, model load, edit, evaluation: before the
    server), over the same cells; identical per-example scores;
 8. the SVD cache of the checkpoint against the full U, S, V^T it replaced (computed from the
-   shapes), and the same for the 7B-shaped models of the paper grid.
+   shapes), and the same for the 7B-shaped models of the paper grid;
+9. the workflow's evaluation of the fine-tuned model against lm-evaluation-harness on the same
+   prompts (a task over the same split, the chat template applied, the same batch size and
+   threads), each a whole process (wall time and peak resident memory), with identical
+   predictions and the largest log-probability difference; and the FLOP rate the workflow's
+   scoring achieves on the tokens it computes against a timed torch.matmul of a layer's size.
+   Needs lm-eval (``pip install -e '.[bench]'``); without it the comparison is skipped.
 """
 
 from __future__ import annotations
@@ -377,6 +383,140 @@ def cache_sizes(paths: dict) -> None:
           f"{grid_full / 1e9:.0f} GB ({grid_compact / grid_full:.2f}x)")
 
 
+# Figure 9's children. A launcher reports its child's wall time and peak resident memory
+# (ru_maxrss): run from this small process rather than from the bench, whose resident size a
+# forked child's ru_maxrss would start from.
+LAUNCHER = r"""
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+result = subprocess.run(sys.argv[2:], stdout=open(sys.argv[1], "w"), stderr=subprocess.PIPE, text=True)
+print(json.dumps({"rc": result.returncode, "wall_s": time.perf_counter() - started, "stderr": result.stderr[-2000:],
+                  "peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+WORKFLOW_EVALUATION = r"""
+import json, sys, time
+import torch
+model_dir, data_dir, spec, n, batch_size, threads, profiled = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), *map(int, sys.argv[4:])
+torch.set_num_threads(threads)
+from spectral_edit.data import read_meta, read_split
+from spectral_edit.evaluate import label_log_probs
+from spectral_edit.models import load_model, load_tokenizer
+from spectral_edit.prompts import examples_of, formatter_for
+model = load_model(model_dir)
+formatter = formatter_for(load_tokenizer(model_dir), spec)
+frame = read_split(f"{data_dir}/eval.jsonl").head(n)
+examples = examples_of(frame, read_meta(f"{data_dir}/meta.json").get("text_fields", ["text"]))
+stats = {}
+started = time.perf_counter()
+scores = label_log_probs(model, formatter, examples, batch_size, progress=False, stats=stats)
+stats["scoring_s"] = time.perf_counter() - started
+stats["single_token_labels"] = all(len(ids) == 1 for ids in formatter.answer_ids)
+if profiled:  # where the scoring time goes (in a run of its own: not in the timed process)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        label_log_probs(model, formatter, examples, batch_size, progress=False)
+    events = prof.key_averages()
+    stats["profiled_s"] = sum(e.self_cpu_time_total for e in events) / 1e6
+    stats["mm_s"] = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")) / 1e6
+print(json.dumps({"ids": frame["id"].tolist(), "scores": scores.tolist(), **stats}))
+"""
+
+
+def _launch(command: list[str], out: Path, env: dict) -> dict:
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, str(out), *command], capture_output=True, text=True, env=env)
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    if measured["rc"] != 0:
+        sys.exit(f"bench: {command[0]} failed:\n{measured['stderr']}")
+    return measured
+
+
+def _lm_eval_scores(output_dir: Path, n: int) -> np.ndarray:
+    """Per document, the log-likelihood of each choice, from lm-eval's --log_samples file."""
+    samples = sorted(output_dir.rglob("samples_*.jsonl"))
+    rows = {}
+    for line in samples[-1].read_text().splitlines():
+        sample = json.loads(line)
+        rows[int(sample["doc_id"])] = [float(choice[0]) for choice in sample["filtered_resps"]]
+    return np.array([rows[i] for i in range(n)])
+
+
+def matmul_rate(m: int, k: int, n: int, threads: int, repeats: int = 20) -> float:
+    """FLOP/s of a timed (m x k) @ (k x n) float32 matmul on ``threads`` threads (best of runs)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * m * k * n / best
+
+
+def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, scratch: Path) -> None:
+    lm_eval = Path(sys.executable).with_name("lm_eval")
+    if not lm_eval.exists():
+        print("[9] lm-evaluation-harness is not installed (pip install -e '.[bench]'): comparison skipped")
+        return
+    from spectral_edit.lm_eval_task import write_task
+
+    keys = paths["keys"]
+    spec = config["datasets"][keys["dataset"]]
+    batch_size, threads = config["evaluation"]["batch_size"], torch.get_num_threads()
+    n = min(n_examples, len(read_split(paths["data"] / "eval.jsonl")))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    command = [sys.executable, "-c", WORKFLOW_EVALUATION, str(paths["finetuned"]), str(paths["data"]), json.dumps(spec),
+               str(n), str(batch_size), str(threads)]
+    ours = _launch(command + ["0"], scratch / "ours.json", env)
+    result = json.loads((scratch / "ours.json").read_text())
+    _launch(command + ["1"], scratch / "profiled.json", env)
+    result.update({k: v for k, v in json.loads((scratch / "profiled.json").read_text()).items() if k in ("profiled_s", "mm_s")})
+    task = write_task(paths["data"], scratch / "tasks", spec.get("eval_prompt", spec["prompt"]))
+    theirs = _launch([str(lm_eval), "--model", "hf", "--model_args", f"pretrained={paths['finetuned']},dtype=float32",
+                      "--include_path", str(task.parent), "--tasks", task.stem, "--apply_chat_template",
+                      "--batch_size", str(batch_size), "--limit", str(n), "--device", "cpu",
+                      "--log_samples", "--output_path", str(scratch / "lm-eval")], scratch / "lm-eval.log", env)
+    reference = _lm_eval_scores(scratch / "lm-eval", n)
+    scores = np.array(result["scores"])
+    same = int((scores.argmax(1) == reference.argmax(1)).sum())
+    # lm-eval moves the context's trailing whitespace (the newline after the assistant header)
+    # into each choice, so its log-likelihoods carry log p(newline) for every choice alike; the
+    # difference between label words (what decides the prediction) is comparable.
+    margin = (scores - scores[:, :1]) - (reference - reference[:, :1])
+    offset = np.abs(scores - reference).max()
+    difference = (f"{np.abs(margin).max():.1e} between label words (each score {offset:.1e}, lm-eval adding "
+                  "the assistant header's newline)" if result["single_token_labels"]
+                  else "n/a (lm-eval scores whole label words, the workflow their first token)")
+    print(f"[9] {n} prompts, batch {batch_size}, {threads} threads, whole process: workflow {ours['wall_s']:.1f} s and "
+          f"{ours['peak_mb'] / 1024:.2f} GB vs lm-evaluation-harness {theirs['wall_s']:.1f} s and {theirs['peak_mb'] / 1024:.2f} GB "
+          f"-> {theirs['wall_s'] / ours['wall_s']:.2f}x faster, {theirs['peak_mb'] / ours['peak_mb']:.2f}x less memory; "
+          f"identical predictions {same}/{n}, max |log p difference| {difference}")
+    # FLOP rate of the scoring on the tokens it computes: 2 FLOPs per weight of the decoder's
+    # matrices per token (attention scores are < 1 % at these lengths), plus the LM head once
+    # per prompt, against a matmul of one MLP projection over one batch's tokens.
+    model_config = json.loads((paths["finetuned"] / "config.json").read_text())
+    from safetensors import safe_open
+
+    from spectral_edit.svd_cache import is_embedding
+
+    with safe_open(str(paths["finetuned"] / "model.safetensors"), framework="pt") as handle:
+        shapes = {k: handle.get_slice(k).get_shape() for k in handle.keys()}
+    decoder_weights = sum(a * b for k, (a, *rest) in shapes.items() if rest and not is_embedding(k) for b in rest)
+    hidden, vocab = model_config["hidden_size"], model_config["vocab_size"]
+    flops = 2 * decoder_weights * result["computed_tokens"] + 2 * hidden * vocab * n
+    achieved = flops / result["scoring_s"]
+    rows = max(1, round(batch_size * (result["computed_tokens"] - result["head_tokens"]) / n))
+    peak = matmul_rate(rows, hidden, model_config["intermediate_size"], threads)
+    in_mm = flops / result["mm_s"]
+    print(f"    scoring {result['scoring_s']:.1f} s of it: {result['computed_tokens']} tokens computed for "
+          f"{result['prompt_tokens']} prompt tokens (shared head of {result['head_tokens']} run once, padding included) "
+          f"-> {achieved / 1e9:.1f} GFLOP/s against {peak / 1e9:.1f} GFLOP/s of a timed {rows}x{hidden} @ "
+          f"{hidden}x{model_config['intermediate_size']} matmul ({100 * achieved / peak:.0f} %); profiled, the matrix "
+          f"products take {100 * result['mm_s'] / result['profiled_s']:.0f} % of the scoring time at "
+          f"{in_mm / 1e9:.1f} GFLOP/s ({100 * in_mm / peak:.0f} %), the rest is norms, rotary embedding, SiLU and attention")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO, help="where the main job wrote results/ (default: the repo)")
@@ -384,7 +524,7 @@ def main() -> None:
                         help="as given to snakemake: config.yaml and any overlays")
     parser.add_argument("--retention", type=float, default=0.01)
     parser.add_argument("--examples", type=int, default=160, help="prompts in the throughput comparison")
-    parser.add_argument("--only", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8], help="which figures to measure")
+    parser.add_argument("--only", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8, 9], help="which figures to measure")
     args = parser.parse_args()
     config = load_config(*args.configfile)
     paths = _paths(args.workdir, config)
@@ -400,6 +540,7 @@ def main() -> None:
             6: lambda: fused_vs_foreach_adamw(paths, config),
             7: lambda: served_cells_vs_evaluation_pass(paths, config, scratch),
             8: lambda: cache_sizes(paths),
+            9: lambda: against_lm_evaluation_harness(paths, config, args.examples, scratch),
         }
         for figure in args.only:
             figures[figure]()

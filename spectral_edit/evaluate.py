@@ -110,6 +110,7 @@ def label_log_probs(
     batch_size: int = 16,
     progress: bool = True,
     shared_prefix: bool = True,
+    stats: dict | None = None,
 ) -> np.ndarray:
     """log p(first token of label word j | prompt(example_i)) as an (n, n_labels) array.
 
@@ -117,7 +118,9 @@ def label_log_probs(
     the attention mask so padding does not shift positions. Only the decoder runs over all
     tokens; the LM head runs on one position per example. With ``shared_prefix`` the tokens
     all prompts begin with are run once (see the module docstring). ``batch_size`` is halved
-    on out-of-memory until the batch fits.
+    on out-of-memory until the batch fits. ``stats``, when given, receives the token counts:
+    ``prompt_tokens`` (the prompts' own), ``computed_tokens`` (what the decoder ran: every batch's
+    rows times its width, padding included, plus the shared head once) and ``head_tokens``.
     """
     encoded = [formatter.prompt_ids(example) for example in examples]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding per batch
@@ -136,6 +139,7 @@ def label_log_probs(
     # The configured batch size is a ceiling: on out-of-memory the batch is halved and retried,
     # so one setting works from a laptop CPU to a large GPU.
     size, start = max(1, batch_size), 0
+    computed = head
     with tqdm(total=len(order), desc="evaluate", unit="example", disable=not progress, mininterval=5) as bar:
         while start < len(order):
             index = order[start:start + size]
@@ -150,7 +154,10 @@ def label_log_probs(
                 log.warning("evaluation out of memory on %s: batch size now %d", device, size)
                 continue
             start += len(index)
+            computed += len(index) * max(len(encoded[i]) - head for i in index)
             bar.update(len(index))
+    if stats is not None:
+        stats.update(prompt_tokens=sum(len(ids) for ids in encoded), computed_tokens=computed, head_tokens=head)
     return out
 
 

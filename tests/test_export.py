@@ -232,3 +232,27 @@ def test_smollm2s_real_update_exports_as_a_model_and_an_adapter_that_reproduce_t
     _assert_reproduces(cell["examples"], model["examples"], MODEL_TOLERANCE)
     adapter = _reload("adapter", tmp_path / "adapter", smollm2_dir, tiny_data_dir, tmp_path / "adapter.json")
     _assert_reproduces(cell["examples"], adapter["examples"], ADAPTER_TOLERANCE)
+
+
+def test_the_lm_eval_task_renders_the_cells_own_prompt(tmp_path, tiny_base_dir, tiny_data_dir):
+    """The task lm-eval runs on an export: its context (jinja) is the workflow's user turn for
+    every example, its choices the label words, the answer right after the assistant turn."""
+    import jinja2
+    import yaml
+
+    from spectral_edit.data import read_split
+    from spectral_edit.lm_eval_task import write_task
+    from spectral_edit.models import load_tokenizer
+    from spectral_edit.prompts import formatter_for
+
+    path = write_task(tiny_data_dir, tmp_path, TINY_DATASET["prompt"])
+    task = yaml.safe_load(path.read_text())
+    assert task["doc_to_choice"] == TINY_DATASET["label_words"] and task["target_delimiter"] == ""
+    assert task["dataset_kwargs"]["data_files"]["test"] == str((tiny_data_dir / "eval.jsonl").resolve())
+    formatter = formatter_for(load_tokenizer(tiny_base_dir), TINY_DATASET)
+    template = jinja2.Template(task["doc_to_text"])
+    for example in read_split(tiny_data_dir / "eval.jsonl").to_dict(orient="records"):
+        user = template.render(**example)
+        wrapped = formatter.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                                          add_generation_prompt=True)
+        assert wrapped == formatter.prompt_text({"text": example["text"]})
