@@ -17,6 +17,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.envi
 from spectral_edit import layout
 from spectral_edit.config import SCHEMA_PATH, canonical, check_config, validate_schema
 from spectral_edit.errors import ConfigError
+from spectral_edit.prompts import check_label_words
 
 
 configfile: "config.yaml"
@@ -32,6 +33,8 @@ except WorkflowError as error:
     validate_schema(config)
     raise ConfigError(str(error)) from None
 check_config(config)
+# Label words must start with distinct tokens: checked here for every model already materialised.
+check_label_words(config, lambda model: layout.BASE_MODEL_DIR.format(model=model))
 # Params are compared by their repr: keys in one order, whatever order the files wrote them in.
 _canonical = canonical(config)
 config.clear()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors import safe_open
+from .safetensors_stream import open_safetensors
 
 from .atomic import write_json
 from .data import read_meta, read_split
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
     """Copy every tensor of a safetensors file into the model's parameters of the same name."""
     state = model.state_dict()
-    with safe_open(str(weights), framework="pt") as handle:
+    with open_safetensors(weights) as handle:
         for name in handle.keys():
             if name not in state or tuple(state[name].shape) != tuple(handle.get_slice(name).get_shape()):
                 raise CheckpointMismatchError(f"checkpoint mismatch: {name!r} of {weights} does not fit the model")

@@ -230,6 +230,11 @@ def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: boo
         for field in group.get("fields", []) + ([group["field"]] if "field" in group else []):
             if field not in fields:
                 raise ConfigError(f"{where}.group: field {field!r} is not a text field ({', '.join(sorted(fields))})")
+        if group["rule"] == "regex":
+            try:
+                re.compile(group["pattern"])
+            except re.error as error:
+                raise ConfigError(f"{where}.group.pattern: {group['pattern']!r} is not a regular expression ({error})") from None
         if group["rule"] == "overlap" and len(group["fields"]) != 2:
             raise ConfigError(f"{where}.group.fields: the overlap rule compares 2 fields, got {len(group['fields'])}")
         if group["rule"] == "marker" and isinstance(group.get("label"), str) and group["label"] not in spec["label_words"]:

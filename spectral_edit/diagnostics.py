@@ -27,12 +27,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from safetensors import safe_open  # noqa: E402
 from scipy import integrate  # noqa: E402
 
 from .figures import save_figure  # noqa: E402
 from .methods import MatrixContext, get_method, layer_index, split_result  # noqa: E402
 from .random_matrix import mp_density, mp_support, noise_singular_value_density  # noqa: E402
+from .safetensors_stream import open_safetensors  # noqa: E402
 from .svd_cache import cached_names, iter_factors, leading_vectors  # noqa: E402
 
 
@@ -161,7 +161,7 @@ def subspace_alignment(
     rows = []
     wanted = [name for names in by_module.values() for name in names.values()]
     left: dict[str, torch.Tensor] = {}
-    with safe_open(str(base_weights), framework="pt") as base, safe_open(str(finetuned_weights), framework="pt") as ft:
+    with open_safetensors(base_weights) as base, open_safetensors(finetuned_weights) as ft:
         for name, s, side, basis in iter_factors(factors_path, wanted):
             delta = ft.get_tensor(name).double() - base.get_tensor(name).double()
             left[name] = leading_vectors(delta, s, side, basis, min(top_m, len(s)))[0]

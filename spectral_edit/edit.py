@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import torch
-from safetensors import safe_open
+from .safetensors_stream import open_safetensors
 
 from .errors import CheckpointMismatchError
 from .methods import MatrixContext, SpectralMethod, layer_index, split_result
@@ -41,7 +41,7 @@ def new_singular_values(
 def read_sensitivities(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     """{matrix name: {"sensitivity_abs": s, "sensitivity_signed": g}} from a sensitivities file."""
     out: dict[str, dict[str, torch.Tensor]] = {}
-    with safe_open(str(path), framework="pt") as handle:
+    with open_safetensors(path) as handle:
         for key in handle.keys():
             kind, name = key.split("/", 1)
             out.setdefault(name, {})[f"sensitivity_{kind}"] = handle.get_tensor(key)
@@ -97,8 +97,8 @@ def iter_matrix_edits(
             raise CheckpointMismatchError(f"checkpoint mismatch: cached tensor {name!r} is not a parameter of the base model")
     layers = [layer_index(name) for name in decomposed]
     num_layers = max((i for i in layers if i is not None), default=-1) + 1
-    with safe_open(str(finetuned_weights), framework="pt") as finetuned, \
-            (safe_open(str(base_weights), framework="pt") if base_weights else contextlib.nullcontext()) as base:
+    with open_safetensors(finetuned_weights) as finetuned, \
+            (open_safetensors(base_weights) if base_weights else contextlib.nullcontext()) as base:
         for name, s, side, basis in iter_factors(factors_path, decomposed):
             target = state[name]
             if resident is not None and name in resident:
@@ -169,7 +169,7 @@ def apply_spectral_edit(
     passthrough = cached_names(factors_path)[1]
     source = finetuned_weights if unedited_params == "finetuned" else base_weights
     if source is not None:
-        with safe_open(str(source), framework="pt") as handle:
+        with open_safetensors(source) as handle:
             for name in passthrough:
                 state[name].copy_(handle.get_tensor(name))
     return {

@@ -19,3 +19,7 @@ class DataError(SpectralEditError, ValueError):
 
 class ExportError(SpectralEditError, ValueError):
     """A cell cannot be exported in the form asked for (e.g. an adapter PEFT cannot hold exactly)."""
+
+
+class DamagedFileError(SpectralEditError, OSError):
+    """An output of an earlier job cannot be read (truncated or overwritten on disk)."""

@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 import yaml
-from safetensors import safe_open
+from .safetensors_stream import open_safetensors
 
 from .atomic import atomic_directory
 from .edit import apply_spectral_edit, iter_matrix_edits, read_sensitivities
@@ -150,7 +150,7 @@ def plan_adapter(model: torch.nn.Module, edit: Mapping) -> AdapterPlan:
         from .svd_cache import cached_names
 
         passthrough = cached_names(edit["factors"])[1]
-        with safe_open(str(edit["finetuned_weights"]), framework="pt") as finetuned:
+        with open_safetensors(edit["finetuned_weights"]) as finetuned:
             for name in passthrough:
                 value = finetuned.get_tensor(name)
                 if torch.equal(value.to(state[name].dtype), state[name]):

@@ -110,8 +110,13 @@ def load_from_source(spec: Mapping, name: str = "model") -> tuple[torch.nn.Modul
     if source == "hub":
         kwargs = {"revision": spec["revision"]} if "revision" in spec else {}
         log.info("loading %s from the Hugging Face hub", spec["id"])
-        tokenizer = AutoTokenizer.from_pretrained(spec["id"], **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(spec["id"], dtype=torch.float32, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(spec["id"], **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(spec["id"], dtype=torch.float32, **kwargs)
+        except OSError as error:  # no network, no such repository, no access: one line naming the key
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"config: models.{name}.id: cannot load {spec['id']!r} from the Hugging Face hub "
+                              f"(no network, or no such model or revision?): {reason}") from None
         return model, tokenizer
     if source == "local":
         log.info("loading local model %s", spec["path"])

@@ -93,3 +93,33 @@ def formatter_for(tokenizer, spec: Mapping) -> PromptFormatter:
 def examples_of(frame, fields: Sequence[str]) -> list[dict]:
     """The text fields of each row of a prepared split."""
     return frame[list(fields)].to_dict(orient="records")
+
+
+def check_label_words(config: Mapping, tokenizer_dir_of) -> None:
+    """Before any job that would score them: each dataset's label words start with distinct
+    tokens under each grid model's tokenizer. ``tokenizer_dir_of(model)`` is where the model's
+    tokenizer is once materialised; models not materialised yet are checked by their base-model
+    job instead (spectral_edit.models.materialise_base_model's caller)."""
+    from pathlib import Path
+
+    for model in config["grid"]["models"]:
+        directory = Path(tokenizer_dir_of(model))
+        if not (directory / "tokenizer_config.json").is_file():
+            continue
+        from transformers import AutoTokenizer
+
+        check_label_words_with(AutoTokenizer.from_pretrained(directory), config, model)
+
+
+def check_label_words_with(tokenizer, config: Mapping, model: str) -> None:
+    """The check of :func:`check_label_words` with one model's tokenizer, over the grid's
+    datasets and their held-out benchmarks."""
+    grid = config["grid"]
+    datasets = dict.fromkeys(
+        [*grid["datasets"], *(b for d in grid["datasets"] for b in (config["datasets"][d].get("heldout") or []))])
+    for name in datasets:
+        spec = config["datasets"][name]
+        try:
+            PromptFormatter(tokenizer, spec.get("eval_prompt", spec["prompt"]), spec["label_words"])
+        except ConfigError as error:
+            raise ConfigError(f"config: datasets.{name}.label_words with the tokenizer of model {model!r}: {error}") from None

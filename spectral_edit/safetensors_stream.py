@@ -81,3 +81,19 @@ class StreamingSafetensorsWriter:
         if exc_type is not None:
             self.abort()
         return False
+
+
+def open_safetensors(path):
+    """``safe_open(path)`` for reading torch tensors; a file that is not readable safetensors
+    (truncated by a full disk, a killed copy) is one line naming it and saying how to rebuild it."""
+    from safetensors import SafetensorError, safe_open
+
+    from .errors import DamagedFileError
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except SafetensorError as error:
+        raise DamagedFileError(
+            f"{path} is damaged or truncated (safetensors: {error}): delete it and rerun snakemake, which rebuilds it "
+            "and what depends on it"
+        ) from None

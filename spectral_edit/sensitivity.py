@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from .safetensors_stream import open_safetensors
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq
@@ -104,7 +104,7 @@ def compute_sensitivities(
     projectors: dict[str, _Projector] = {}
     handles = []
     work = torch.float64 if device.type == "cpu" else torch.float32
-    with safe_open(str(base_weights), framework="pt") as base:
+    with open_safetensors(base_weights) as base:
         # The cache keeps one side's singular vectors; the other side comes from dW = W_ft - W_base.
         for weight, s, side, basis in iter_factors(factors_path, [n for n in decomposed if n in modules]):
             module = modules[weight]

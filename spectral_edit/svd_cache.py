@@ -29,13 +29,12 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from .atomic import write_json
 from .layout import SVD_CACHE_FORMAT as CACHE_FORMAT
 from .errors import CheckpointMismatchError
-from .safetensors_stream import StreamingSafetensorsWriter
+from .safetensors_stream import StreamingSafetensorsWriter, open_safetensors
 from .runtime import is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def is_embedding(name: str) -> bool:
 
 
 def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    with safe_open(str(path), framework="pt") as handle:
+    with open_safetensors(path) as handle:
         return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
 
 
@@ -191,8 +190,8 @@ def compute_svd_cache(
     out_dir = Path(out_dir)
     fallbacks = {"halvings": 0, "cpu_fallbacks": 0}
     with StreamingSafetensorsWriter(out_dir / "factors.safetensors") as writer, \
-            safe_open(str(base_weights), framework="pt") as base, \
-            safe_open(str(finetuned_weights), framework="pt") as ft, \
+            open_safetensors(base_weights) as base, \
+            open_safetensors(finetuned_weights) as ft, \
             tqdm(total=len(names), desc="svd", unit="matrix", disable=not progress, mininterval=5) as bar:
         for batch in _shape_batches(names, base_shapes, batch_size):
             # Only the norms of W_base and W_ft are needed after the difference: each pair is
@@ -265,7 +264,7 @@ def _matrix_record(name: str, shape: tuple[int, int], base_norm: float, s: torch
 
 
 def _metadata(factors_path: str | Path) -> dict:
-    with safe_open(str(factors_path), framework="pt") as handle:
+    with open_safetensors(factors_path) as handle:
         metadata = handle.metadata() or {}
     if metadata.get("format") != CACHE_FORMAT:
         raise CheckpointMismatchError(
@@ -298,7 +297,7 @@ def iter_factors(factors_path: str | Path, names: Iterable[str]):
     """Yield (name, S, side, basis) one matrix at a time (lazy reads): ``basis`` holds the
     stored singular vectors as columns, V (n, r) for side "right", U (m, r) for "left"."""
     _metadata(factors_path)
-    with safe_open(str(factors_path), framework="pt") as handle:
+    with open_safetensors(factors_path) as handle:
         keys = set(handle.keys())
         for name in names:
             key = f"V/{name}" if f"V/{name}" in keys else f"U/{name}"

@@ -135,3 +135,48 @@ def test_methods_without_retention_get_one_cell(config):
     datasets = len(config["grid"]["datasets"])
     assert [c.retention for c in cells if c.method == "dg_hard"] == ["none"] * datasets
     assert len(cells) == datasets * (len(config["grid"]["retentions"]) + 1)
+
+
+def test_an_invalid_group_regex_is_a_config_error(config):
+    config["datasets"]["mine"] = {
+        "source": "local", "files": {"train": "x.csv"}, "text_columns": {"text": "body"}, "label_column": "y",
+        "label_values": [0, 1], "label_words": ["negative", "positive"], "prompt": "{text}",
+        "group": {"rule": "regex", "pattern": r"\bdog(", "fields": ["text"]},
+    }
+    config["grid"]["datasets"] = ["mine"]
+    _fails(config, r"datasets.mine.group.pattern: '\\\\bdog\(' is not a regular expression")
+
+
+def test_a_header_only_file_is_a_config_error(config, tmp_path):
+    (tmp_path / "empty.csv").write_text("body,y\n")
+    config["datasets"]["mine"] = {
+        "source": "local", "files": {"train": str(tmp_path / "empty.csv")}, "text_columns": {"text": "body"},
+        "label_column": "y", "label_values": [0, 1], "label_words": ["negative", "positive"], "prompt": "{text}",
+    }
+    config["grid"]["datasets"] = ["mine"]
+    validate_schema(config)
+    with pytest.raises(ConfigError, match="datasets.mine.files.train: empty.csv has no rows"):
+        check_config(config, check_files=True)
+
+
+def test_label_words_sharing_a_first_token_are_refused_naming_the_dataset_and_model(config, tmp_path):
+    """Checked at planning once the model's tokenizer is on disk (and by the base-model job)."""
+    from spectral_edit.models import byte_level_tokenizer
+    from spectral_edit.prompts import check_label_words
+
+    byte_level_tokenizer().save_pretrained(tmp_path / "smollm2-135m")
+    validate_schema(config)
+    check_label_words(config, lambda model: tmp_path / model)  # negative / positive: distinct first bytes
+    config["datasets"]["reviews-marker"]["label_words"] = ["positive", "pessimistic"]
+    with pytest.raises(ConfigError, match=r"datasets.reviews-marker.label_words with the tokenizer of model 'smollm2-135m'"):
+        check_label_words(config, lambda model: tmp_path / model)
+    check_label_words(config, lambda model: tmp_path / "not-materialised")  # nothing to check yet
+
+
+def test_a_hub_model_that_cannot_be_reached_is_one_line_naming_the_key(monkeypatch):
+    from spectral_edit.models import load_from_source
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"config: models.qwen.id: cannot load 'no-such-org/no-such-model'") as info:
+        load_from_source({"source": "hub", "id": "no-such-org/no-such-model"}, "qwen")
+    assert "\n" not in str(info.value)

@@ -19,7 +19,7 @@ CHILD = textwrap.dedent(
     """
     import json, os, signal, sys
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("THREADS", "1")))
     import spectral_edit.finetune as ft
 
     base, train, out, every, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
@@ -38,8 +38,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def _run(tmp_path, out, every, kill_at=0):
-    env = {"DATASET": json.dumps(TINY_DATASET), "HYPER": json.dumps(HYPER), "PATH": "/usr/bin:/bin"}
+def _run(tmp_path, out, every, kill_at=0, threads=1):
+    env = {"DATASET": json.dumps(TINY_DATASET), "HYPER": json.dumps(HYPER), "PATH": "/usr/bin:/bin", "THREADS": str(threads)}
     return subprocess.run(
         [sys.executable, "-c", CHILD, str(tmp_path["base"]), str(tmp_path["train"]), str(out), str(every), str(kill_at)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -88,3 +88,20 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path, tiny_base_dir, tin
     assert newest_complete_checkpoint(tmp_path, mine).name == "checkpoint-6"
     assert newest_complete_checkpoint(tmp_path, other).name == "checkpoint-4"
     assert newest_complete_checkpoint(tmp_path / "absent", mine) is None
+
+
+def test_a_checkpoint_written_with_another_thread_count_is_not_resumed(tmp_path, tiny_base_dir, tiny_data_dir):
+    """Steps resumed on another thread count would end in weights that no uninterrupted run gives:
+    the rerun starts over and ends as an uninterrupted run with its own count."""
+    paths = {"base": tiny_base_dir, "train": tiny_data_dir / "train.jsonl"}
+    out = tmp_path / "killed"
+    assert _run(paths, out, every=2, kill_at=6, threads=1).returncode == -9
+    assert (out / ".checkpoints/checkpoint-4/checkpoint-complete.json").exists()
+    rerun = _run(paths, out, every=2, threads=2)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert json.loads((out / "train_log.json").read_text())["resumed_from_step"] is None
+    straight = _run(paths, tmp_path / "straight", every=0, threads=2)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    expected, got = load_file(tmp_path / "straight/model.safetensors"), load_file(out / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)

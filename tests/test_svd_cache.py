@@ -263,3 +263,14 @@ def test_other_errors_are_not_taken_for_out_of_memory(monkeypatch):
     monkeypatch.setattr(svd_cache, "_svd_batch", broken)
     with pytest.raises(RuntimeError, match="failed to converge"):
         svd_cache.batched_svds([torch.ones(2, 2)], torch.device("cuda"), batch_size=2)
+
+
+def test_a_truncated_cache_is_one_line_naming_the_file_and_the_fix(cache, tmp_path):
+    from spectral_edit.errors import DamagedFileError
+
+    out, _ = cache
+    damaged = tmp_path / "factors.safetensors"
+    damaged.write_bytes((out / "factors.safetensors").read_bytes()[:5000])
+    with pytest.raises(DamagedFileError, match=rf"{damaged} is damaged or truncated .*delete it and rerun snakemake") as info:
+        cached_names(damaged)
+    assert "\n" not in str(info.value)

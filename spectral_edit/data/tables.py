@@ -90,4 +90,6 @@ def peek_local(spec: Mapping, which: str, columns: list[str], name: str) -> pd.D
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{where}: no column {missing[0]!r} in {path.name} (it has: {', '.join(map(str, frame.columns))})")
+    if frame.empty:  # a header-only file would otherwise fail inside the dataset job
+        raise DataError(f"{where}: {path.name} has no rows")
     return frame[columns]
