@@ -3,16 +3,21 @@
 # The logic lives in the spectral_edit package beside this file; rules and scripts stay thin.
 
 import os
-import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# Jobs import the package from this checkout (locally, on cluster nodes, in conda envs).
-sys.path.insert(0, workflow.basedir)
+# This process and the jobs import spectral_edit as installed (setup.sh: pip install -e .). A job
+# in a conda env (--use-conda), where it is not installed, finds it in this checkout through
+# PYTHONPATH, which Snakemake also passes to cluster jobs (envvars).
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
+
+
+envvars:
+    "PYTHONPATH",
+
 
 from spectral_edit import layout
 from spectral_edit.config import SCHEMA_PATH, canonical, check_config, validate_schema
@@ -77,3 +82,10 @@ rule all:
         rules.aggregate.output,
         rules.figures.output,
         diagnostics_targets(),
+
+
+rule export_sweet_spots:
+    """Target: the model and the adapter of every sweet spot of Table 1 (rules/export.smk)."""
+    input:
+        listing=layout.SWEET_SPOTS,
+        exports=sweet_spot_exports,

@@ -93,8 +93,12 @@ def _paths(workdir: Path, config: dict) -> dict:
         "svd": workdir / layout.SVD_DIR.format(**keys),
         "data": workdir / layout.DATA_DIR.format(**keys),
     }
-    needed = [paths["base"] / "model.safetensors", paths["finetuned"] / "model.safetensors",
-              paths["svd"] / "factors.safetensors", paths["data"] / "eval.jsonl"]
+    needed = [
+        paths["base"] / "model.safetensors",
+        paths["finetuned"] / "model.safetensors",
+        paths["svd"] / "factors.safetensors",
+        paths["data"] / "eval.jsonl",
+    ]
     for path in needed:
         if not path.is_file():
             sys.exit(f"bench: {path} is missing: run the main job (snakemake --cores 2) first")
@@ -107,12 +111,24 @@ def cell_from_cache_vs_recomputed_svd(paths: dict, config: dict, retention: floa
 
     def cell(factors: Path, out: Path) -> dict:
         return evaluate_cell(
-            model_dir=paths["base"], eval_path=paths["data"] / "eval.jsonl", meta_path=paths["data"] / "meta.json",
-            dataset_spec=spec, out_path=out, cell={**keys, "method": "top_k", "retention": retention},
-            edit={"factors": str(factors), "finetuned_weights": str(paths["finetuned"] / "model.safetensors"),
-                  "method": "top_k", "params": {}, "retention": retention,
-                  "seed": keys["seed"], "unedited_params": config["edit"]["unedited_params"]},
-            batch_size=config["evaluation"]["batch_size"], progress=False, runtime=config["runtime"],
+            model_dir=paths["base"],
+            eval_path=paths["data"] / "eval.jsonl",
+            meta_path=paths["data"] / "meta.json",
+            dataset_spec=spec,
+            out_path=out,
+            cell={**keys, "method": "top_k", "retention": retention},
+            edit={
+                "factors": str(factors),
+                "finetuned_weights": str(paths["finetuned"] / "model.safetensors"),
+                "method": "top_k",
+                "params": {},
+                "retention": retention,
+                "seed": keys["seed"],
+                "unedited_params": config["edit"]["unedited_params"],
+            },
+            batch_size=config["evaluation"]["batch_size"],
+            progress=False,
+            runtime=config["runtime"],
         )
 
     started = time.perf_counter()
@@ -120,16 +136,23 @@ def cell_from_cache_vs_recomputed_svd(paths: dict, config: dict, retention: floa
     t_cached = time.perf_counter() - started
 
     started = time.perf_counter()
-    compute_svd_cache(paths["base"] / "model.safetensors", paths["finetuned"] / "model.safetensors", scratch / "svd",
-                      include_embeddings=config["svd"]["include_embeddings"], progress=False)
+    compute_svd_cache(
+        paths["base"] / "model.safetensors",
+        paths["finetuned"] / "model.safetensors",
+        scratch / "svd",
+        include_embeddings=config["svd"]["include_embeddings"],
+        progress=False,
+    )
     t_svd = time.perf_counter() - started
     started = time.perf_counter()
     recomputed = cell(scratch / "svd" / "factors.safetensors", scratch / "recomputed.json")
     t_after_svd = time.perf_counter() - started
     same = cached["metrics"] == recomputed["metrics"]
-    print(f"[1] top_k cell at retention {retention}: {t_cached:.1f} s from the SVD cache; "
-          f"{t_svd + t_after_svd:.1f} s recomputing the SVD for it ({t_svd:.1f} s SVD + {t_after_svd:.1f} s cell) "
-          f"-> cache speed-up {(t_svd + t_after_svd) / t_cached:.1f}x; identical metrics: {same}")
+    print(
+        f"[1] top_k cell at retention {retention}: {t_cached:.1f} s from the SVD cache; "
+        f"{t_svd + t_after_svd:.1f} s recomputing the SVD for it ({t_svd:.1f} s SVD + {t_after_svd:.1f} s cell) "
+        f"-> cache speed-up {(t_svd + t_after_svd) / t_cached:.1f}x; identical metrics: {same}"
+    )
 
 
 def evaluation_throughput(paths: dict, config: dict, n_examples: int) -> None:
@@ -155,19 +178,31 @@ def evaluation_throughput(paths: dict, config: dict, n_examples: int) -> None:
             plain[i] = torch.log_softmax(logits, -1)[label_ids].double().numpy()
     t_plain = time.perf_counter() - started
     same = int((ours.argmax(1) == plain.argmax(1)).sum())
-    print(f"[2] evaluation of {len(examples)} prompts ({threads} threads): {len(examples) / t_ours:.2f} examples/s batched "
-          f"(batch {config['evaluation']['batch_size']}) vs {len(examples) / t_plain:.2f} examples/s plain transformers "
-          f"-> {t_plain / t_ours:.2f}x; identical predictions {same}/{len(examples)}, "
-          f"max |log p difference| {np.abs(ours - plain).max():.1e}")
+    print(
+        f"[2] evaluation of {len(examples)} prompts ({threads} threads): {len(examples) / t_ours:.2f} examples/s batched "
+        f"(batch {config['evaluation']['batch_size']}) vs {len(examples) / t_plain:.2f} examples/s plain transformers "
+        f"-> {t_plain / t_ours:.2f}x; identical predictions {same}/{len(examples)}, "
+        f"max |log p difference| {np.abs(ours - plain).max():.1e}"
+    )
 
 
 def svd_stage_peak_memory(paths: dict, config: dict, scratch: Path) -> None:
     def child(run: bool) -> float:
         out = subprocess.run(
-            [sys.executable, "-c", _SVD_CHILD, str(paths["base"] / "model.safetensors"),
-             str(paths["finetuned"] / "model.safetensors"), str(scratch / "svd-memory"),
-             "1" if config["svd"]["include_embeddings"] else "0", "1" if run else "0"],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+            [
+                sys.executable,
+                "-c",
+                _SVD_CHILD,
+                str(paths["base"] / "model.safetensors"),
+                str(paths["finetuned"] / "model.safetensors"),
+                str(scratch / "svd-memory"),
+                "1" if config["svd"]["include_embeddings"] else "0",
+                "1" if run else "0",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         return json.loads(out.stdout.strip().splitlines()[-1])["peak_anon_mb"]
 
@@ -175,19 +210,31 @@ def svd_stage_peak_memory(paths: dict, config: dict, scratch: Path) -> None:
     model_mb = (paths["finetuned"] / "model.safetensors").stat().st_size / 2**20
     factors_mb = (scratch / "svd-memory" / "factors.safetensors").stat().st_size / 2**20
     net = svd_stage - imports_only
-    print(f"[3] SVD stage peak anonymous memory {svd_stage:.0f} MB, {net:.0f} MB above the imports ({imports_only:.0f} MB); "
-          f"one model's weights {model_mb:.0f} MB, all factors {factors_mb:.0f} MB "
-          f"-> peak / model size {net / model_mb:.2f} (holding both models and the factors: "
-          f"{(2 * model_mb + factors_mb) / model_mb:.2f})")
+    print(
+        f"[3] SVD stage peak anonymous memory {svd_stage:.0f} MB, {net:.0f} MB above the imports ({imports_only:.0f} MB); "
+        f"one model's weights {model_mb:.0f} MB, all factors {factors_mb:.0f} MB "
+        f"-> peak / model size {net / model_mb:.2f} (holding both models and the factors: "
+        f"{(2 * model_mb + factors_mb) / model_mb:.2f})"
+    )
 
 
 def paper_grid_dry_run() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         started = time.perf_counter()
         result = subprocess.run(
-            [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", workdir, "-n",
-             "--configfile", str(REPO / "config" / "paper.yaml")],
-            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+            [
+                str(Path(sys.executable).with_name("snakemake")),
+                "-s",
+                str(REPO / "Snakefile"),
+                "-d",
+                workdir,
+                "-n",
+                "--configfile",
+                str(REPO / "config" / "paper.yaml"),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
         )
         elapsed = time.perf_counter() - started
     if result.returncode != 0:
@@ -210,10 +257,12 @@ def shared_prefix_vs_whole_prompts(paths: dict, config: dict, n_examples: int) -
         scores[shared] = label_log_probs(model, formatter, examples, config["evaluation"]["batch_size"], False, shared)
         timings[shared] = time.perf_counter() - started
     same = int((scores[True].argmax(1) == scores[False].argmax(1)).sum())
-    print(f"[5] shared prompt head ({shared_prefix_length(encoded)} of {np.mean([len(e) for e in encoded]):.0f} tokens "
-          f"on average) run once: {timings[True]:.1f} s vs {timings[False]:.1f} s with every prompt whole "
-          f"-> {timings[False] / timings[True]:.2f}x; identical predictions {same}/{len(examples)}, "
-          f"max |log p difference| {np.abs(scores[True] - scores[False]).max():.1e}")
+    print(
+        f"[5] shared prompt head ({shared_prefix_length(encoded)} of {np.mean([len(e) for e in encoded]):.0f} tokens "
+        f"on average) run once: {timings[True]:.1f} s vs {timings[False]:.1f} s with every prompt whole "
+        f"-> {timings[False] / timings[True]:.2f}x; identical predictions {same}/{len(examples)}, "
+        f"max |log p difference| {np.abs(scores[True] - scores[False]).max():.1e}"
+    )
 
 
 # Child process of figure 6: fine-tuning steps with one AdamW implementation, on its own so
@@ -246,8 +295,10 @@ def fused_vs_foreach_adamw(paths: dict, config: dict, steps: int = 6) -> None:
     hyper = config["finetune"]
     formatter = formatter_for(load_tokenizer(paths["base"]), config["datasets"][keys["dataset"]])
     frame = read_split(paths["data"] / "train.jsonl").head(int(hyper["batch_size"]))
-    rows = [formatter.training_features(e, int(y), int(hyper.get("max_length", 512)))
-            for e, y in zip(examples_of(frame, ["text"]), frame["label"])]
+    rows = [
+        formatter.training_features(e, int(y), int(hyper.get("max_length", 512)))
+        for e, y in zip(examples_of(frame, ["text"]), frame["label"])
+    ]
     width = max(len(r["input_ids"]) for r in rows)
     batch = {
         "input_ids": [r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows],
@@ -258,15 +309,28 @@ def fused_vs_foreach_adamw(paths: dict, config: dict, steps: int = 6) -> None:
     result = {}
     for fused in (False, True):
         out = subprocess.run(
-            [sys.executable, "-c", _STEP_CHILD, str(paths["base"]), "1" if fused else "0", str(steps), str(threads),
-             json.dumps(batch)],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+            [
+                sys.executable,
+                "-c",
+                _STEP_CHILD,
+                str(paths["base"]),
+                "1" if fused else "0",
+                str(steps),
+                str(threads),
+                json.dumps(batch),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         result[fused] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"[6] fine-tuning step ({len(rows)} examples, {width} tokens, {threads} threads, mean of {steps}): "
-          f"{result[True]['step']:.2f} s with fused AdamW (optimizer {result[True]['optimizer']:.2f} s) vs "
-          f"{result[False]['step']:.2f} s with foreach AdamW (optimizer {result[False]['optimizer']:.2f} s) "
-          f"-> {result[False]['step'] / result[True]['step']:.2f}x per step")
+    print(
+        f"[6] fine-tuning step ({len(rows)} examples, {width} tokens, {threads} threads, mean of {steps}): "
+        f"{result[True]['step']:.2f} s with fused AdamW (optimizer {result[True]['optimizer']:.2f} s) vs "
+        f"{result[False]['step']:.2f} s with foreach AdamW (optimizer {result[False]['optimizer']:.2f} s) "
+        f"-> {result[False]['step'] / result[True]['step']:.2f}x per step"
+    )
 
 
 _PER_PROCESS_CELL = """
@@ -291,7 +355,9 @@ print(json.dumps({"seconds": time.perf_counter() - started, "examples": record["
 """
 
 
-def served_cells_vs_evaluation_pass(paths: dict, config: dict, scratch: Path, methods=("top_k", "bottom_k", "uniform_shrink")) -> None:
+def served_cells_vs_evaluation_pass(
+    paths: dict, config: dict, scratch: Path, methods=("top_k", "bottom_k", "uniform_shrink")
+) -> None:
     from spectral_edit.cells import CellEvaluator
 
     keys = paths["keys"]
@@ -302,27 +368,46 @@ def served_cells_vs_evaluation_pass(paths: dict, config: dict, scratch: Path, me
 
     def request(method: str) -> dict:
         return {
-            "eval_path": str(paths["data"] / "eval.jsonl"), "meta_path": str(paths["data"] / "meta.json"),
-            "dataset_spec": spec, "batch_size": config["evaluation"]["batch_size"], "cell": {"method": method},
-            "edit": {"factors": str(paths["svd"] / "factors.safetensors"),
-                     "finetuned_weights": str(paths["finetuned"] / "model.safetensors"), "method": method,
-                     "params": {}, "retention": retention, "seed": keys["seed"],
-                     "unedited_params": config["edit"]["unedited_params"]},
+            "eval_path": str(paths["data"] / "eval.jsonl"),
+            "meta_path": str(paths["data"] / "meta.json"),
+            "dataset_spec": spec,
+            "batch_size": config["evaluation"]["batch_size"],
+            "cell": {"method": method},
+            "edit": {
+                "factors": str(paths["svd"] / "factors.safetensors"),
+                "finetuned_weights": str(paths["finetuned"] / "model.safetensors"),
+                "method": method,
+                "params": {},
+                "retention": retention,
+                "seed": keys["seed"],
+                "unedited_params": config["edit"]["unedited_params"],
+            },
         }
 
     def child(code: str, argument: dict) -> dict:
-        out = subprocess.run([sys.executable, "-c", code, json.dumps(argument), str(threads)],
-                             capture_output=True, text=True, check=True, env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(argument), str(threads)], capture_output=True, text=True, check=True, env=env
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     runtime = {"device": "auto", "dtype": "auto"}
-    served_arguments = {"model_dir": str(paths["base"]), "checkpoint_files": [str(paths["finetuned"] / "model.safetensors")],
-                        "runtime": runtime, "threads": threads, "server_log": str(scratch / "server.log"),
-                        "idle_seconds": 600}
+    served_arguments = {
+        "model_dir": str(paths["base"]),
+        "checkpoint_files": [str(paths["finetuned"] / "model.safetensors")],
+        "runtime": runtime,
+        "threads": threads,
+        "server_log": str(scratch / "server.log"),
+        "idle_seconds": 600,
+    }
     child(_SERVED_CELL, {**served_arguments, "request": request("top_k")})  # starts the server: not timed
     served = {m: child(_SERVED_CELL, {**served_arguments, "request": request(m)}) for m in methods}
-    own = {m: child(_PER_PROCESS_CELL, {**request(m), "model_dir": str(paths["base"]), "runtime": runtime,
-                                         "out_path": str(scratch / f"own-{m}.json")}) for m in methods}
+    own = {
+        m: child(
+            _PER_PROCESS_CELL,
+            {**request(m), "model_dir": str(paths["base"]), "runtime": runtime, "out_path": str(scratch / f"own-{m}.json")},
+        )
+        for m in methods
+    }
     evaluator = CellEvaluator(paths["base"], runtime)
     passes = {}
     for method in methods:
@@ -332,17 +417,21 @@ def served_cells_vs_evaluation_pass(paths: dict, config: dict, scratch: Path, me
         started = time.perf_counter()
         from spectral_edit.evaluate import evaluate_model
 
-        evaluate_model(evaluator.model, formatter, frame, read_meta(paths["data"] / "meta.json"),
-                       config["evaluation"]["batch_size"], False)
+        evaluate_model(
+            evaluator.model, formatter, frame, read_meta(paths["data"] / "meta.json"), config["evaluation"]["batch_size"], False
+        )
         passes[method] = time.perf_counter() - started
     subprocess.run(["pkill", "-f", f"spectral_edit.evaluation_server.*{env['TMPDIR']}"], check=False)
-    t_served, t_own, t_pass = (sum(x[m]["seconds"] if isinstance(x[m], dict) else x[m] for m in methods) / len(methods)
-                               for x in (served, own, passes))
+    t_served, t_own, t_pass = (
+        sum(x[m]["seconds"] if isinstance(x[m], dict) else x[m] for m in methods) / len(methods) for x in (served, own, passes)
+    )
     same = all(served[m]["examples"] == own[m]["examples"] for m in methods)
-    print(f"[7] edited cell ({', '.join(methods)} at retention {retention}, {threads} threads, mean): "
-          f"{t_served:.1f} s served by the checkpoint's server vs {t_pass:.1f} s for the evaluation pass alone "
-          f"-> {t_served / t_pass:.2f}x; {t_own:.1f} s as its own process (before) -> {t_own / t_served:.2f}x faster; "
-          f"identical per-example scores: {same}")
+    print(
+        f"[7] edited cell ({', '.join(methods)} at retention {retention}, {threads} threads, mean): "
+        f"{t_served:.1f} s served by the checkpoint's server vs {t_pass:.1f} s for the evaluation pass alone "
+        f"-> {t_served / t_pass:.2f}x; {t_own:.1f} s as its own process (before) -> {t_own / t_served:.2f}x faster; "
+        f"identical per-example scores: {same}"
+    )
 
 
 def cache_sizes(paths: dict) -> None:
@@ -360,9 +449,11 @@ def cache_sizes(paths: dict) -> None:
     def decoder(h, f, q, kv, layers, vocab, heads):
         return [(q, h), (kv, h), (kv, h), (h, q), (f, h), (f, h), (h, f)] * layers + [(vocab, h)] * heads
 
-    grid = {"Qwen2.5-7B": decoder(3584, 18944, 3584, 512, 28, 152064, 2),
-            "Qwen2.5-0.5B": decoder(896, 4864, 896, 128, 24, 151936, 1),
-            "Gemma-3-1B": decoder(1152, 6912, 1024, 256, 26, 262144, 1)}
+    grid = {
+        "Qwen2.5-7B": decoder(3584, 18944, 3584, 512, 28, 152064, 2),
+        "Qwen2.5-0.5B": decoder(896, 4864, 896, 128, 24, 151936, 1),
+        "Gemma-3-1B": decoder(1152, 6912, 1024, 256, 26, 262144, 1),
+    }
     sizes = {name: per_checkpoint(shapes) for name, shapes in grid.items()}
     compact_7b, full_7b = sizes["Qwen2.5-7B"]
     # The paper grid: each model fine-tuned on 5 datasets x 3 seeds (15 checkpoints per model).
@@ -372,15 +463,19 @@ def cache_sizes(paths: dict) -> None:
     # cell reads the base and fine-tuned matrices (dW) and the compact factors.
     params_7b = sum(m * n for m, n in grid["Qwen2.5-7B"]) + 28 * 2 * 3584 + 3584  # + norms
     weights_7b = 4 * params_7b
-    print(f"[8] a Qwen2.5-7B cell reads {(weights_7b + full_7b) / 1e9:.0f} GB before (base weights "
-          f"{weights_7b / 1e9:.1f} GB + full factors, in a new process that also loads the model) and "
-          f"{(2 * weights_7b + compact_7b) / 1e9:.0f} GB in the server (base and fine-tuned matrices + compact factors; "
-          f"the model loaded once per checkpoint), or only the compact factors ({compact_7b / 1e9:.1f} GB) with W_base "
-          f"and dW resident in {2 * weights_7b / 1e9:.0f} GB of memory (evaluation.server.resident_gb)")
-    print(f"[8] SVD cache of this checkpoint: {compact / 2**20:.0f} MiB vs {full / 2**20:.0f} MiB for U, S, V^T whole "
-          f"-> {compact / full:.2f}x; a Qwen2.5-7B checkpoint: {compact_7b / 1e9:.1f} GB vs {full_7b / 1e9:.1f} GB "
-          f"({compact_7b / full_7b:.2f}x); the paper grid's 45 checkpoints: {grid_compact / 1e9:.0f} GB vs "
-          f"{grid_full / 1e9:.0f} GB ({grid_compact / grid_full:.2f}x)")
+    print(
+        f"[8] a Qwen2.5-7B cell reads {(weights_7b + full_7b) / 1e9:.0f} GB before (base weights "
+        f"{weights_7b / 1e9:.1f} GB + full factors, in a new process that also loads the model) and "
+        f"{(2 * weights_7b + compact_7b) / 1e9:.0f} GB in the server (base and fine-tuned matrices + compact factors; "
+        f"the model loaded once per checkpoint), or only the compact factors ({compact_7b / 1e9:.1f} GB) with W_base "
+        f"and dW resident in {2 * weights_7b / 1e9:.0f} GB of memory (evaluation.server.resident_gb)"
+    )
+    print(
+        f"[8] SVD cache of this checkpoint: {compact / 2**20:.0f} MiB vs {full / 2**20:.0f} MiB for U, S, V^T whole "
+        f"-> {compact / full:.2f}x; a Qwen2.5-7B checkpoint: {compact_7b / 1e9:.1f} GB vs {full_7b / 1e9:.1f} GB "
+        f"({compact_7b / full_7b:.2f}x); the paper grid's 45 checkpoints: {grid_compact / 1e9:.0f} GB vs "
+        f"{grid_full / 1e9:.0f} GB ({grid_compact / grid_full:.2f}x)"
+    )
 
 
 # Figure 9's children. A launcher reports its child's wall time and peak resident memory
@@ -396,7 +491,8 @@ print(json.dumps({"rc": result.returncode, "wall_s": time.perf_counter() - start
 WORKFLOW_EVALUATION = r"""
 import json, sys, time
 import torch
-model_dir, data_dir, spec, n, batch_size, threads, profiled = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), *map(int, sys.argv[4:])
+model_dir, data_dir, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+n, batch_size, threads, profiled = map(int, sys.argv[4:])
 torch.set_num_threads(threads)
 from spectral_edit.data import read_meta, read_split
 from spectral_edit.evaluate import label_log_probs
@@ -464,19 +560,53 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
     spec = config["datasets"][keys["dataset"]]
     batch_size, threads = config["evaluation"]["batch_size"], torch.get_num_threads()
     n = min(n_examples, len(read_split(paths["data"] / "eval.jsonl")))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    command = [sys.executable, "-c", WORKFLOW_EVALUATION, str(paths["finetuned"]), str(paths["data"]), json.dumps(spec),
-               str(n), str(batch_size), str(threads)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
+    command = [
+        sys.executable,
+        "-c",
+        WORKFLOW_EVALUATION,
+        str(paths["finetuned"]),
+        str(paths["data"]),
+        json.dumps(spec),
+        str(n),
+        str(batch_size),
+        str(threads),
+    ]
     ours = _launch(command + ["0"], scratch / "ours.json", env)
     result = json.loads((scratch / "ours.json").read_text())
     _launch(command + ["1"], scratch / "profiled.json", env)
     result.update({k: v for k, v in json.loads((scratch / "profiled.json").read_text()).items() if k in ("profiled_s", "mm_s")})
     task = write_task(paths["data"], scratch / "tasks", spec.get("eval_prompt", spec["prompt"]))
-    theirs = _launch([str(lm_eval), "--model", "hf", "--model_args", f"pretrained={paths['finetuned']},dtype=float32",
-                      "--include_path", str(task.parent), "--tasks", task.stem, "--apply_chat_template",
-                      "--batch_size", str(batch_size), "--limit", str(n), "--device", "cpu",
-                      "--log_samples", "--output_path", str(scratch / "lm-eval")], scratch / "lm-eval.log", env)
+    theirs = _launch(
+        [
+            str(lm_eval),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={paths['finetuned']},dtype=float32",
+            "--include_path",
+            str(task.parent),
+            "--tasks",
+            task.stem,
+            "--apply_chat_template",
+            "--batch_size",
+            str(batch_size),
+            "--limit",
+            str(n),
+            "--device",
+            "cpu",
+            "--log_samples",
+            "--output_path",
+            str(scratch / "lm-eval"),
+        ],
+        scratch / "lm-eval.log",
+        env,
+    )
     reference = _lm_eval_scores(scratch / "lm-eval", n)
     scores = np.array(result["scores"])
     same = int((scores.argmax(1) == reference.argmax(1)).sum())
@@ -485,13 +615,18 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
     # difference between label words (what decides the prediction) is comparable.
     margin = (scores - scores[:, :1]) - (reference - reference[:, :1])
     offset = np.abs(scores - reference).max()
-    difference = (f"{np.abs(margin).max():.1e} between label words (each score {offset:.1e}, lm-eval adding "
-                  "the assistant header's newline)" if result["single_token_labels"]
-                  else "n/a (lm-eval scores whole label words, the workflow their first token)")
-    print(f"[9] {n} prompts, batch {batch_size}, {threads} threads, whole process: workflow {ours['wall_s']:.1f} s and "
-          f"{ours['peak_mb'] / 1024:.2f} GB vs lm-evaluation-harness {theirs['wall_s']:.1f} s and {theirs['peak_mb'] / 1024:.2f} GB "
-          f"-> {theirs['wall_s'] / ours['wall_s']:.2f}x faster, {theirs['peak_mb'] / ours['peak_mb']:.2f}x less memory; "
-          f"identical predictions {same}/{n}, max |log p difference| {difference}")
+    difference = (
+        f"{np.abs(margin).max():.1e} between label words (each score {offset:.1e}, lm-eval adding the assistant header's newline)"
+        if result["single_token_labels"]
+        else "n/a (lm-eval scores whole label words, the workflow their first token)"
+    )
+    print(
+        f"[9] {n} prompts, batch {batch_size}, {threads} threads, whole process: workflow {ours['wall_s']:.1f} s and "
+        f"{ours['peak_mb'] / 1024:.2f} GB vs lm-evaluation-harness {theirs['wall_s']:.1f} s and "
+        f"{theirs['peak_mb'] / 1024:.2f} GB "
+        f"-> {theirs['wall_s'] / ours['wall_s']:.2f}x faster, {theirs['peak_mb'] / ours['peak_mb']:.2f}x less memory; "
+        f"identical predictions {same}/{n}, max |log p difference| {difference}"
+    )
     # FLOP rate of the scoring on the tokens it computes: 2 FLOPs per weight of the decoder's
     # matrices per token (attention scores are < 1 % at these lengths), plus the LM head once
     # per prompt, against a matmul of one MLP projection over one batch's tokens.
@@ -509,19 +644,26 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
     rows = max(1, round(batch_size * (result["computed_tokens"] - result["head_tokens"]) / n))
     peak = matmul_rate(rows, hidden, model_config["intermediate_size"], threads)
     in_mm = flops / result["mm_s"]
-    print(f"    scoring {result['scoring_s']:.1f} s of it: {result['computed_tokens']} tokens computed for "
-          f"{result['prompt_tokens']} prompt tokens (shared head of {result['head_tokens']} run once, padding included) "
-          f"-> {achieved / 1e9:.1f} GFLOP/s against {peak / 1e9:.1f} GFLOP/s of a timed {rows}x{hidden} @ "
-          f"{hidden}x{model_config['intermediate_size']} matmul ({100 * achieved / peak:.0f} %); profiled, the matrix "
-          f"products take {100 * result['mm_s'] / result['profiled_s']:.0f} % of the scoring time at "
-          f"{in_mm / 1e9:.1f} GFLOP/s ({100 * in_mm / peak:.0f} %), the rest is norms, rotary embedding, SiLU and attention")
+    print(
+        f"    scoring {result['scoring_s']:.1f} s of it: {result['computed_tokens']} tokens computed for "
+        f"{result['prompt_tokens']} prompt tokens (shared head of {result['head_tokens']} run once, padding included) "
+        f"-> {achieved / 1e9:.1f} GFLOP/s against {peak / 1e9:.1f} GFLOP/s of a timed {rows}x{hidden} @ "
+        f"{hidden}x{model_config['intermediate_size']} matmul ({100 * achieved / peak:.0f} %); profiled, the matrix "
+        f"products take {100 * result['mm_s'] / result['profiled_s']:.0f} % of the scoring time at "
+        f"{in_mm / 1e9:.1f} GFLOP/s ({100 * in_mm / peak:.0f} %), the rest is norms, rotary embedding, SiLU and attention"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO, help="where the main job wrote results/ (default: the repo)")
-    parser.add_argument("--configfile", type=Path, nargs="+", default=[REPO / "config.yaml"],
-                        help="as given to snakemake: config.yaml and any overlays")
+    parser.add_argument(
+        "--configfile",
+        type=Path,
+        nargs="+",
+        default=[REPO / "config.yaml"],
+        help="as given to snakemake: config.yaml and any overlays",
+    )
     parser.add_argument("--retention", type=float, default=0.01)
     parser.add_argument("--examples", type=int, default=160, help="prompts in the throughput comparison")
     parser.add_argument("--only", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8, 9], help="which figures to measure")

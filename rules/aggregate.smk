@@ -4,27 +4,27 @@ rule aggregate:
         cells=all_cells(),
         references=reference_cells(),
         heldout=heldout_cells(),
-        metas=expand(layout.DATA_DIR + "/meta.json", dataset=config["grid"]["datasets"]),
+        metas=expand(f"{layout.DATA_DIR}/meta.json", dataset=config["grid"]["datasets"]),
     output:
-        cells=layout.TABLES_DIR + "/cells.csv",
-        summary=report(layout.TABLES_DIR + "/summary.csv", caption="captions/summary.rst", category="Tables"),
-        summary_md=layout.TABLES_DIR + "/summary.md",
-        table1=report(layout.TABLES_DIR + "/table1.csv", caption="captions/table1.rst", category="Tables"),
-        table1_md=layout.TABLES_DIR + "/table1.md",
-        regimes=layout.TABLES_DIR + "/regimes.csv",
-        comparisons=report(layout.TABLES_DIR + "/comparisons.csv", caption="captions/comparisons.rst", category="Tables"),
-        heldout=layout.TABLES_DIR + "/heldout.csv",
-        repair=layout.TABLES_DIR + "/repair.csv",
-        repair_summary=report(layout.TABLES_DIR + "/repair_summary.csv", caption="captions/repair.rst", category="Tables"),
-        repair_md=layout.TABLES_DIR + "/repair.md",
+        cells=f"{layout.TABLES_DIR}/cells.csv",
+        summary=report(f"{layout.TABLES_DIR}/summary.csv", caption="captions/summary.rst", category="Tables"),
+        summary_md=f"{layout.TABLES_DIR}/summary.md",
+        table1=report(f"{layout.TABLES_DIR}/table1.csv", caption="captions/table1.rst", category="Tables"),
+        table1_md=f"{layout.TABLES_DIR}/table1.md",
+        regimes=f"{layout.TABLES_DIR}/regimes.csv",
+        comparisons=report(f"{layout.TABLES_DIR}/comparisons.csv", caption="captions/comparisons.rst", category="Tables"),
+        heldout=f"{layout.TABLES_DIR}/heldout.csv",
+        repair=f"{layout.TABLES_DIR}/repair.csv",
+        repair_summary=report(f"{layout.TABLES_DIR}/repair_summary.csv", caption="captions/repair.rst", category="Tables"),
+        repair_md=f"{layout.TABLES_DIR}/repair.md",
+    log:
+        layout.log("aggregate.log"),
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         analysis=config["analysis"],
         controls=config["grid"]["controls"],
-    log:
-        layout.LOGS + "/aggregate.log",
-    threads: 1
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/aggregate.py"
 
@@ -40,14 +40,14 @@ rule figures:
         spectra=[entry["path"] for entry in all_spectra()],
     output:
         figure_targets(),  # the PNGs are in the report, each with the caption of its name
+    log:
+        layout.log("figures.log"),
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         analysis=config["analysis"],
         spectra=all_spectra(),
         controls={name: resolve_finetune(config, name) for name in config["grid"]["controls"]},
-    log:
-        layout.LOGS + "/figures.log",
-    threads: 1
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/figures.py"

@@ -3,6 +3,8 @@
 # job (thousands on the paper grid), so what depends only on a name is resolved once.
 
 import functools
+import json
+from pathlib import Path
 
 from spectral_edit.config import grid_cells, grid_finetunes, resolve_finetune, resolve_method
 from spectral_edit.layout import figure_names  # not from figures.py: that imports matplotlib
@@ -39,7 +41,7 @@ def benchmark_prompt(wildcards):
 
 def benchmark_data(wildcards):
     directory = layout.DATA_DIR.format(dataset=wildcards.benchmark)
-    return {"eval": directory + "/eval.jsonl", "meta": directory + "/meta.json"}
+    return {"eval": f"{directory}/eval.jsonl", "meta": f"{directory}/meta.json"}
 
 
 @functools.cache
@@ -68,12 +70,12 @@ def edit_inputs(wildcards):
     method, params, _ = resolved_method(wildcards.method)
     dirs = checkpoint_dirs(wildcards)
     inputs = {
-        "base_config": layout.BASE_MODEL_DIR.format(model=wildcards.model) + "/config.json",
-        "base_weights": layout.BASE_MODEL_DIR.format(model=wildcards.model) + "/model.safetensors",
-        "factors": dirs["svd"] + "/factors.safetensors",
-        "finetuned_weights": dirs["finetune"] + "/model.safetensors",
-        "eval": layout.DATA_DIR.format(dataset=wildcards.dataset) + "/eval.jsonl",
-        "meta": layout.DATA_DIR.format(dataset=wildcards.dataset) + "/meta.json",
+        "base_config": f"{layout.BASE_MODEL_DIR.format(model=wildcards.model)}/config.json",
+        "base_weights": f"{layout.BASE_MODEL_DIR.format(model=wildcards.model)}/model.safetensors",
+        "factors": f"{dirs['svd']}/factors.safetensors",
+        "finetuned_weights": f"{dirs['finetune']}/model.safetensors",
+        "eval": f"{layout.DATA_DIR.format(dataset=wildcards.dataset)}/eval.jsonl",
+        "meta": f"{layout.DATA_DIR.format(dataset=wildcards.dataset)}/meta.json",
     }
     if "sensitivities" in method.needs:
         inputs["sensitivities"] = layout.SENSITIVITY.format(ncal=int(params["calibration_size"]), **wildcards)
@@ -128,8 +130,13 @@ def all_spectra():
     """Every SVD spectrum of the edited fine-tunes, with the checkpoint it belongs to."""
     grid = config["grid"]
     return [
-        {"model": m, "dataset": d, "seed": s, "finetune": f,
-         "path": layout.SVD_DIR.format(model=m, dataset=d, seed=s, finetune=f) + "/spectrum.json"}
+        {
+            "model": m,
+            "dataset": d,
+            "seed": s,
+            "finetune": f,
+            "path": f"{layout.SVD_DIR.format(model=m, dataset=d, seed=s, finetune=f)}/spectrum.json",
+        }
         for m in grid["models"]
         for d in grid["datasets"]
         for s in grid["seeds"]
@@ -150,7 +157,7 @@ def diagnostics_targets():
     names = ["subspace_alignment.csv"]
     if dg_hard_params() is not None:
         names.append("dg_hard_ranks.csv")
-    return [path + "/" + name for path in _grid_product(layout.DIAGNOSTICS_DIR, config["grid"]["finetunes"]) for name in names]
+    return [f"{path}/{name}" for path in _grid_product(layout.DIAGNOSTICS_DIR, config["grid"]["finetunes"]) for name in names]
 
 
 def figure_targets():
@@ -165,9 +172,13 @@ def figure_targets():
 
 def diagnostic_figures(name):
     """A diagnostic figure per checkpoint, PNG in the report (one subcategory per checkpoint)."""
-    png = report(layout.DIAGNOSTICS_DIR + f"/{name}.png", caption=f"captions/{name}.rst", category="Diagnostics",
-                 subcategory="{model} / {dataset} / seed {seed} / {finetune}")
-    return [png, layout.DIAGNOSTICS_DIR + f"/{name}.pdf"]
+    png = report(
+        f"{layout.DIAGNOSTICS_DIR}/{name}.png",
+        caption=f"captions/{name}.rst",
+        category="Diagnostics",
+        subcategory="{model} / {dataset} / seed {seed} / {finetune}",
+    )
+    return [png, f"{layout.DIAGNOSTICS_DIR}/{name}.pdf"]
 
 
 def cluster_resources(kind, with_recipe=False):
@@ -205,3 +216,38 @@ def cluster_resources(kind, with_recipe=False):
 # On a cluster the evaluation cells of one fine-tuned checkpoint are submitted together: the
 # profile's group-components sets how many cells one SLURM job runs. Locally groups are inactive.
 CELL_GROUP = "cells_{model}_{dataset}_seed{seed}_{finetune}"
+
+
+# Held-out benchmarks and exports.
+
+
+def heldout_edit_inputs(wildcards):
+    return {**edit_inputs(wildcards), **benchmark_data(wildcards)}
+
+
+def export_inputs(wildcards):
+    """The edit's inputs (as its evaluation cell has them) and the three cells of the card."""
+    inputs = {k: v for k, v in edit_inputs(wildcards).items() if k not in ("eval",)}
+    inputs["cell"] = layout.CELL.format(**wildcards)
+    inputs["finetuned_cell"] = layout.FINETUNED_CELL.format(**wildcards)
+    inputs["base_cell"] = layout.BASE_CELL.format(model=wildcards.model, dataset=wildcards.dataset)
+    return inputs
+
+
+def card_config(wildcards):
+    """What made the cell, as its model card states it (and a rerun trigger of the export)."""
+    method, params, _ = resolved_method(wildcards.method)
+    return {
+        "model": {wildcards.model: config["models"][wildcards.model]},
+        "dataset": {wildcards.dataset: config["datasets"][wildcards.dataset]},
+        "finetune": {wildcards.finetune: resolved_recipe(wildcards.finetune)},
+        "method": {wildcards.method: {"method": method.name, **params}},
+        "edit": config["edit"],
+        "evaluation": {"batch_size": config["evaluation"]["batch_size"]},
+        "bootstrap": config["analysis"]["bootstrap"],
+    }
+
+
+def sweet_spot_exports(wildcards):
+    listing = json.loads(Path(checkpoints.sweet_spots.get().output[0]).read_text())
+    return [template.format(**cell) for cell in listing["cells"] for template in (layout.EXPORT_MODEL, layout.EXPORT_ADAPTER)]

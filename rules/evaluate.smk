@@ -9,21 +9,21 @@ rule evaluate_edit:
         unpack(edit_inputs),
     output:
         layout.CELL,
+    log:
+        layout.log("evaluate/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}.log"),
+    group:
+        CELL_GROUP
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        **cluster_resources("evaluate"),
     params:
         method=method_of,
         prompt=evaluation_prompt,
         unedited_params=config["edit"]["unedited_params"],
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
-    resources:
-        **cluster_resources("evaluate"),
-    group:
-        CELL_GROUP
-    log:
-        layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}.log",
-    threads: 1
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/evaluate_cell.py"
 
@@ -38,19 +38,19 @@ rule evaluate_finetuned:
         meta=rules.prepare_dataset.output.meta,
     output:
         layout.FINETUNED_CELL,
+    log:
+        layout.log("evaluate/{model}/{dataset}/seed{seed}/{finetune}/finetuned.log"),
+    group:
+        CELL_GROUP
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        **cluster_resources("evaluate"),
     params:
         prompt=evaluation_prompt,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
-    resources:
-        **cluster_resources("evaluate"),
-    group:
-        CELL_GROUP
-    log:
-        layout.LOGS + "/evaluate/{model}/{dataset}/seed{seed}/{finetune}/finetuned.log",
-    threads: 1
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/evaluate_cell.py"
 
@@ -64,17 +64,17 @@ rule evaluate_base:
         meta=rules.prepare_dataset.output.meta,
     output:
         layout.BASE_CELL,
+    log:
+        layout.log("evaluate/{model}/{dataset}/base.log"),
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        **cluster_resources("evaluate"),
     params:
         prompt=evaluation_prompt,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
-    resources:
-        **cluster_resources("evaluate"),
-    log:
-        layout.LOGS + "/evaluate/{model}/{dataset}/base.log",
-    threads: 1
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/evaluate_cell.py"
 
@@ -82,23 +82,19 @@ rule evaluate_base:
 # Held-out benchmarks: the same three kinds of model, evaluated on another prepared dataset.
 
 
-def heldout_edit_inputs(wildcards):
-    return {**edit_inputs(wildcards), **benchmark_data(wildcards)}
-
-
 use rule evaluate_edit as evaluate_heldout_edit with:
     input:
         unpack(heldout_edit_inputs),
     output:
         layout.HELDOUT_CELL,
+    log:
+        layout.log("heldout/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/{benchmark}.log"),
     params:
         method=method_of,
         prompt=benchmark_prompt,
         unedited_params=config["edit"]["unedited_params"],
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
-    log:
-        layout.LOGS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/{benchmark}.log",
 
 
 use rule evaluate_finetuned as evaluate_heldout_finetuned with:
@@ -110,12 +106,12 @@ use rule evaluate_finetuned as evaluate_heldout_finetuned with:
         meta=lambda w: benchmark_data(w)["meta"],
     output:
         layout.HELDOUT_FINETUNED,
+    log:
+        layout.log("heldout/{model}/{dataset}/seed{seed}/{finetune}/finetuned/{benchmark}.log"),
     params:
         prompt=benchmark_prompt,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
-    log:
-        layout.LOGS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/finetuned/{benchmark}.log",
 
 
 use rule evaluate_base as evaluate_heldout_base with:
@@ -126,9 +122,9 @@ use rule evaluate_base as evaluate_heldout_base with:
         meta=lambda w: benchmark_data(w)["meta"],
     output:
         layout.HELDOUT_BASE,
+    log:
+        layout.log("heldout/{model}/base/{benchmark}.log"),
     params:
         prompt=benchmark_prompt,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
-    log:
-        layout.LOGS + "/heldout/{model}/base/{benchmark}.log",

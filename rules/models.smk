@@ -1,16 +1,16 @@
 rule base_model:
     """Materialise a base model once: load it from its source, save safetensors."""
     output:
-        config=layout.BASE_MODEL_DIR + "/config.json",
-        weights=layout.BASE_MODEL_DIR + "/model.safetensors",
-    params:
-        spec=lambda w: config["models"][w.model],
-    resources:
-        **cluster_resources("base_model"),
+        config=f"{layout.BASE_MODEL_DIR}/config.json",
+        weights=f"{layout.BASE_MODEL_DIR}/model.safetensors",
     log:
-        layout.LOGS + "/base_model/{model}.log",
-    threads: 1
+        layout.log("base_model/{model}.log"),
     conda:
         CONDA_ENV
+    threads: 1
+    resources:
+        **cluster_resources("base_model"),
+    params:
+        spec=lambda w: config["models"][w.model],
     script:
         "../workflow_scripts/base_model.py"

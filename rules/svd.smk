@@ -4,20 +4,20 @@ rule svd_cache:
         base_weights=rules.base_model.output.weights,
         finetuned_weights=rules.finetune.output.weights,
     output:
-        factors=layout.SVD_DIR + "/factors.safetensors",
-        spectrum=layout.SVD_DIR + "/spectrum.json",
+        factors=f"{layout.SVD_DIR}/factors.safetensors",
+        spectrum=f"{layout.SVD_DIR}/spectrum.json",
+    log:
+        layout.log("svd_cache/{model}/{dataset}/seed{seed}/{finetune}.log"),
+    conda:
+        CONDA_ENV
+    threads: workflow.cores
+    resources:
+        **cluster_resources("svd_cache"),
     params:
         cache_format=layout.SVD_CACHE_FORMAT,  # a new format reruns caches written in an older one
         include_embeddings=config["svd"]["include_embeddings"],
         batch_size=config["svd"]["batch_size"],
         runtime=config["runtime"],
-    resources:
-        **cluster_resources("svd_cache"),
-    log:
-        layout.LOGS + "/svd_cache/{model}/{dataset}/seed{seed}/{finetune}.log",
-    threads: workflow.cores
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/svd_cache.py"
 
@@ -32,17 +32,17 @@ rule sensitivities:
         train=rules.prepare_dataset.output.train,
     output:
         layout.SENSITIVITY,
+    log:
+        layout.log("sensitivities/{model}/{dataset}/seed{seed}/{finetune}/ncal{ncal}.log"),
+    conda:
+        CONDA_ENV
+    threads: workflow.cores
+    resources:
+        **cluster_resources("sensitivities"),
     params:
         prompt=dataset_prompt,
         max_length=config["finetune"]["max_length"],
         runtime=config["runtime"],
-    resources:
-        **cluster_resources("sensitivities"),
-    log:
-        layout.LOGS + "/sensitivities/{model}/{dataset}/seed{seed}/{finetune}/ncal{ncal}.log",
-    threads: workflow.cores
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/sensitivities.py"
 
@@ -54,15 +54,15 @@ rule subspace_diagnostics:
         base_weights=rules.base_model.output.weights,
         finetuned_weights=rules.finetune.output.weights,
     output:
-        table=layout.DIAGNOSTICS_DIR + "/subspace_alignment.csv",
+        table=f"{layout.DIAGNOSTICS_DIR}/subspace_alignment.csv",
         figures=diagnostic_figures("subspace_alignment"),
-    params:
-        top_m=config["diagnostics"]["subspace_top_m"],
     log:
-        layout.LOGS + "/diagnostics/{model}/{dataset}/seed{seed}/{finetune}/subspace.log",
-    threads: 1
+        layout.log("diagnostics/{model}/{dataset}/seed{seed}/{finetune}/subspace.log"),
     conda:
         CONDA_ENV
+    threads: 1
+    params:
+        top_m=config["diagnostics"]["subspace_top_m"],
     script:
         "../workflow_scripts/subspace_diagnostics.py"
 
@@ -72,15 +72,15 @@ rule marchenko_pastur_diagnostics:
     input:
         spectrum=rules.svd_cache.output.spectrum,
     output:
-        table=layout.DIAGNOSTICS_DIR + "/dg_hard_ranks.csv",
+        table=f"{layout.DIAGNOSTICS_DIR}/dg_hard_ranks.csv",
         figures=diagnostic_figures("marchenko_pastur"),
+    log:
+        layout.log("diagnostics/{model}/{dataset}/seed{seed}/{finetune}/marchenko_pastur.log"),
+    conda:
+        CONDA_ENV
+    threads: 1
     params:
         dg_hard=dg_hard_params(),
         layers=config["diagnostics"]["representative_layers"],
-    log:
-        layout.LOGS + "/diagnostics/{model}/{dataset}/seed{seed}/{finetune}/marchenko_pastur.log",
-    threads: 1
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/marchenko_pastur_diagnostics.py"

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -92,7 +92,8 @@ def add_reference_columns(cells: pd.DataFrame, controls: Iterable[str] = (), ref
     frame["_order"] = frame["method"].map(order).fillna(2)
     frame = frame.sort_values(
         ["model", "dataset", "finetune", "_order", "method", "retention", "seed"],
-        ascending=[True, True, True, True, True, False, True], na_position="first",
+        ascending=[True, True, True, True, True, False, True],
+        na_position="first",
     )
     return frame.drop(columns="_order").reset_index(drop=True)
 
@@ -124,7 +125,9 @@ class _Scores:
 
 def _reference_rows(cells: pd.DataFrame):
     """Lookups of the FT rows by (model, dataset, seed, recipe) and the base rows by (model, dataset)."""
-    ft = {(r["model"], r["dataset"], int(r["seed"]), r["finetune"]): r for _, r in cells[cells["method"] == "finetuned"].iterrows()}
+    ft = {
+        (r["model"], r["dataset"], int(r["seed"]), r["finetune"]): r for _, r in cells[cells["method"] == "finetuned"].iterrows()
+    }
     base = {(r["model"], r["dataset"]): r for _, r in cells[cells["method"] == "base"].iterrows()}
     return ft, base
 
@@ -138,8 +141,11 @@ def _compared_rows(rows: pd.DataFrame, scores: _Scores, ft_rows, base_rows):
         return None
     base = scores.correct(base_row)
     if first["method"] == "base":
-        seeds = sorted(seed for (model, dataset, seed, recipe) in ft_rows
-                       if (model, dataset, recipe) == (first["model"], first["dataset"], first["reference"]))
+        seeds = sorted(
+            seed
+            for (model, dataset, seed, recipe) in ft_rows
+            if (model, dataset, recipe) == (first["model"], first["dataset"], first["reference"])
+        )
         edit = np.tile(base, (len(seeds), 1))
     else:
         seeds = sorted(int(s) for s in rows["seed"])
@@ -222,25 +228,51 @@ def summarise(cells: pd.DataFrame, scores: _Scores | None = None, bootstrap: Map
 
 def summary_markdown(summary: pd.DataFrame, level: float = 0.95) -> str:
     """Every (model, dataset, finetune, method, setting): seed mean with its interval."""
-    header = ["model", "dataset", "fine-tune", "method", "retention", "accuracy", "gap", "worst group",
-              "bias red. %", "acc. loss pp", "McNemar p", "seeds"]
+    header = [
+        "model",
+        "dataset",
+        "fine-tune",
+        "method",
+        "retention",
+        "accuracy",
+        "gap",
+        "worst group",
+        "bias red. %",
+        "acc. loss pp",
+        "McNemar p",
+        "seeds",
+    ]
     lines = [
         f"Seed means with {100 * level:g} % bootstrap intervals over the evaluation examples "
         "(stratified by group, paired with the fine-tuned model); McNemar: exact test against the "
         "fine-tuned model, discordant examples summed over seeds.",
         "",
-        "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     for _, row in summary.iterrows():
         retention = "" if pd.isna(row["retention"]) else f"{100 * row['retention']:g}%"
         p = row.get("mcnemar_p", math.nan)
-        lines.append("| " + " | ".join([
-            str(row["model"]), str(row["dataset"]), "" if pd.isna(row["finetune"]) else str(row["finetune"]),
-            str(row["method"]), retention,
-            _ci(row, "accuracy", 3), _ci(row, "gap", 3), _ci(row, "worst_group_accuracy", 3),
-            _ci(row, "bias_reduction"), _ci(row, "accuracy_loss"),
-            "" if pd.isna(p) else f"{p:.3g}", str(int(row["n_seeds"])),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(row["model"]),
+                    str(row["dataset"]),
+                    "" if pd.isna(row["finetune"]) else str(row["finetune"]),
+                    str(row["method"]),
+                    retention,
+                    _ci(row, "accuracy", 3),
+                    _ci(row, "gap", 3),
+                    _ci(row, "worst_group_accuracy", 3),
+                    _ci(row, "bias_reduction"),
+                    _ci(row, "accuracy_loss"),
+                    "" if pd.isna(p) else f"{p:.3g}",
+                    str(int(row["n_seeds"])),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -265,8 +297,19 @@ def _pm(mean: float, std: float, digits: int = 1) -> str:
 def repair_markdown(summary: pd.DataFrame, tolerance_pp: float) -> str:
     if summary.empty:
         return "No task names held-out benchmarks (datasets.<task>.heldout), so there are no repair scores.\n"
-    header = ["model", "task", "fine-tune", "method", "retention", "% healed", "% preserved", "% non-damage",
-              "% task retention", "harmonic mean", "seeds"]
+    header = [
+        "model",
+        "task",
+        "fine-tune",
+        "method",
+        "retention",
+        "% healed",
+        "% preserved",
+        "% non-damage",
+        "% task retention",
+        "harmonic mean",
+        "seeds",
+    ]
     lines = [
         f"Partition-conditional repair on the held-out benchmarks (tolerance {tolerance_pp:g} pp; "
         "definitions in spectral_edit/repair.py and the README); mean ± std over seeds, n/a: empty partition.",
@@ -277,13 +320,31 @@ def repair_markdown(summary: pd.DataFrame, tolerance_pp: float) -> str:
     for _, row in summary.iterrows():
         retention = "" if pd.isna(row["retention"]) else f"{100 * row['retention']:g}%"
         values = [_pm(row[f"{s}_mean"], row[f"{s}_std"]) for s in ("healed", "preserved", "non_damage", "task_retention", "hm")]
-        lines.append("| " + " | ".join([str(row["model"]), str(row["dataset"]), str(row["finetune"]), str(row["method"]),
-                                         retention, *values, str(int(row["n_seeds"]))]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(row["model"]),
+                    str(row["dataset"]),
+                    str(row["finetune"]),
+                    str(row["method"]),
+                    retention,
+                    *values,
+                    str(int(row["n_seeds"])),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def build_tables(cell_paths: Iterable[str | Path], analysis: Mapping, controls: Iterable[str] = (),
-                 heldout_paths: Iterable[str | Path] = (), metas: Mapping[str, str | Path | Mapping] = ()) -> dict[str, object]:
+def build_tables(
+    cell_paths: Iterable[str | Path],
+    analysis: Mapping,
+    controls: Iterable[str] = (),
+    heldout_paths: Iterable[str | Path] = (),
+    metas: Mapping[str, str | Path | Mapping] = (),
+) -> dict[str, object]:
     """All tables from the cell files: cells, summary, Table 1 with the method comparison, and the
     held-out benchmarks with their repair scores (each frame with a markdown rendering).
 
@@ -323,7 +384,8 @@ def build_tables(cell_paths: Iterable[str | Path], analysis: Mapping, controls: 
         "summary_md": summary_markdown(summary, bootstrap["level"]),
         "table1": table1,
         "regimes": regime_table,
-        "table1_md": table1_markdown(table1, trajectories, zone, headline, bootstrap["level"]) + "\n"
+        "table1_md": table1_markdown(table1, trajectories, zone, headline, bootstrap["level"])
+        + "\n"
         + comparisons_markdown(comparisons, headline),
         "comparisons": comparisons,
         "heldout": heldout,

@@ -13,11 +13,10 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
-from .safetensors_stream import open_safetensors
 
 from .atomic import write_json
 from .data import read_meta, read_split
@@ -28,6 +27,7 @@ from .methods import get_method
 from .models import load_model, load_tokenizer
 from .prompts import formatter_for
 from .runtime import resolve as resolve_runtime
+from .safetensors_stream import open_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,12 @@ class CellEvaluator:
                 base_weights=base_weights,
                 resident=resident,
             )
-            log.info("edited %d matrices, kept %d of %d components", edit_stats["matrices"],
-                     edit_stats["kept_components"], edit_stats["total_components"])
+            log.info(
+                "edited %d matrices, kept %d of %d components",
+                edit_stats["matrices"],
+                edit_stats["kept_components"],
+                edit_stats["total_components"],
+            )
         elif weights is not None:
             load_weights(self.model, weights)
         formatter = formatter_for(self.tokenizer, dataset_spec)
@@ -159,8 +163,15 @@ def evaluate_cell(
     """
     started = time.time()
     evaluator = CellEvaluator(model_dir, runtime)
-    record = evaluator.run(eval_path=eval_path, meta_path=meta_path, dataset_spec=dataset_spec, cell=cell, edit=edit,
-                           batch_size=batch_size, progress=progress)
+    record = evaluator.run(
+        eval_path=eval_path,
+        meta_path=meta_path,
+        dataset_spec=dataset_spec,
+        cell=cell,
+        edit=edit,
+        batch_size=batch_size,
+        progress=progress,
+    )
     record["seconds"] = time.time() - started
     write_json(out_path, record)
     return record

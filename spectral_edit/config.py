@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import jsonschema
 import yaml
@@ -24,7 +24,7 @@ from .methods import SpectralMethod, available_methods
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parsed_schema() -> dict:
     # Read and parsed once per process: parsing the YAML costs ~60 ms, and planning asked for
     # it once per recipe resolved.
@@ -36,7 +36,7 @@ def load_schema() -> dict:
     return copy.deepcopy(_parsed_schema())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _finetune_keys() -> frozenset:
     """The keys a recipe's overrides may set: those of the finetune section."""
     return frozenset(_parsed_schema()["properties"]["finetune"]["properties"])
@@ -136,8 +136,12 @@ _DATASET_REQUIRED = {
     "hub": ("hub", "text_columns", "label_column"),
 }
 _GROUP_REQUIRED = {
-    "none": (), "columns_any": ("columns",), "column": ("column",), "regex": ("pattern", "fields"),
-    "overlap": ("fields",), "marker": ("marker",),
+    "none": (),
+    "columns_any": ("columns",),
+    "column": ("column",),
+    "regex": ("pattern", "fields"),
+    "overlap": ("fields",),
+    "marker": ("marker",),
 }
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -147,15 +151,11 @@ def check_config(config: dict, check_files: bool = True) -> None:
     grid = config["grid"]
     for name in grid["models"]:
         if name not in config["models"]:
-            raise ConfigError(
-                f"config: grid.models: unknown model {name!r} (defined: {', '.join(config['models'])})"
-            )
+            raise ConfigError(f"config: grid.models: unknown model {name!r} (defined: {', '.join(config['models'])})")
         _check_model(name, config["models"][name], check_files)
     for name in grid["datasets"]:
         if name not in config["datasets"]:
-            raise ConfigError(
-                f"config: grid.datasets: unknown dataset {name!r} (defined: {', '.join(config['datasets'])})"
-            )
+            raise ConfigError(f"config: grid.datasets: unknown dataset {name!r} (defined: {', '.join(config['datasets'])})")
         _check_dataset(name, config["datasets"][name], config["datasets"], check_files)
         for benchmark in config["datasets"][name].get("heldout", []) or []:
             _check_dataset(benchmark, config["datasets"][benchmark], config["datasets"], check_files)
@@ -171,9 +171,7 @@ def check_config(config: dict, check_files: bool = True) -> None:
         raise ConfigError(f"config: grid.retentions: duplicate values {grid['retentions']}")
     sweet = config["analysis"].get("sweet_spot_method", "top_k")
     if sweet not in grid["methods"]:
-        raise ConfigError(
-            f"config: analysis.sweet_spot_method: {sweet!r} is not in grid.methods ({', '.join(grid['methods'])})"
-        )
+        raise ConfigError(f"config: analysis.sweet_spot_method: {sweet!r} is not in grid.methods ({', '.join(grid['methods'])})")
     if not resolve_method(config, sweet)[0].uses_retention:
         raise ConfigError(f"config: analysis.sweet_spot_method: {sweet!r} has no retention to sweep")
 
@@ -207,7 +205,9 @@ def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: boo
             continue
         placeholders = set(_PLACEHOLDER.findall(spec[key]))
         if not placeholders & fields:
-            raise ConfigError(f"{where}.{key}: must contain a text field placeholder ({', '.join('{' + f + '}' for f in sorted(fields))})")
+            raise ConfigError(
+                f"{where}.{key}: must contain a text field placeholder ({', '.join('{' + f + '}' for f in sorted(fields))})"
+            )
         unknown = sorted(placeholders - fields)
         if unknown:
             raise ConfigError(f"{where}.{key}: placeholder {{{unknown[0]}}} is not a text field ({', '.join(sorted(fields))})")
@@ -220,7 +220,9 @@ def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: boo
         if ("label_values" in spec) == ("label_threshold" in spec):
             raise ConfigError(f"{where}: give exactly one of label_values and label_threshold")
         if "label_values" in spec and len(spec["label_values"]) != len(spec["label_words"]):
-            raise ConfigError(f"{where}.label_values: {len(spec['label_values'])} values for {len(spec['label_words'])} label_words")
+            raise ConfigError(
+                f"{where}.label_values: {len(spec['label_values'])} values for {len(spec['label_words'])} label_words"
+            )
         if "label_threshold" in spec and len(spec["label_words"]) != 2:
             raise ConfigError(f"{where}.label_threshold: a threshold makes 2 labels, label_words has {len(spec['label_words'])}")
         group = spec.get("group") or {"rule": "none"}
@@ -300,8 +302,7 @@ def resolve_method(config: Mapping, name: str) -> tuple[SpectralMethod, dict]:
         implementation = spec.pop("method")
         if implementation not in methods:
             raise ConfigError(
-                f"config: method_variants.{name}.method: unknown method {implementation!r} "
-                f"(known: {', '.join(methods)})"
+                f"config: method_variants.{name}.method: unknown method {implementation!r} (known: {', '.join(methods)})"
             )
         if name in methods and implementation != name:
             # Tables and figures would call the other method's results by the built-in's name.
@@ -355,4 +356,3 @@ def grid_finetunes(config: Mapping) -> list[str]:
     """Every recipe the grid trains: the edited ones, then the controls."""
     grid = config["grid"]
     return list(dict.fromkeys([*grid.get("finetunes", ["full"]), *grid.get("controls", [])]))
-

@@ -16,9 +16,9 @@ the random-subspace baseline m / d; and within a layer, o_proj against down_proj
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -77,20 +77,22 @@ def dg_hard_table(spectrum: Mapping, params: Mapping) -> pd.DataFrame:
         context = MatrixContext(matrix["name"], shape, None, 0, params)
         kept_values, record = split_result(method.edit(s, context))
         discarded = s[kept_values == 0].numpy()
-        rows.append({
-            "name": matrix["name"],
-            "layer": layer_index(matrix["name"]),
-            "module": matrix["name"].split(".")[-2],
-            "rows": shape[0],
-            "cols": shape[1],
-            "rank": matrix["rank"],
-            "rank_kept": record["rank_kept"],
-            "kept_fraction": record["rank_kept"] / matrix["rank"],
-            "sigma_hat": record["sigma_hat"],
-            "tau": record["tau"],
-            "beta": record["beta"],
-            "ks_discarded_vs_mp": ks_distance(discarded, record["beta"], record["sigma_hat"], max(shape)),
-        })
+        rows.append(
+            {
+                "name": matrix["name"],
+                "layer": layer_index(matrix["name"]),
+                "module": matrix["name"].split(".")[-2],
+                "rows": shape[0],
+                "cols": shape[1],
+                "rank": matrix["rank"],
+                "rank_kept": record["rank_kept"],
+                "kept_fraction": record["rank_kept"] / matrix["rank"],
+                "sigma_hat": record["sigma_hat"],
+                "tau": record["tau"],
+                "beta": record["beta"],
+                "ks_discarded_vs_mp": ks_distance(discarded, record["beta"], record["sigma_hat"], max(shape)),
+            }
+        )
     table = pd.DataFrame(rows)
     table["layer"] = table["layer"].astype("Int64")
     return table
@@ -110,7 +112,9 @@ def marchenko_pastur_figure(spectrum: Mapping, table: pd.DataFrame, layers: int,
     by_name = {m["name"]: m for m in spectrum["matrices"]}
     chosen = _representative_layers([x for x in table["layer"].dropna().astype(int)], layers)
     modules = [m for m in ("o_proj", "down_proj") if m in set(table["module"])] or sorted(set(table["module"]))[:2]
-    fig, axes = plt.subplots(len(modules) + 1, max(len(chosen), 1), figsize=(3.6 * max(len(chosen), 1), 3.0 * (len(modules) + 1)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(modules) + 1, max(len(chosen), 1), figsize=(3.6 * max(len(chosen), 1), 3.0 * (len(modules) + 1)), squeeze=False
+    )
     for row, module in enumerate(modules):
         for col, layer in enumerate(chosen):
             ax = axes[row][col]
@@ -124,9 +128,17 @@ def marchenko_pastur_figure(spectrum: Mapping, table: pd.DataFrame, layers: int,
             n = max(entry["rows"], entry["cols"])
             ax.hist(discarded, bins=40, density=True, color="#7f7f7f", alpha=0.6, label="discarded σ")
             grid = np.linspace(0, max(discarded.max() if discarded.size else 0, entry["tau"]) * 1.1, 400)
-            ax.plot(grid, noise_singular_value_density(grid, entry["beta"], entry["sigma_hat"], n), color="#d62728", label="MP bulk from σ̂")
+            ax.plot(
+                grid,
+                noise_singular_value_density(grid, entry["beta"], entry["sigma_hat"], n),
+                color="#d62728",
+                label="MP bulk from σ̂",
+            )
             ax.axvline(entry["tau"], color="black", ls="--", lw=0.8, label="τ")
-            ax.set_title(f"layer {layer} {module}: kept {entry['rank_kept']}/{entry['rank']}, KS {entry['ks_discarded_vs_mp']:.2f}", fontsize=8)
+            ax.set_title(
+                f"layer {layer} {module}: kept {entry['rank_kept']}/{entry['rank']}, KS {entry['ks_discarded_vs_mp']:.2f}",
+                fontsize=8,
+            )
             ax.tick_params(labelsize=7)
             if col == 0:
                 ax.legend(fontsize=7)
@@ -178,22 +190,33 @@ def subspace_alignment(
         d = stack.shape[1]
         off = ~np.eye(len(layers), dtype=bool)
         results[module] = {"layers": layers, "u1": cosine, "align": overlap, "m": m, "d": d}
-        rows.append({
-            "module": module, "layers": len(layers), "d": d, "m": m,
-            "mean_u1_similarity": float(cosine[off].mean()) if off.any() else math.nan,
-            "mean_align_u": float(overlap[off].mean()) if off.any() else math.nan,
-            "random_align_baseline": m / d,
-        })
+        rows.append(
+            {
+                "module": module,
+                "layers": len(layers),
+                "d": d,
+                "m": m,
+                "mean_u1_similarity": float(cosine[off].mean()) if off.any() else math.nan,
+                "mean_align_u": float(overlap[off].mean()) if off.any() else math.nan,
+                "random_align_baseline": m / d,
+            }
+        )
     if "o_proj" in leading and "down_proj" in leading:
         shared = sorted(set(leading["o_proj"]) & set(leading["down_proj"]))
         m = min(leading["o_proj"][shared[0]].shape[1], leading["down_proj"][shared[0]].shape[1]) if shared else 0
-        synergy = [float((leading["o_proj"][l][:, :m].T @ leading["down_proj"][l][:, :m]).pow(2).sum() / m) for l in shared]
+        synergy = [float((leading["o_proj"][i][:, :m].T @ leading["down_proj"][i][:, :m]).pow(2).sum() / m) for i in shared]
         results["o_proj~down_proj"] = {"layers": shared, "per_layer": synergy, "m": m, "d": leading["o_proj"][shared[0]].shape[0]}
-        rows.append({
-            "module": "o_proj~down_proj (same layer)", "layers": len(shared), "d": results["o_proj~down_proj"]["d"], "m": m,
-            "mean_u1_similarity": math.nan, "mean_align_u": float(np.mean(synergy)),
-            "random_align_baseline": m / results["o_proj~down_proj"]["d"],
-        })
+        rows.append(
+            {
+                "module": "o_proj~down_proj (same layer)",
+                "layers": len(shared),
+                "d": results["o_proj~down_proj"]["d"],
+                "m": m,
+                "mean_u1_similarity": math.nan,
+                "mean_align_u": float(np.mean(synergy)),
+                "random_align_baseline": m / results["o_proj~down_proj"]["d"],
+            }
+        )
     return results, pd.DataFrame(rows)
 
 
@@ -213,7 +236,15 @@ def subspace_figure(results: Mapping, title: str, out_stem: Path, formats) -> li
             ax.set_xlabel("layer", fontsize=7)
             ax.tick_params(labelsize=6)
             if row == 1:
-                ax.text(0.03, 0.97, f"random {entry['m'] / entry['d']:.3f}", transform=ax.transAxes, va="top", fontsize=6, color="white")
+                ax.text(
+                    0.03,
+                    0.97,
+                    f"random {entry['m'] / entry['d']:.3f}",
+                    transform=ax.transAxes,
+                    va="top",
+                    fontsize=6,
+                    color="white",
+                )
     if image is not None:
         fig.colorbar(image, cax=fig.add_subplot(grid[:2, columns]))
     synergy = results.get("o_proj~down_proj")

@@ -14,8 +14,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .errors import ConfigError
 
@@ -29,9 +29,15 @@ def launch_finetune(n_processes: int, arguments: Mapping, log_dir: str | Path | 
         args_file = Path(scratch) / "arguments.json"
         args_file.write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in arguments.items()}))
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_processes}",
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={n_processes}",
             *(["--log_dir", str(log_dir), "--redirects", "3"] if log_dir else []),
-            "-m", "spectral_edit.distributed", str(args_file),
+            "-m",
+            "spectral_edit.distributed",
+            str(args_file),
         ]
         subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
@@ -41,7 +47,9 @@ def main(args_file: str) -> None:
 
     from .finetune import finetune
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(levelname)s %(name)s: %(message)s"
+    )
     finetune(**json.loads(Path(args_file).read_text()))
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import torch
-from .safetensors_stream import open_safetensors
 
 from .errors import CheckpointMismatchError
 from .methods import MatrixContext, SpectralMethod, layer_index, split_result
+from .safetensors_stream import open_safetensors
 from .svd_cache import cached_names, cached_numerical_ranks, iter_factors, low_rank_factors, rebuild_update
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,10 @@ def iter_matrix_edits(
             raise CheckpointMismatchError(f"checkpoint mismatch: cached tensor {name!r} is not a parameter of the base model")
     layers = [layer_index(name) for name in decomposed]
     num_layers = max((i for i in layers if i is not None), default=-1) + 1
-    with open_safetensors(finetuned_weights) as finetuned, \
-            (open_safetensors(base_weights) if base_weights else contextlib.nullcontext()) as base:
+    with (
+        open_safetensors(finetuned_weights) as finetuned,
+        open_safetensors(base_weights) if base_weights else contextlib.nullcontext() as base,
+    ):
         for name, s, side, basis in iter_factors(factors_path, decomposed):
             target = state[name]
             if resident is not None and name in resident:
@@ -118,8 +120,14 @@ def iter_matrix_edits(
                 if resident is not None:
                     resident[name] = (w_base, delta)
             context = MatrixContext(
-                name, tuple(target.shape), retention, seed, params,
-                numerical_rank=ranks.get(name), num_layers=num_layers, extras=(extras or {}).get(name, {}),
+                name,
+                tuple(target.shape),
+                retention,
+                seed,
+                params,
+                numerical_rank=ranks.get(name),
+                num_layers=num_layers,
+                extras=(extras or {}).get(name, {}),
             )
             record: dict = {"name": name}
             s_new = new_singular_values(method, s, context, record)
@@ -153,8 +161,18 @@ def apply_spectral_edit(
     same checkpoint read no file (the evaluation server keeps one per checkpoint).
     """
     state = model.state_dict()  # shares storage with the parameters (tied weights appear twice)
-    edits = iter_matrix_edits(factors_path, method, params, retention, seed, extras, state=state,
-                              finetuned_weights=finetuned_weights, base_weights=base_weights, resident=resident)
+    edits = iter_matrix_edits(
+        factors_path,
+        method,
+        params,
+        retention,
+        seed,
+        extras,
+        state=state,
+        finetuned_weights=finetuned_weights,
+        base_weights=base_weights,
+        resident=resident,
+    )
     per_matrix = []
     totals = {"kept": 0, "components": 0, "energy_kept": 0.0, "energy": 0.0}
     for matrix in edits:

@@ -13,7 +13,7 @@ floating-point rounding (tests/test_evaluate_finetune.py compares them).
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,22 +80,27 @@ class SharedPrefix:
         )
 
 
-def _batch_label_log_probs(model, decoder, encoded, index, pad_id, label_ids, device, prefix: SharedPrefix | None = None) -> np.ndarray:
+def _batch_label_log_probs(
+    model, decoder, encoded, index, pad_id, label_ids, device, prefix: SharedPrefix | None = None
+) -> np.ndarray:
     skip = prefix.length if prefix is not None else 0
     rest = [encoded[i][skip:] for i in index]
     width = max(len(ids) for ids in rest)
     input_ids = torch.full((len(index), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(index), width), dtype=torch.long)
     for row, ids in enumerate(rest):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        mask[row, width - len(ids):] = 1
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        mask[row, width - len(ids) :] = 1
     positions = skip + (mask.cumsum(-1) - 1).clamp(min=0)
     if prefix is None:
         inputs = {"attention_mask": mask, "use_cache": False}
     else:
         head = torch.ones((len(index), skip), dtype=torch.long)
-        inputs = {"attention_mask": torch.cat([head, mask], dim=1), "past_key_values": prefix.expanded(len(index)),
-                  "use_cache": True}
+        inputs = {
+            "attention_mask": torch.cat([head, mask], dim=1),
+            "past_key_values": prefix.expanded(len(index)),
+            "use_cache": True,
+        }
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     hidden = decoder(input_ids=input_ids.to(device), position_ids=positions.to(device), **inputs).last_hidden_state[:, -1]
     log_probs = torch.log_softmax(_final_logits(model, hidden).float(), dim=-1)
@@ -142,7 +147,7 @@ def label_log_probs(
     computed = head
     with tqdm(total=len(order), desc="evaluate", unit="example", disable=not progress, mininterval=5) as bar:
         while start < len(order):
-            index = order[start:start + size]
+            index = order[start : start + size]
             try:
                 out[index] = _batch_label_log_probs(model, decoder, encoded, index, pad_id, label_ids, device, prefix)
             except (torch.OutOfMemoryError, RuntimeError) as error:
@@ -175,8 +180,10 @@ def evaluate_model(
     finite = np.isfinite(scores).all(axis=1)
     if not finite.all():  # no metric from NaN scores (argmax would silently pick label 0)
         first = int(np.flatnonzero(~finite)[0])
-        raise FloatingPointError(f"non-finite label log-probabilities for example {eval_frame['id'].iloc[first]!r} "
-                                 f"({int((~finite).sum())} of {len(finite)} examples): the model's weights or logits are not finite")
+        raise FloatingPointError(
+            f"non-finite label log-probabilities for example {eval_frame['id'].iloc[first]!r} "
+            f"({int((~finite).sum())} of {len(finite)} examples): the model's weights or logits are not finite"
+        )
     predictions = scores.argmax(axis=1)
     words, attribute = meta["label_words"], meta["attribute"]
     groups = [group_name(words, attribute, int(y), int(a)) for y, a in zip(eval_frame["label"], eval_frame["attribute"])]

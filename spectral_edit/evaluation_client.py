@@ -30,8 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 HEARTBEAT_S = 2.0
 
@@ -95,7 +95,9 @@ def _slurm_group_snakemake(job_id: str) -> int:
         if not entry.name.isdigit():
             continue
         try:
-            if b"snakemake" not in (entry / "cmdline").read_bytes() or marker not in (entry / "environ").read_bytes().split(b"\0"):
+            if b"snakemake" not in (entry / "cmdline").read_bytes() or marker not in (entry / "environ").read_bytes().split(
+                b"\0"
+            ):
                 continue
             started = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])
         except (OSError, IndexError, ValueError):
@@ -141,8 +143,9 @@ def _start_server(path: Path, spec: Mapping, log_path: Path, startup_seconds: fl
         log.write(f"--- started by pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         log.flush()
         # Its own session: a signal to the cell job that started it does not reach it.
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env=os.environ.copy())
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+        )
     deadline = time.monotonic() + startup_seconds
     while time.monotonic() < deadline:
         code = process.poll()
@@ -175,8 +178,14 @@ def serve_cell(
     supervisor = supervising_process()
     key = server_key(model_dir, checkpoint_files, runtime, threads, supervisor)
     path = socket_dir() / f"{key}.sock"
-    spec = {"model_dir": str(model_dir), "runtime": dict(runtime or {}), "threads": threads,
-            "idle_seconds": idle_seconds, "resident_gb": resident_gb, "watch_pid": supervisor}
+    spec = {
+        "model_dir": str(model_dir),
+        "runtime": dict(runtime or {}),
+        "threads": threads,
+        "idle_seconds": idle_seconds,
+        "resident_gb": resident_gb,
+        "watch_pid": supervisor,
+    }
     for attempt in (1, 2):
         connection = _connect(path)
         if connection is None:
@@ -214,16 +223,20 @@ def _ask(connection: socket.socket, request: Mapping, key: str, server_log, stal
         while True:
             try:
                 line = stream.readline()
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 raise EvaluationServerError(
                     f"evaluation server {key} sent nothing for {stall_seconds:.0f} s (stuck?); see {server_log}"
                 ) from None
             except ConnectionError as error:
-                raise EvaluationServerError(f"evaluation server {key} dropped the connection ({error}); see {server_log}") from None
+                raise EvaluationServerError(
+                    f"evaluation server {key} dropped the connection ({error}); see {server_log}"
+                ) from None
             if not line:
                 if not heard:
                     raise _ClosedUnheard
-                raise EvaluationServerError(f"evaluation server {key} closed the connection before answering (died?); see {server_log}")
+                raise EvaluationServerError(
+                    f"evaluation server {key} closed the connection before answering (died?); see {server_log}"
+                )
             heard = True
             message = json.loads(line)
             if "heartbeat" in message:

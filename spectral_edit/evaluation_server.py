@@ -32,16 +32,25 @@ class Server:
         self.counter = threading.Lock()
         self.queue: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
-        from .cells import CellEvaluator  # torch and transformers: only in the server process
-
         import torch
+
+        from .cells import CellEvaluator  # torch and transformers: only in the server process
 
         torch.set_num_threads(max(1, int(spec["threads"])))
         self.evaluator = CellEvaluator(spec["model_dir"], spec["runtime"], float(spec.get("resident_gb", 0)))
-        self.identity = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                         "load_seconds": round(self.evaluator.load_seconds, 3)}
-        log.info("loaded %s on %s (%s) in %.1f s", spec["model_dir"], self.evaluator.device, self.evaluator.dtype,
-                 self.evaluator.load_seconds)
+        self.identity = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "load_seconds": round(self.evaluator.load_seconds, 3),
+        }
+        log.info(
+            "loaded %s on %s (%s) in %.1f s",
+            spec["model_dir"],
+            self.evaluator.device,
+            self.evaluator.dtype,
+            self.evaluator.load_seconds,
+        )
 
     def listen(self) -> None:
         # Bind under a temporary name and rename: a client that sees the socket can connect.
@@ -75,7 +84,7 @@ class Server:
         while not self.stopping.is_set():
             try:
                 connection, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

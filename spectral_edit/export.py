@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
 import yaml
-from .safetensors_stream import open_safetensors
 
 from .atomic import atomic_directory
 from .edit import apply_spectral_edit, iter_matrix_edits, read_sensitivities
@@ -34,6 +33,7 @@ from .errors import ConfigError, ExportError
 from .intervals import GroupDesign, bootstrap_intervals, mcnemar_exact, point_statistics
 from .methods import get_method
 from .models import load_model, load_tokenizer
+from .safetensors_stream import open_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,14 @@ def export_model(
     tokenizer = load_tokenizer(base_dir)
     arguments = _edit_arguments(edit)
     stats = apply_spectral_edit(
-        model, arguments.pop("factors_path"), arguments.pop("method"), arguments.pop("params"), arguments.pop("retention"),
-        arguments.pop("seed"), edit.get("unedited_params", "finetuned"), **arguments,
+        model,
+        arguments.pop("factors_path"),
+        arguments.pop("method"),
+        arguments.pop("params"),
+        arguments.pop("retention"),
+        arguments.pop("seed"),
+        edit.get("unedited_params", "finetuned"),
+        **arguments,
     )
     model.to(target)
     with atomic_directory(out_dir) as scratch:
@@ -227,13 +233,21 @@ def adapter_model(model: torch.nn.Module, plan: AdapterPlan):
 
 def _assign(parameter: torch.Tensor, value: torch.Tensor, module_name: str) -> None:
     if tuple(parameter.shape) != tuple(value.shape):
-        raise ExportError(f"adapter factor of {module_name!r} has shape {tuple(value.shape)}, PEFT expects {tuple(parameter.shape)}")
+        raise ExportError(
+            f"adapter factor of {module_name!r} has shape {tuple(value.shape)}, PEFT expects {tuple(parameter.shape)}"
+        )
     parameter.copy_(value.to(parameter.dtype))
 
 
 @torch.no_grad()
-def export_adapter(base_dir: str | Path, edit: Mapping, out_dir: str | Path, *,
-                   card: str | Callable[[dict], str] = "", base_name: str | None = None) -> dict:
+def export_adapter(
+    base_dir: str | Path,
+    edit: Mapping,
+    out_dir: str | Path,
+    *,
+    card: str | Callable[[dict], str] = "",
+    base_name: str | None = None,
+) -> dict:
     """Write the cell's edited update as a PEFT LoRA adapter directory; returns what it holds.
 
     ``card`` is the README.md, or a function of the returned summary that writes it (the card
@@ -258,9 +272,14 @@ def export_adapter(base_dir: str | Path, edit: Mapping, out_dir: str | Path, *,
         }
         # Ours, in place of PEFT's template card.
         (scratch / "README.md").write_text(card(summary) if callable(card) else card)
-    log.info("exported a LoRA adapter of %d modules (ranks %s..%s) and %d whole modules to %s",
-             summary["modules"], min(summary["ranks"].values(), default=0), max(summary["ranks"].values(), default=0),
-             len(plan.whole), out_dir)
+    log.info(
+        "exported a LoRA adapter of %d modules (ranks %s..%s) and %d whole modules to %s",
+        summary["modules"],
+        min(summary["ranks"].values(), default=0),
+        max(summary["ranks"].values(), default=0),
+        len(plan.whole),
+        out_dir,
+    )
     return summary
 
 
@@ -283,8 +302,9 @@ def cell_statistics(cell: Mapping, finetuned: Mapping, base: Mapping, meta: Mapp
     design = GroupDesign.from_examples([e["group"] for e in cell["examples"]], meta["majority_groups"], meta["minority_groups"])
     edit, ft, base_correct = correct(cell), correct(finetuned), correct(base)
     values = point_statistics(edit, ft, base_correct, design)
-    intervals = bootstrap_intervals(edit, ft, base_correct, design, n_resamples=int(bootstrap.get("resamples", 2000)),
-                                    seed=int(bootstrap.get("seed", 0)))
+    intervals = bootstrap_intervals(
+        edit, ft, base_correct, design, n_resamples=int(bootstrap.get("resamples", 2000)), seed=int(bootstrap.get("seed", 0))
+    )
     return {
         "n_examples": len(order),
         "statistics": {name: {"value": values[name], "interval": intervals[name]} for name in values},
@@ -298,10 +318,16 @@ def cell_statistics(cell: Mapping, finetuned: Mapping, base: Mapping, meta: Mapp
 def workflow_commit(directory: str | Path) -> str:
     """The git commit of the workflow checkout ("+ uncommitted changes" when dirty), or "unknown"."""
     try:
-        commit = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return commit + (" + uncommitted changes" if dirty else "")
@@ -320,57 +346,93 @@ def _number(value: float, scale: float) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{scale * value:.1f}"
 
 
-def model_card(*, form: str, cell: Mapping, statistics: Mapping, edit_summary: Mapping, provenance: Mapping,
-               base_id: str | None = None) -> str:
+def model_card(
+    *, form: str, cell: Mapping, statistics: Mapping, edit_summary: Mapping, provenance: Mapping, base_id: str | None = None
+) -> str:
     """README.md of an exported model (``form`` "model") or adapter ("adapter")."""
     c = cell["cell"]
     retention = "none" if c.get("retention") is None else f"{100 * c['retention']:g} %"
-    title = (f"{c['model']}, {c['method']} edit at retention {retention} of the {c['finetune']} fine-tune on "
-             f"{c['dataset']} (seed {c['seed']})")
-    front = {"library_name": "transformers" if form == "model" else "peft",
-             "tags": ["spectral-editing", str(c["method"])] + (["lora"] if form == "adapter" else [])}
+    title = (
+        f"{c['model']}, {c['method']} edit at retention {retention} of the {c['finetune']} fine-tune on "
+        f"{c['dataset']} (seed {c['seed']})"
+    )
+    front = {
+        "library_name": "transformers" if form == "model" else "peft",
+        "tags": ["spectral-editing", str(c["method"])] + (["lora"] if form == "adapter" else []),
+    }
     if base_id:
         front["base_model"] = base_id
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", ""]
     if form == "model":
-        lines += ["The edited model of one cell of a spectral-editing sweep: every decomposed weight matrix is",
-                  "W_base + Σ s′ᵢ uᵢ vᵢᵀ, the fine-tuning update ΔW = W_ft − W_base with its singular values",
-                  "replaced by the method's s′. Loads with `AutoModelForCausalLM.from_pretrained` (no code of the",
-                  "workflow is needed)."]
+        lines += [
+            "The edited model of one cell of a spectral-editing sweep: every decomposed weight matrix is",
+            "W_base + Σ s′ᵢ uᵢ vᵢᵀ, the fine-tuning update ΔW = W_ft − W_base with its singular values",
+            "replaced by the method's s′. Loads with `AutoModelForCausalLM.from_pretrained` (no code of the",
+            "workflow is needed).",
+        ]
     else:
-        lines += ["The edited update of one cell of a spectral-editing sweep as an exact PEFT LoRA adapter on the",
-                  "base model: per module, rank = the components the edit keeps, B = U_k diag(s′_k), A = V_kᵀ and",
-                  "alpha = rank (scaling 1); `modules_to_save` holds the tensors that are not decomposed but differ",
-                  "from the base. Load it with `PeftModel.from_pretrained(base_model, this_directory)`."]
-    lines += ["", "## Edit", "", "| | |", "|---|---|",
-              f"| method | `{c['method']}`" + (f" ({edit_summary['method_name']})" if edit_summary.get("method_name", c["method"]) != c["method"] else "") + " |",
-              f"| parameters | `{dict(edit_summary.get('params') or {})}` |",
-              f"| retention | {retention} |",
-              f"| components kept | {edit_summary.get('kept_components')} of {edit_summary.get('total_components')} |",
-              f"| spectral energy kept | {_number(edit_summary.get('energy_kept_fraction'), 100)} % |",
-              f"| tensors not decomposed | {edit_summary.get('unedited_params')} values |"]
+        lines += [
+            "The edited update of one cell of a spectral-editing sweep as an exact PEFT LoRA adapter on the",
+            "base model: per module, rank = the components the edit keeps, B = U_k diag(s′_k), A = V_kᵀ and",
+            "alpha = rank (scaling 1); `modules_to_save` holds the tensors that are not decomposed but differ",
+            "from the base. Load it with `PeftModel.from_pretrained(base_model, this_directory)`.",
+        ]
+    lines += [
+        "",
+        "## Edit",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| method | `{c['method']}`"
+        + (f" ({edit_summary['method_name']})" if edit_summary.get("method_name", c["method"]) != c["method"] else "")
+        + " |",
+        f"| parameters | `{dict(edit_summary.get('params') or {})}` |",
+        f"| retention | {retention} |",
+        f"| components kept | {edit_summary.get('kept_components')} of {edit_summary.get('total_components')} |",
+        f"| spectral energy kept | {_number(edit_summary.get('energy_kept_fraction'), 100)} % |",
+        f"| tensors not decomposed | {edit_summary.get('unedited_params')} values |",
+    ]
     if form == "adapter":
         ranks = list(edit_summary.get("ranks", {}).values())
-        lines += [f"| LoRA modules | {len(ranks)} (rank {min(ranks, default=0)}–{max(ranks, default=0)}) |",
-                  f"| whole modules | {len(edit_summary.get('modules_to_save', []))} |",
-                  f"| tied embeddings | {edit_summary.get('tied_embeddings')} |"]
+        lines += [
+            f"| LoRA modules | {len(ranks)} (rank {min(ranks, default=0)}–{max(ranks, default=0)}) |",
+            f"| whole modules | {len(edit_summary.get('modules_to_save', []))} |",
+            f"| tied embeddings | {edit_summary.get('tied_embeddings')} |",
+        ]
     level = provenance.get("confidence", "95 %")
-    lines += ["", f"## Evaluation on {c['dataset']} ({statistics['n_examples']} examples, {level} stratified paired "
-              "bootstrap intervals)", "", "| statistic | value | interval |", "|---|---|---|"]
+    lines += [
+        "",
+        f"## Evaluation on {c['dataset']} ({statistics['n_examples']} examples, {level} stratified paired bootstrap intervals)",
+        "",
+        "| statistic | value | interval |",
+        "|---|---|---|",
+    ]
     for key, (label, scale, unit) in _LABELS.items():
         entry = statistics["statistics"][key]
         low, high = entry["interval"]
         value = _number(entry["value"], scale)
-        lines.append(f"| {label} | {value}{'' if value == 'n/a' else ' ' + unit} | "
-                     f"[{_number(low, scale)}, {_number(high, scale)}] |")
+        lines.append(
+            f"| {label} | {value}{'' if value == 'n/a' else ' ' + unit} | [{_number(low, scale)}, {_number(high, scale)}] |"
+        )
     mcnemar = statistics["mcnemar_vs_finetuned"]
-    lines += ["", f"Fine-tuned model: accuracy {_number(statistics['finetuned_accuracy'], 100)} %, gap "
-              f"{_number(statistics['finetuned_gap'], 100)} pp. Base model: accuracy "
-              f"{_number(statistics['base_accuracy'], 100)} %. McNemar's exact test against the fine-tuned model: "
-              f"{mcnemar['mcnemar_b']} examples only this model gets right, {mcnemar['mcnemar_c']} only the fine-tuned one, p = "
-              f"{mcnemar['mcnemar_p']:.3g}.", "",
-              "## Provenance", "", f"- workflow commit: `{provenance['commit']}`",
-              f"- base model: `{provenance['base_model']}`", "",
-              "The configuration that made it (base model, dataset, fine-tune recipe, method, edit and evaluation):",
-              "", "```yaml", yaml.safe_dump(dict(provenance["config"]), sort_keys=False).strip(), "```", ""]
+    lines += [
+        "",
+        f"Fine-tuned model: accuracy {_number(statistics['finetuned_accuracy'], 100)} %, gap "
+        f"{_number(statistics['finetuned_gap'], 100)} pp. Base model: accuracy "
+        f"{_number(statistics['base_accuracy'], 100)} %. McNemar's exact test against the fine-tuned model: "
+        f"{mcnemar['mcnemar_b']} examples only this model gets right, {mcnemar['mcnemar_c']} only the fine-tuned one, p = "
+        f"{mcnemar['mcnemar_p']:.3g}.",
+        "",
+        "## Provenance",
+        "",
+        f"- workflow commit: `{provenance['commit']}`",
+        f"- base model: `{provenance['base_model']}`",
+        "",
+        "The configuration that made it (base model, dataset, fine-tune recipe, method, edit and evaluation):",
+        "",
+        "```yaml",
+        yaml.safe_dump(dict(provenance["config"]), sort_keys=False).strip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -83,8 +83,13 @@ def _shade_accuracy_zone(ax, zone: NoCostZone, acc_ft: float) -> None:
     """The no-cost zone on an accuracy y axis: accuracies whose loss against acc_ft is in it."""
     bottom, top = ax.get_ylim()
     upper = top if zone.from_pp is None else acc_ft - zone.from_pp / 100
-    ax.axhspan(acc_ft - zone.below_pp / 100, max(upper, acc_ft - zone.below_pp / 100), color=ZONE_COLOUR, alpha=0.12,
-               label=f"no-cost zone ({zone.describe()})")
+    ax.axhspan(
+        acc_ft - zone.below_pp / 100,
+        max(upper, acc_ft - zone.below_pp / 100),
+        color=ZONE_COLOUR,
+        alpha=0.12,
+        label=f"no-cost zone ({zone.describe()})",
+    )
     ax.set_ylim(min(bottom, acc_ft - zone.below_pp / 100), max(top, upper))
 
 
@@ -130,16 +135,18 @@ def _log_retention_axis(ax, retentions) -> None:
     ax.minorticks_off()
 
 
-def trajectory(summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, out_stem: Path, formats,
-               regimes: pd.DataFrame | None = None) -> list[Path]:
+def trajectory(
+    summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, out_stem: Path, formats, regimes: pd.DataFrame | None = None
+) -> list[Path]:
     zone = NoCostZone.from_analysis(analysis)
     data = _with_retention(summary)
     data = data[data["finetune"] == data["reference"]]  # edits of a recipe
     no_gap = _no_gap(regimes)
     data = data[[k not in no_gap for k in zip(data["model"], data["dataset"], data["finetune"])]]
     boundary = _boundary(regimes)
-    data = data.assign(_regime=["boundary" if k in boundary else "natural"
-                                for k in zip(data["model"], data["dataset"], data["finetune"])])
+    data = data.assign(
+        _regime=["boundary" if k in boundary else "natural" for k in zip(data["model"], data["dataset"], data["finetune"])]
+    )
     methods = list(dict.fromkeys(data["method"]))
     panels = list(dict.fromkeys(zip(data["model"], data["finetune"], data["_regime"]))) or [("", "", "natural")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 4.8), squeeze=False)
@@ -155,16 +162,43 @@ def trajectory(summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, o
             style = styles[datasets.index(dataset) % len(styles)]
             x, y = curve["accuracy_loss_mean"].to_numpy(), curve["bias_reduction_mean"].to_numpy()
             label = method if len(datasets) == 1 else f"{dataset} / {method}"
-            ax.errorbar(x, y, xerr=_ci(curve, "accuracy_loss"), yerr=_ci(curve, "bias_reduction"),
-                        color=colour, ls=style, marker="o", ms=4, lw=1.4, capsize=2, elinewidth=0.8, label=label)
+            ax.errorbar(
+                x,
+                y,
+                xerr=_ci(curve, "accuracy_loss"),
+                yerr=_ci(curve, "bias_reduction"),
+                color=colour,
+                ls=style,
+                marker="o",
+                ms=4,
+                lw=1.4,
+                capsize=2,
+                elinewidth=0.8,
+                label=label,
+            )
             for xi, yi, r in zip(x, y, curve["retention"]):
                 ax.annotate(f"{100 * r:g}%", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
-            spot = table1[(table1["model"] == model) & (table1["dataset"] == dataset) & (table1["finetune"] == finetune)
-                          & (table1["method"] == method)] if len(table1) else table1
+            spot = (
+                table1[
+                    (table1["model"] == model)
+                    & (table1["dataset"] == dataset)
+                    & (table1["finetune"] == finetune)
+                    & (table1["method"] == method)
+                ]
+                if len(table1)
+                else table1
+            )
             if regime == "natural" and len(spot) and not math.isnan(spot.iloc[0]["r_star"]):
                 ring = curve[np.isclose(curve["retention"], spot.iloc[0]["r_star"])]
-                ax.scatter(ring["accuracy_loss_mean"], ring["bias_reduction_mean"], s=260, facecolors="none",
-                           edgecolors=colour, linewidths=2, zorder=5)
+                ax.scatter(
+                    ring["accuracy_loss_mean"],
+                    ring["bias_reduction_mean"],
+                    s=260,
+                    facecolors="none",
+                    edgecolors=colour,
+                    linewidths=2,
+                    zorder=5,
+                )
         if regime == "natural":
             _shade_loss_zone(ax, zone)
             ax.set_title(f"{model} ({finetune}): parametric in retention", fontsize=9)
@@ -179,8 +213,9 @@ def trajectory(summary: pd.DataFrame, table1: pd.DataFrame, analysis: Mapping, o
     return save_figure(fig, out_stem, formats)
 
 
-def retention_sweep(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats,
-                    regimes: pd.DataFrame | None = None) -> list[Path]:
+def retention_sweep(
+    summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats, regimes: pd.DataFrame | None = None
+) -> list[Path]:
     method = analysis.get("sweet_spot_method", "top_k")
     data = _with_retention(summary)
     data = data[data["method"] == method]
@@ -216,8 +251,9 @@ def _reference_rows(summary, model, dataset):
     return refs[refs["method"] == "finetuned"], refs[refs["method"] == "base"]
 
 
-def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats,
-                      regimes: pd.DataFrame | None = None) -> list[Path]:
+def method_comparison(
+    summary: pd.DataFrame, analysis: Mapping, out_stem: Path, formats, regimes: pd.DataFrame | None = None
+) -> list[Path]:
     zone = NoCostZone.from_analysis(analysis)
     boundary = _boundary(regimes)
     no_gap = _no_gap(regimes)
@@ -237,25 +273,66 @@ def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, 
         for method, curve in sweep.groupby("method", sort=False):
             colour = _colour(method, methods)
             if gap_defined:
-                left.errorbar(curve["retention"], curve["normalised_gap_mean"], yerr=_ci(curve, "normalised_gap"),
-                              marker="o", ms=4, color=colour, capsize=2, elinewidth=0.8, label=method)
-            right.errorbar(curve["gap_mean"], curve["accuracy_mean"], xerr=_ci(curve, "gap"),
-                           yerr=_ci(curve, "accuracy"), marker="o", ms=4, color=colour, capsize=2, elinewidth=0.8, label=method)
+                left.errorbar(
+                    curve["retention"],
+                    curve["normalised_gap_mean"],
+                    yerr=_ci(curve, "normalised_gap"),
+                    marker="o",
+                    ms=4,
+                    color=colour,
+                    capsize=2,
+                    elinewidth=0.8,
+                    label=method,
+                )
+            right.errorbar(
+                curve["gap_mean"],
+                curve["accuracy_mean"],
+                xerr=_ci(curve, "gap"),
+                yerr=_ci(curve, "accuracy"),
+                marker="o",
+                ms=4,
+                color=colour,
+                capsize=2,
+                elinewidth=0.8,
+                label=method,
+            )
         for method, point in here[here["retention"].isna()].groupby("method", sort=False):
             colour = _colour(method, methods)
             if gap_defined:
                 left.axhline(point["normalised_gap_mean"].iloc[0], color=colour, ls="-.", lw=1.2, label=f"{method} (fixed)")
-            right.errorbar(point["gap_mean"], point["accuracy_mean"], xerr=_ci(point, "gap"), yerr=_ci(point, "accuracy"),
-                           marker="P", ms=9, color=colour, ls="none", label=method)
+            right.errorbar(
+                point["gap_mean"],
+                point["accuracy_mean"],
+                xerr=_ci(point, "gap"),
+                yerr=_ci(point, "accuracy"),
+                marker="P",
+                ms=9,
+                color=colour,
+                ls="none",
+                label=method,
+            )
         for _, control in controls.iterrows():
             right.scatter(control["gap_mean"], control["accuracy_mean"], marker="D", s=40, color="#8c564b", zorder=6)
-            right.annotate(control["finetune"], (control["gap_mean"], control["accuracy_mean"]), textcoords="offset points",
-                           xytext=(4, -8), fontsize=6, color="#8c564b")
+            right.annotate(
+                control["finetune"],
+                (control["gap_mean"], control["accuracy_mean"]),
+                textcoords="offset points",
+                xytext=(4, -8),
+                fontsize=6,
+                color="#8c564b",
+            )
         left.axhline(1, color="black", ls="--", lw=0.8, label="fine-tuned")
         left.axhline(0, color="black", lw=0.6)
         if not gap_defined:
-            left.text(0.5, 0.5, "fine-tuned gap not resolved from 0:\nno normalised gap", transform=left.transAxes,
-                      ha="center", va="center", fontsize=8)
+            left.text(
+                0.5,
+                0.5,
+                "fine-tuned gap not resolved from 0:\nno normalised gap",
+                transform=left.transAxes,
+                ha="center",
+                va="center",
+                fontsize=8,
+            )
         if len(sweep):
             _log_retention_axis(left, sweep["retention"])
         left.set_xlabel("retention r")
@@ -267,11 +344,31 @@ def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, 
             acc_ft = float(own_ft["accuracy_mean"].iloc[0])
             if not regime:
                 _shade_accuracy_zone(right, zone, acc_ft)
-            right.errorbar(own_ft["gap_mean"], own_ft["accuracy_mean"], xerr=_ci(own_ft, "gap"), yerr=_ci(own_ft, "accuracy"),
-                           marker="*", ms=13, color="black", ls="none", zorder=6, label="fine-tuned")
+            right.errorbar(
+                own_ft["gap_mean"],
+                own_ft["accuracy_mean"],
+                xerr=_ci(own_ft, "gap"),
+                yerr=_ci(own_ft, "accuracy"),
+                marker="*",
+                ms=13,
+                color="black",
+                ls="none",
+                zorder=6,
+                label="fine-tuned",
+            )
         if len(base):
-            right.errorbar(base["gap_mean"], base["accuracy_mean"], xerr=_ci(base, "gap"), yerr=_ci(base, "accuracy"),
-                           marker="s", ms=7, color="#9467bd", ls="none", zorder=6, label="base")
+            right.errorbar(
+                base["gap_mean"],
+                base["accuracy_mean"],
+                xerr=_ci(base, "gap"),
+                yerr=_ci(base, "accuracy"),
+                marker="s",
+                ms=7,
+                color="#9467bd",
+                ls="none",
+                zorder=6,
+                label="base",
+            )
         if len(controls):
             right.scatter([], [], marker="D", s=40, color="#8c564b", label="training-time controls")
         right.set_xlabel("gap  Δ = acc_maj − acc_min")
@@ -283,7 +380,9 @@ def method_comparison(summary: pd.DataFrame, analysis: Mapping, out_stem: Path, 
     return save_figure(fig, out_stem, formats)
 
 
-def controls_pareto(summary: pd.DataFrame, analysis: Mapping, controls: Mapping[str, Mapping], out_stem: Path, formats) -> list[Path]:
+def controls_pareto(
+    summary: pd.DataFrame, analysis: Mapping, controls: Mapping[str, Mapping], out_stem: Path, formats
+) -> list[Path]:
     """Top-k on the reference fine-tune against the training-time controls (LoRA sweep)."""
     zone = NoCostZone.from_analysis(analysis)
     reference = analysis.get("reference_finetune", "full")
@@ -298,28 +397,56 @@ def controls_pareto(summary: pd.DataFrame, analysis: Mapping, controls: Mapping[
             ax.set_title(f"{dataset} / {model}: no {reference} fine-tune")
             continue
         acc_ft = float(ref["accuracy_mean"].iloc[0])
-        sweep = summary[(summary["model"] == model) & (summary["dataset"] == dataset) & (summary["finetune"] == reference)
-                        & (summary["method"] == method)].sort_values("retention", ascending=False)
+        sweep = summary[
+            (summary["model"] == model)
+            & (summary["dataset"] == dataset)
+            & (summary["finetune"] == reference)
+            & (summary["method"] == method)
+        ].sort_values("retention", ascending=False)
         points = {method: pd.concat([ref, sweep])}
-        ax.errorbar(sweep["gap_mean"], sweep["accuracy_mean"], xerr=_ci(sweep, "gap"), yerr=_ci(sweep, "accuracy"),
-                    marker="o", ms=4, color="#1f77b4", capsize=2, elinewidth=0.8, label=f"{method} ({reference})")
+        ax.errorbar(
+            sweep["gap_mean"],
+            sweep["accuracy_mean"],
+            xerr=_ci(sweep, "gap"),
+            yerr=_ci(sweep, "accuracy"),
+            marker="o",
+            ms=4,
+            color="#1f77b4",
+            capsize=2,
+            elinewidth=0.8,
+            label=f"{method} ({reference})",
+        )
         for kind in sorted({c["kind"] for c in controls.values()}):
             names = [n for n, c in controls.items() if c["kind"] == kind]
             rows = finetuned[finetuned["finetune"].isin(names)]
             sizes = [20 + 2 * float(controls[n].get("rank", 8)) for n in rows["finetune"]]
             colour = "#d62728" if kind == "lora" else "#ff7f0e"
-            ax.scatter(rows["gap_mean"], rows["accuracy_mean"], s=sizes, marker="D", color=colour, alpha=0.8, label=kind, zorder=5)
+            ax.scatter(
+                rows["gap_mean"], rows["accuracy_mean"], s=sizes, marker="D", color=colour, alpha=0.8, label=kind, zorder=5
+            )
             for _, r in rows.iterrows():
-                ax.annotate(r["finetune"], (r["gap_mean"], r["accuracy_mean"]), textcoords="offset points", xytext=(5, 3), fontsize=6)
+                ax.annotate(
+                    r["finetune"], (r["gap_mean"], r["accuracy_mean"]), textcoords="offset points", xytext=(5, 3), fontsize=6
+                )
             points[kind] = rows
         for name, frame in points.items():
             inside = frame[zone.contains(100 * (acc_ft - frame["accuracy_mean"]))]
             if len(inside):
                 best = inside.loc[inside["gap_mean"].abs().idxmin()]
                 colour = "#1f77b4" if name == method else ("#d62728" if name == "lora" else "#ff7f0e")
-                ax.scatter([best["gap_mean"]], [best["accuracy_mean"]], s=300, facecolors="none", edgecolors=colour, linewidths=2, zorder=6)
+                ax.scatter(
+                    [best["gap_mean"]],
+                    [best["accuracy_mean"]],
+                    s=300,
+                    facecolors="none",
+                    edgecolors=colour,
+                    linewidths=2,
+                    zorder=6,
+                )
         _shade_accuracy_zone(ax, zone, acc_ft)
-        ax.scatter(ref["gap_mean"], ref["accuracy_mean"], marker="*", s=180, color="black", zorder=7, label=f"{reference} fine-tune")
+        ax.scatter(
+            ref["gap_mean"], ref["accuracy_mean"], marker="*", s=180, color="black", zorder=7, label=f"{reference} fine-tune"
+        )
         if len(base):
             ax.scatter(base["gap_mean"], base["accuracy_mean"], marker="s", s=60, color="#9467bd", zorder=7, label="base")
         ax.set_xlabel("gap  Δ")
@@ -383,8 +510,9 @@ def recovery_preservation(repair_summary: pd.DataFrame, out_stem: Path, formats)
         ax.set_ylabel("% preserved (improved benchmarks)")
         ax.set_title(f"{dataset} / {model}", fontsize=9)
         ax.legend(fontsize=6)
-    fig.suptitle("Recovery × preservation on held-out benchmarks (an empty partition is drawn at 0 healed / 100 preserved)",
-                 fontsize=9)
+    fig.suptitle(
+        "Recovery × preservation on held-out benchmarks (an empty partition is drawn at 0 healed / 100 preserved)", fontsize=9
+    )
     return save_figure(fig, out_stem, formats)
 
 
@@ -462,10 +590,18 @@ def spectrum(spectra: Sequence[Mapping], out_stem: Path, formats) -> list[Path]:
     return save_figure(fig, out_stem, formats)
 
 
-def draw_all(summary: pd.DataFrame, table1: pd.DataFrame, spectra: Sequence[Mapping], analysis: Mapping,
-             out_dir: str | Path, names: Sequence[str], controls: Mapping[str, Mapping] | None = None,
-             repair_summary: pd.DataFrame | None = None, formats: Sequence[str] = ("png", "pdf"),
-             regimes: pd.DataFrame | None = None) -> list[Path]:
+def draw_all(
+    summary: pd.DataFrame,
+    table1: pd.DataFrame,
+    spectra: Sequence[Mapping],
+    analysis: Mapping,
+    out_dir: str | Path,
+    names: Sequence[str],
+    controls: Mapping[str, Mapping] | None = None,
+    repair_summary: pd.DataFrame | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+    regimes: pd.DataFrame | None = None,
+) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawers = {

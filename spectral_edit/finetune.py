@@ -29,8 +29,8 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import datasets
 import torch
@@ -108,8 +108,9 @@ def newest_complete_checkpoint(directory: str | Path, fingerprint: str) -> Path 
     return max(found)[1] if found else None
 
 
-def run_fingerprint(train_path: str | Path, dataset_spec: Mapping, hyper: Mapping, seed: int, recipe: Mapping,
-                    execution: Mapping | None = None) -> str:
+def run_fingerprint(
+    train_path: str | Path, dataset_spec: Mapping, hyper: Mapping, seed: int, recipe: Mapping, execution: Mapping | None = None
+) -> str:
     """What a checkpoint must match to be resumed: the data, the prompt, the recipe, the seed and
     how the run executes (``execution``: torch threads, device, processes). The thread count sets
     the reduction order of matrix products, so steps resumed with another count would end in
@@ -117,8 +118,11 @@ def run_fingerprint(train_path: str | Path, dataset_spec: Mapping, hyper: Mappin
     (log-probabilities moved by up to 0.02 on the tiny model); such a checkpoint is not resumed:
     the run starts over and ends as an uninterrupted run with this count."""
     digest = hashlib.sha256(Path(train_path).read_bytes())
-    digest.update(json.dumps([dict(dataset_spec), dict(hyper), int(seed), dict(recipe), dict(execution or {})],
-                             sort_keys=True, default=str).encode())
+    digest.update(
+        json.dumps(
+            [dict(dataset_spec), dict(hyper), int(seed), dict(recipe), dict(execution or {})], sort_keys=True, default=str
+        ).encode()
+    )
     return digest.hexdigest()[:16]
 
 
@@ -152,11 +156,18 @@ def _lora_config(model: torch.nn.Module, recipe: Mapping):
             rank_pattern[short], alpha_pattern[short] = limit, alpha * limit / rank
             capped[short] = limit
     if capped:
-        log.warning("LoRA rank %d exceeds the smaller dimension of %s: capped to %s (alpha / r kept)",
-                    rank, ", ".join(capped), capped)
+        log.warning(
+            "LoRA rank %d exceeds the smaller dimension of %s: capped to %s (alpha / r kept)", rank, ", ".join(capped), capped
+        )
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=float(recipe.get("dropout", 0.0)), target_modules=targets,
-        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, bias="none", task_type="CAUSAL_LM",
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=float(recipe.get("dropout", 0.0)),
+        target_modules=targets,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        bias="none",
+        task_type="CAUSAL_LM",
     )
     return config, capped
 
@@ -192,7 +203,9 @@ def _wrap_for_recipe(model: torch.nn.Module, recipe: Mapping) -> tuple[torch.nn.
         for name, module in peft_model.named_modules():
             base_layer = getattr(module, "base_layer", None)
             if isinstance(base_layer, torch.nn.Linear) and name.split(".")[-1] in recipe["target_modules"]:
-                parametrize.register_parametrization(base_layer, "weight", TopDirectionScale(base_layer.weight, int(recipe["top_k"])))
+                parametrize.register_parametrization(
+                    base_layer, "weight", TopDirectionScale(base_layer.weight, int(recipe["top_k"]))
+                )
                 scaled += 1
         info.update(speclora_top_k=int(recipe["top_k"]), speclora_matrices=scaled)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -228,7 +241,7 @@ def _unwrapped_with_state(base_dir, recipe: Mapping, state: Mapping) -> torch.nn
     """A fresh (recipe-wrapped) model holding ``state``, the gathered weights of an FSDP run."""
     model = load_model(base_dir)
     trainable, _ = _wrap_for_recipe(model, recipe)
-    missing, unexpected = trainable.load_state_dict(dict(state), strict=False)
+    missing, unexpected = trainable.load_state_dict(dict(state))
     # Tied weights (lm_head = embed_tokens) may be gathered once; anything else is an error.
     missing = [name for name in missing if not name.endswith("lm_head.weight")]
     if missing or unexpected:
@@ -330,9 +343,14 @@ def finetune(
             activation_checkpointing=bool(gradient_checkpointing) and not (sharded and use_cuda),
             fsdp=True if sharded and use_cuda else None,
             fsdp_config={
-                "version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                "activation_checkpointing": bool(gradient_checkpointing), "state_dict_type": "FULL_STATE_DICT",
-            } if sharded and use_cuda else None,
+                "version": 2,
+                "reshard_after_forward": True,
+                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                "activation_checkpointing": bool(gradient_checkpointing),
+                "state_dict_type": "FULL_STATE_DICT",
+            }
+            if sharded and use_cuda
+            else None,
             ddp_backend=("nccl" if use_cuda else "gloo") if sharded else None,
         )
         # The model is built after TrainingArguments: full_determinism re-seeds at creation,
@@ -350,9 +368,13 @@ def finetune(
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         # The Trainer's history includes the steps before a resume (restored from the checkpoint).
         curve = [
-            {"step": int(e["step"]), "loss": float(e["loss"]),
-             **({"learning_rate": float(e["learning_rate"])} if "learning_rate" in e else {})}
-            for e in trainer.state.log_history if "loss" in e
+            {
+                "step": int(e["step"]),
+                "loss": float(e["loss"]),
+                **({"learning_rate": float(e["learning_rate"])} if "learning_rate" in e else {}),
+            }
+            for e in trainer.state.log_history
+            if "loss" in e
         ]
         fsdp_units = _count_fsdp_units(trainer.model_wrapped)
         if sharded:

@@ -23,16 +23,22 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
 # Statistics of the edited model; the derived ones compare it with its FT (and the base).
 STATISTICS = (
-    "accuracy", "gap", "worst_group_accuracy",
-    "bias_reduction", "accuracy_loss", "normalised_gap", "acc_ft_to_base", "gap_ft_to_base",
+    "accuracy",
+    "gap",
+    "worst_group_accuracy",
+    "bias_reduction",
+    "accuracy_loss",
+    "normalised_gap",
+    "acc_ft_to_base",
+    "gap_ft_to_base",
 )
 
 
@@ -136,8 +142,16 @@ def bootstrap_intervals(
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         result = stats.bootstrap(
-            samples, statistic, n_resamples=n_resamples, axis=-1, vectorized=True, paired=False,
-            confidence_level=level, method="percentile", rng=np.random.default_rng(seed), batch=max(1, 2_000_000 // edit.size),
+            samples,
+            statistic,
+            n_resamples=n_resamples,
+            axis=-1,
+            vectorized=True,
+            paired=False,
+            confidence_level=level,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+            batch=max(1, 2_000_000 // edit.size),
         )
     low, high = result.confidence_interval
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(STATISTICS, low, high)}
@@ -181,5 +195,7 @@ def align(examples: Sequence[Mapping], order: Sequence[str]) -> np.ndarray:
     by_id = {str(e["id"]): int(e["prediction"]) == int(e["label"]) for e in examples}
     missing = [i for i in order if i not in by_id]
     if missing or len(by_id) != len(order):
-        raise ValueError(f"cells were evaluated on different examples (e.g. {missing[:1] or sorted(set(by_id) - set(order))[:1]})")
+        raise ValueError(
+            f"cells were evaluated on different examples (e.g. {missing[:1] or sorted(set(by_id) - set(order))[:1]})"
+        )
     return np.array([by_id[i] for i in order], float)

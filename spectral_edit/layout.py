@@ -8,7 +8,7 @@ recipe's checkpoint, SVD cache and cells sit side by side.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 RESULTS = "results"
 LOGS = "logs"
@@ -65,6 +65,11 @@ def figure_names(config: Mapping) -> list[str]:
     if any(config["datasets"][d].get("heldout") for d in config["grid"]["datasets"]):
         names.append("recovery_preservation")
     return names
+
+
+def log(relative: str) -> str:
+    """A job's log file under logs/, e.g. log("finetune/{model}.log") -> "logs/finetune/{model}.log"."""
+    return f"{LOGS}/{relative}"
 
 
 def format_retention(retention: float | None) -> str:

@@ -12,7 +12,7 @@ On a group-balanced split the pooled accuracies equal the means of the group acc
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

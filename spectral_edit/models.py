@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
@@ -76,9 +76,7 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     core.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
@@ -115,8 +113,10 @@ def load_from_source(spec: Mapping, name: str = "model") -> tuple[torch.nn.Modul
             model = AutoModelForCausalLM.from_pretrained(spec["id"], dtype=torch.float32, **kwargs)
         except OSError as error:  # no network, no such repository, no access: one line naming the key
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"config: models.{name}.id: cannot load {spec['id']!r} from the Hugging Face hub "
-                              f"(no network, or no such model or revision?): {reason}") from None
+            raise ConfigError(
+                f"config: models.{name}.id: cannot load {spec['id']!r} from the Hugging Face hub "
+                f"(no network, or no such model or revision?): {reason}"
+            ) from None
         return model, tokenizer
     if source == "local":
         log.info("loading local model %s", spec["path"])

@@ -8,7 +8,7 @@ answer position in evaluation is exactly where training put the label word's fir
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .errors import ConfigError, DataError
 
@@ -116,7 +116,8 @@ def check_label_words_with(tokenizer, config: Mapping, model: str) -> None:
     datasets and their held-out benchmarks."""
     grid = config["grid"]
     datasets = dict.fromkeys(
-        [*grid["datasets"], *(b for d in grid["datasets"] for b in (config["datasets"][d].get("heldout") or []))])
+        [*grid["datasets"], *(b for d in grid["datasets"] for b in (config["datasets"][d].get("heldout") or []))]
+    )
     for name in datasets:
         spec = config["datasets"][name]
         try:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -37,11 +37,18 @@ def load_heldout(paths: Iterable[str | Path]) -> pd.DataFrame:
     for path in paths:
         record = json.loads(Path(path).read_text())
         cell = record["cell"]
-        rows.append({
-            "model": cell["model"], "dataset": cell.get("dataset"), "seed": cell.get("seed"),
-            "finetune": cell.get("finetune"), "method": cell["method"], "retention": cell.get("retention"),
-            "benchmark": cell["benchmark"], "accuracy": record["metrics"]["accuracy"],
-        })
+        rows.append(
+            {
+                "model": cell["model"],
+                "dataset": cell.get("dataset"),
+                "seed": cell.get("seed"),
+                "finetune": cell.get("finetune"),
+                "method": cell["method"],
+                "retention": cell.get("retention"),
+                "benchmark": cell["benchmark"],
+                "accuracy": record["metrics"]["accuracy"],
+            }
+        )
     frame = pd.DataFrame(rows, columns=["model", "dataset", "seed", "finetune", "method", "retention", "benchmark", "accuracy"])
     frame["retention"] = pd.to_numeric(frame["retention"], errors="coerce")
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
@@ -61,8 +68,14 @@ def harmonic_mean(values: Iterable[float]) -> float:
     return len(defined) / sum(1.0 / v for v in defined)
 
 
-def repair_scores(edit: dict[str, float], finetuned: dict[str, float], base: dict[str, float],
-                  task_edit: float, task_ft: float, tolerance_pp: float = 1.0) -> dict:
+def repair_scores(
+    edit: dict[str, float],
+    finetuned: dict[str, float],
+    base: dict[str, float],
+    task_edit: float,
+    task_ft: float,
+    tolerance_pp: float = 1.0,
+) -> dict:
     """Scores of one edited model from per-benchmark accuracies (dicts benchmark -> accuracy)."""
     eps = tolerance_pp / 100.0
     healed, preserved, neutral = [], [], []
@@ -102,7 +115,8 @@ def repair_table(heldout: pd.DataFrame, cells: pd.DataFrame, tolerance_pp: float
     if heldout.empty:
         return pd.DataFrame(columns=columns)
     base = {
-        (m, b): a for m, b, a, method in zip(heldout["model"], heldout["benchmark"], heldout["accuracy"], heldout["method"])
+        (m, b): a
+        for m, b, a, method in zip(heldout["model"], heldout["benchmark"], heldout["accuracy"], heldout["method"])
         if method == "base"
     }
     finetuned: dict[tuple, dict[str, float]] = {}
@@ -128,6 +142,12 @@ def summarise_repair(repair: pd.DataFrame) -> pd.DataFrame:
     if repair.empty:
         return pd.DataFrame(columns=keys + ["n_seeds"] + [f"{s}_{k}" for s in SCORES for k in ("mean", "std")])
     grouped = repair.groupby(keys, dropna=False, sort=False)
-    out = pd.concat([grouped[SCORES].mean().add_suffix("_mean"), grouped[SCORES].std(ddof=1).add_suffix("_std"),
-                     grouped.size().rename("n_seeds")], axis=1).reset_index()
+    out = pd.concat(
+        [
+            grouped[SCORES].mean().add_suffix("_mean"),
+            grouped[SCORES].std(ddof=1).add_suffix("_std"),
+            grouped.size().rename("n_seeds"),
+        ],
+        axis=1,
+    ).reset_index()
     return out[keys + ["n_seeds"] + [f"{s}_{k}" for s in SCORES for k in ("mean", "std")]]

@@ -13,7 +13,7 @@ here so that a user can see why a job asks for what it asks:
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 # Parameters (billions) of the sources whose size is known without reading a file.
 KNOWN_SIZES_B = {"random": 0.01, "gguf_package": 0.135}
@@ -43,8 +43,12 @@ def finetune_gpus(size_b: float, recipe: Mapping, gpu_memory_gb: float) -> int:
 
 def _training_minutes(size_b: float, hyper: Mapping, gpus: int) -> int:
     # 6 * params * tokens FLOPs at a conservative 100 TFLOP/s per GPU, x 3 for safety.
-    tokens = int(hyper["steps"]) * int(hyper["batch_size"]) * int(hyper.get("gradient_accumulation_steps", 1)) \
+    tokens = (
+        int(hyper["steps"])
+        * int(hyper["batch_size"])
+        * int(hyper.get("gradient_accumulation_steps", 1))
         * int(hyper.get("max_length", 512))
+    )
     seconds = 6 * size_b * 1e9 * tokens / (gpus * 1e14) * 3
     return int(30 + math.ceil(seconds / 60))
 

@@ -8,7 +8,7 @@ computed, not what is stored.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -14,12 +14,11 @@ are summed so that each example's gradient stays separate. The calibration set i
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
-from .safetensors_stream import open_safetensors
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq
@@ -29,6 +28,7 @@ from .data import read_split
 from .models import load_model, load_tokenizer
 from .prompts import examples_of, formatter_for
 from .runtime import resolve as resolve_runtime
+from .safetensors_stream import open_safetensors
 from .svd_cache import cached_names, iter_factors, leading_vectors
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ def compute_sensitivities(
     model.enable_input_require_grads()
     decomposed, _ = cached_names(factors_path)
     modules = {
-        f"{name}.weight": module for name, module in model.named_modules()
+        f"{name}.weight": module
+        for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in PROJECTIONS and f"{name}.weight" in set(decomposed)
     }
     projectors: dict[str, _Projector] = {}
@@ -125,7 +126,7 @@ def compute_sensitivities(
     starts = range(0, len(features), batch_size)
     try:
         for start in tqdm(starts, desc="sensitivities", unit="batch", disable=not progress, mininterval=5):
-            batch = collate(features[start:start + batch_size])
+            batch = collate(features[start : start + batch_size])
             batch = {key: value.to(device) for key, value in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             per_example_answer_loss(logits, batch["labels"]).sum().backward()

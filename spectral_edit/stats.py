@@ -22,7 +22,9 @@ from scipy import stats
 KEYS = ["model", "dataset", "seed", "finetune"]
 
 
-def method_scores(cells: pd.DataFrame, table1: pd.DataFrame, zone, controls=(), natural: pd.DataFrame | None = None) -> pd.DataFrame:
+def method_scores(
+    cells: pd.DataFrame, table1: pd.DataFrame, zone, controls=(), natural: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row per (model, dataset, seed, finetune, method) with its score (bias reduction).
 
     ``zone`` is a table1.NoCostZone; ``natural`` the (model, dataset, finetune) rows in the
@@ -37,15 +39,23 @@ def method_scores(cells: pd.DataFrame, table1: pd.DataFrame, zone, controls=(), 
     for _, spot in table1.iterrows():
         if math.isnan(spot["r_star"]):
             continue
-        chosen = edited[(edited["model"] == spot["model"]) & (edited["dataset"] == spot["dataset"])
-                        & (edited["finetune"] == spot["finetune"]) & (edited["method"] == spot["method"])
-                        & np.isclose(edited["retention"].astype(float), spot["r_star"])]
+        chosen = edited[
+            (edited["model"] == spot["model"])
+            & (edited["dataset"] == spot["dataset"])
+            & (edited["finetune"] == spot["finetune"])
+            & (edited["method"] == spot["method"])
+            & np.isclose(edited["retention"].astype(float), spot["r_star"])
+        ]
         rows += [{**{k: r[k] for k in KEYS}, "method": r["method"], "score": r["bias_reduction"]} for _, r in chosen.iterrows()]
     fixed = edited[edited["retention"].isna() & zone.contains(edited["accuracy_loss"])]
     rows += [{**{k: r[k] for k in KEYS}, "method": r["method"], "score": r["bias_reduction"]} for _, r in fixed.iterrows()]
-    control_rows = cells[(cells["method"] == "finetuned") & cells["finetune"].isin(list(controls)) & zone.contains(cells["accuracy_loss"])]
-    rows += [{**{k: r[k] for k in KEYS}, "finetune": r["reference"], "method": r["finetune"], "score": r["bias_reduction"]}
-             for _, r in control_rows.iterrows()]
+    control_rows = cells[
+        (cells["method"] == "finetuned") & cells["finetune"].isin(list(controls)) & zone.contains(cells["accuracy_loss"])
+    ]
+    rows += [
+        {**{k: r[k] for k in KEYS}, "finetune": r["reference"], "method": r["finetune"], "score": r["bias_reduction"]}
+        for _, r in control_rows.iterrows()
+    ]
     frame = pd.DataFrame(rows, columns=KEYS + ["method", "score"])
     return frame.dropna(subset=["score"])
 
@@ -61,8 +71,16 @@ def compare_methods(scores: pd.DataFrame, headline: str) -> pd.DataFrame:
     wide = scores.pivot_table(index=KEYS, columns="method", values="score")
     rows = []
     for method, row in summary.sort_values("mean", ascending=False).iterrows():
-        entry = {"method": method, "n": int(row["count"]), "score_mean": row["mean"], "score_std": row["std"],
-                 "baseline": baseline, "n_pairs": 0, "median_difference": math.nan, "wilcoxon_p": math.nan}
+        entry = {
+            "method": method,
+            "n": int(row["count"]),
+            "score_mean": row["mean"],
+            "score_std": row["std"],
+            "baseline": baseline,
+            "n_pairs": 0,
+            "median_difference": math.nan,
+            "wilcoxon_p": math.nan,
+        }
         if baseline is not None and method != baseline:
             pairs = wide[[method, baseline]].dropna()
             difference = pairs[method] - pairs[baseline]

@@ -24,18 +24,18 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .atomic import write_json
-from .layout import SVD_CACHE_FORMAT as CACHE_FORMAT
 from .errors import CheckpointMismatchError
-from .safetensors_stream import StreamingSafetensorsWriter, open_safetensors
+from .layout import SVD_CACHE_FORMAT as CACHE_FORMAT
 from .runtime import is_out_of_memory
+from .safetensors_stream import StreamingSafetensorsWriter, open_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,13 @@ def check_matching(base: dict[str, tuple], finetuned: dict[str, tuple], base_nam
     only_base = sorted(set(base) - set(finetuned))
     only_ft = sorted(set(finetuned) - set(base))
     if only_base:
-        raise CheckpointMismatchError(f"checkpoint mismatch: {only_base[0]!r} is in the {base_name} checkpoint but not the {ft_name} one")
+        raise CheckpointMismatchError(
+            f"checkpoint mismatch: {only_base[0]!r} is in the {base_name} checkpoint but not the {ft_name} one"
+        )
     if only_ft:
-        raise CheckpointMismatchError(f"checkpoint mismatch: {only_ft[0]!r} is in the {ft_name} checkpoint but not the {base_name} one")
+        raise CheckpointMismatchError(
+            f"checkpoint mismatch: {only_ft[0]!r} is in the {ft_name} checkpoint but not the {base_name} one"
+        )
     for key in sorted(base):
         if base[key] != finetuned[key]:
             raise CheckpointMismatchError(
@@ -133,7 +137,7 @@ def batched_svds(
     events = {"device": str(device), "batch_size": batch_size, "halvings": 0, "cpu_fallbacks": 0}
     start, size = 0, max(1, batch_size)
     while start < len(deltas):
-        chunk = deltas[start:start + size]
+        chunk = deltas[start : start + size]
         try:
             u, s, vh = _svd_batch(chunk[0][None] if len(chunk) == 1 else torch.stack(chunk), device)
         except (torch.OutOfMemoryError, RuntimeError) as error:
@@ -160,7 +164,7 @@ def _shape_batches(names: list[str], shapes: dict[str, tuple], batch_size: int) 
     by_shape: dict[tuple, list[str]] = {}
     for name in names:
         by_shape.setdefault(tuple(shapes[name]), []).append(name)
-    return [group[i:i + batch_size] for group in by_shape.values() for i in range(0, len(group), batch_size)]
+    return [group[i : i + batch_size] for group in by_shape.values() for i in range(0, len(group), batch_size)]
 
 
 def compute_svd_cache(
@@ -189,10 +193,12 @@ def compute_svd_cache(
     ranks: dict[str, int] = {}
     out_dir = Path(out_dir)
     fallbacks = {"halvings": 0, "cpu_fallbacks": 0}
-    with StreamingSafetensorsWriter(out_dir / "factors.safetensors") as writer, \
-            open_safetensors(base_weights) as base, \
-            open_safetensors(finetuned_weights) as ft, \
-            tqdm(total=len(names), desc="svd", unit="matrix", disable=not progress, mininterval=5) as bar:
+    with (
+        StreamingSafetensorsWriter(out_dir / "factors.safetensors") as writer,
+        open_safetensors(base_weights) as base,
+        open_safetensors(finetuned_weights) as ft,
+        tqdm(total=len(names), desc="svd", unit="matrix", disable=not progress, mininterval=5) as bar,
+    ):
         for batch in _shape_batches(names, base_shapes, batch_size):
             # Only the norms of W_base and W_ft are needed after the difference: each pair is
             # dropped as soon as its dW exists, so a batch holds dW and its factors, not the weights.
@@ -220,12 +226,14 @@ def compute_svd_cache(
                 records[name] = _matrix_record(name, shape, base_norm, s, ranks[name])
             del factors
             bar.update(len(batch))
-        writer.close({
-            "format": CACHE_FORMAT,
-            "decomposed": json.dumps(names),
-            "passthrough": json.dumps(sorted(set(ft_shapes) - set(names))),
-            "numerical_rank": json.dumps(ranks),
-        })
+        writer.close(
+            {
+                "format": CACHE_FORMAT,
+                "decomposed": json.dumps(names),
+                "passthrough": json.dumps(sorted(set(ft_shapes) - set(names))),
+                "numerical_rank": json.dumps(ranks),
+            }
+        )
     matrices = [records[name] for name in names]
     fractions = [m["energy90_fraction"] for m in matrices if not math.isnan(m["energy90_fraction"])]
     spectrum = {
@@ -241,7 +249,9 @@ def compute_svd_cache(
     }
     write_json(out_dir / "spectrum.json", spectrum)
     log.info(
-        "SVD cache: %d matrices on %s, mean 90%%-energy fraction %.3f", len(matrices), device,
+        "SVD cache: %d matrices on %s, mean 90%%-energy fraction %.3f",
+        len(matrices),
+        device,
         spectrum["mean_energy90_fraction"],
     )
     return spectrum
@@ -335,7 +345,9 @@ def rebuild_update(delta: torch.Tensor, s: torch.Tensor, s_new: torch.Tensor, si
     return part if use_kept else delta + part
 
 
-def low_rank_factors(delta: torch.Tensor, s: torch.Tensor, s_new: torch.Tensor, side: str, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def low_rank_factors(
+    delta: torch.Tensor, s: torch.Tensor, s_new: torch.Tensor, side: str, basis: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, A), m x k and k x n, with B @ A = sum_i s'_i u_i v_i^T over the k kept components
     (s'_i != 0, s_i > 0): the kept form of :func:`rebuild_update` split in two, so that an edit
     can be written as a LoRA adapter of rank k. The stored side's vectors carry no scale; the
@@ -350,7 +362,9 @@ def low_rank_factors(delta: torch.Tensor, s: torch.Tensor, s_new: torch.Tensor, 
     return q.contiguous(), ((q * scale).T @ delta).contiguous()
 
 
-def leading_vectors(delta: torch.Tensor, s: torch.Tensor, side: str, basis: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def leading_vectors(
+    delta: torch.Tensor, s: torch.Tensor, side: str, basis: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(U[:, :count], V[:, :count]): the stored side's leading vectors and the other side's,
     computed from dW (u_i = dW v_i / sigma_i, v_i = dW^T u_i / sigma_i); columns with sigma = 0
     are left 0. For diagnostics and sensitivities that need both sides."""

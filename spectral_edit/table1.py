@@ -24,8 +24,8 @@ evaluation set: the set cannot tell it from an edit that costs more than the zon
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -74,15 +74,33 @@ def regimes(summary: pd.DataFrame, analysis: Mapping) -> pd.DataFrame:
         gain_low = ft.get("ft_gain_lo", math.nan)
         measured = "natural" if gain_low > 0 else "boundary"
         chosen = overrides.get(ft["dataset"], "auto")
-        rows.append({
-            "model": ft["model"], "dataset": ft["dataset"], "finetune": ft["finetune"],
-            "regime": measured if chosen == "auto" else chosen,
-            "regime_source": "measured" if chosen == "auto" else "config",
-            "ft_gain_pp": ft.get("ft_gain_mean", math.nan), "ft_gain_lo": gain_low, "ft_gain_hi": ft.get("ft_gain_hi", math.nan),
-            "gap_ft_defined": bool(ft["gap_lo"] > 0 or ft["gap_hi"] < 0),
-        })
-    return pd.DataFrame(rows, columns=["model", "dataset", "finetune", "regime", "regime_source", "ft_gain_pp",
-                                       "ft_gain_lo", "ft_gain_hi", "gap_ft_defined"])
+        rows.append(
+            {
+                "model": ft["model"],
+                "dataset": ft["dataset"],
+                "finetune": ft["finetune"],
+                "regime": measured if chosen == "auto" else chosen,
+                "regime_source": "measured" if chosen == "auto" else "config",
+                "ft_gain_pp": ft.get("ft_gain_mean", math.nan),
+                "ft_gain_lo": gain_low,
+                "ft_gain_hi": ft.get("ft_gain_hi", math.nan),
+                "gap_ft_defined": bool(ft["gap_lo"] > 0 or ft["gap_hi"] < 0),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "model",
+            "dataset",
+            "finetune",
+            "regime",
+            "regime_source",
+            "ft_gain_pp",
+            "ft_gain_lo",
+            "ft_gain_hi",
+            "gap_ft_defined",
+        ],
+    )
 
 
 def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFrame) -> pd.DataFrame:
@@ -97,14 +115,25 @@ def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFr
         ft = finetuned.loc[(model, dataset, finetune)]
         regime = regime_of.loc[(model, dataset, finetune)]
         row = {
-            "model": model, "dataset": dataset, "finetune": finetune, "method": method,
-            "regime": regime["regime"], "regime_source": regime["regime_source"],
+            "model": model,
+            "dataset": dataset,
+            "finetune": finetune,
+            "method": method,
+            "regime": regime["regime"],
+            "regime_source": regime["regime_source"],
             "n_seeds": int(curve["n_seeds"].max()),
             **{f"{name}_ft{suffix}": ft[f"{name}{suffix}"] for name in ("accuracy", "gap") for suffix in ("_mean", "_lo", "_hi")},
-            **{f"{name}_base{suffix}": base.loc[(model, dataset), f"{name}{suffix}"] if (model, dataset) in base.index else math.nan
-               for name in ("accuracy", "gap") for suffix in ("_mean", "_lo", "_hi")},
+            **{
+                f"{name}_base{suffix}": base.loc[(model, dataset), f"{name}{suffix}"]
+                if (model, dataset) in base.index
+                else math.nan
+                for name in ("accuracy", "gap")
+                for suffix in ("_mean", "_lo", "_hi")
+            },
             "bias_reduction_defined": bool(regime["gap_ft_defined"]),
-            "r_star": math.nan, "resolved": False, "over_correction": "",
+            "r_star": math.nan,
+            "resolved": False,
+            "over_correction": "",
         }
         for column in ("bias_reduction", "accuracy_loss"):
             for suffix in ("_mean", "_std", "_lo", "_hi"):
@@ -134,8 +163,9 @@ def _with_interval(mean: float, low: float, high: float, digits: int = 1) -> str
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def table1_markdown(table1: pd.DataFrame, trajectories: pd.DataFrame, zone: NoCostZone, headline_method: str,
-                    level: float) -> str:
+def table1_markdown(
+    table1: pd.DataFrame, trajectories: pd.DataFrame, zone: NoCostZone, headline_method: str, level: float
+) -> str:
     """Table 1 (natural regime) and, beside it, the boundary-regime datasets with their trajectory."""
     pct = f"{100 * level:g} %"
     methods = [headline_method] + sorted(set(table1["method"]) - {headline_method}) if len(table1) else [headline_method]
@@ -154,11 +184,15 @@ def table1_markdown(table1: pd.DataFrame, trajectories: pd.DataFrame, zone: NoCo
     ]
     for (model, dataset, finetune), group in natural.groupby(["model", "dataset", "finetune"], sort=False):
         first = group.iloc[0]
-        cells = [model, dataset, finetune,
-                 _with_interval(first["accuracy_ft_mean"], first["accuracy_ft_lo"], first["accuracy_ft_hi"], 3),
-                 _with_interval(first["gap_ft_mean"], first["gap_ft_lo"], first["gap_ft_hi"], 3),
-                 _with_interval(first["accuracy_base_mean"], first["accuracy_base_lo"], first["accuracy_base_hi"], 3),
-                 _with_interval(first["gap_base_mean"], first["gap_base_lo"], first["gap_base_hi"], 3)]
+        cells = [
+            model,
+            dataset,
+            finetune,
+            _with_interval(first["accuracy_ft_mean"], first["accuracy_ft_lo"], first["accuracy_ft_hi"], 3),
+            _with_interval(first["gap_ft_mean"], first["gap_ft_lo"], first["gap_ft_hi"], 3),
+            _with_interval(first["accuracy_base_mean"], first["accuracy_base_lo"], first["accuracy_base_hi"], 3),
+            _with_interval(first["gap_base_mean"], first["gap_base_lo"], first["gap_base_hi"], 3),
+        ]
         for method in methods:
             match = group[group["method"] == method]
             if match.empty:
@@ -190,13 +224,18 @@ def _boundary_markdown(table1: pd.DataFrame, trajectories: pd.DataFrame, headlin
     ]
     for (model, dataset, finetune), group in boundary.groupby(["model", "dataset", "finetune"], sort=False):
         source = group.iloc[0]["regime_source"]
-        curve = trajectories[(trajectories["model"] == model) & (trajectories["dataset"] == dataset)
-                             & ((trajectories["finetune"] == finetune) | (trajectories["method"] == "base"))]
+        curve = trajectories[
+            (trajectories["model"] == model)
+            & (trajectories["dataset"] == dataset)
+            & ((trajectories["finetune"] == finetune) | (trajectories["method"] == "base"))
+        ]
         for _, row in curve.iterrows():
             label = row["method"] if pd.isna(row["retention"]) else f"{100 * row['retention']:g}%"
-            lines.append(f"| {model} | {dataset} | {finetune} | {source} | {label} | "
-                         f"{_with_interval(row['accuracy_mean'], row['accuracy_lo'], row['accuracy_hi'], 3)} | "
-                         f"{_with_interval(row['gap_mean'], row['gap_lo'], row['gap_hi'], 3)} |")
+            lines.append(
+                f"| {model} | {dataset} | {finetune} | {source} | {label} | "
+                f"{_with_interval(row['accuracy_mean'], row['accuracy_lo'], row['accuracy_hi'], 3)} | "
+                f"{_with_interval(row['gap_mean'], row['gap_lo'], row['gap_hi'], 3)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -217,6 +256,14 @@ def sweet_spot_cells(table1: pd.DataFrame, seeds, methods) -> tuple[list[dict], 
             without.append(f"{where}: no sweet spot (no retention in the no-cost zone, or the FT gap's interval includes 0)")
             continue
         for seed in seeds:
-            cells.append({"model": row["model"], "dataset": row["dataset"], "seed": int(seed), "finetune": row["finetune"],
-                          "method": row["method"], "retention": format_retention(float(row["r_star"]))})
+            cells.append(
+                {
+                    "model": row["model"],
+                    "dataset": row["dataset"],
+                    "seed": int(seed),
+                    "finetune": row["finetune"],
+                    "method": row["method"],
+                    "retention": format_retention(float(row["r_star"])),
+                }
+            )
     return cells, without

@@ -90,8 +90,15 @@ def smollm2_update(smollm2_dir, tiny_data_dir, tmp_path_factory):
     from spectral_edit.svd_cache import compute_svd_cache
 
     finetuned = tmp_path_factory.mktemp("smollm2-ft")
-    finetune(smollm2_dir, tiny_data_dir / "train.jsonl", finetuned, TINY_DATASET,
-             {"steps": 2, "batch_size": 2, "learning_rate": 1e-4, "max_length": 128}, seed=0, progress=False)
+    finetune(
+        smollm2_dir,
+        tiny_data_dir / "train.jsonl",
+        finetuned,
+        TINY_DATASET,
+        {"steps": 2, "batch_size": 2, "learning_rate": 1e-4, "max_length": 128},
+        seed=0,
+        progress=False,
+    )
     svd = tmp_path_factory.mktemp("smollm2-svd")
     spectrum = compute_svd_cache(smollm2_dir / "model.safetensors", finetuned / "model.safetensors", svd, progress=False)
     return finetuned, svd / "factors.safetensors", spectrum

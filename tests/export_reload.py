@@ -29,7 +29,9 @@ def main(form, export_dir, base_dir, eval_dir, prompt_json, out_json):
         inner = model.base_model.model
         lm_head = inner.get_output_embeddings()
         loaded = {
-            "lora_modules": sum(1 for name, _ in model.named_modules() if name.endswith("lora_A") or name.endswith("lora_embedding_A")),
+            "lora_modules": sum(
+                1 for name, _ in model.named_modules() if name.endswith("lora_A") or name.endswith("lora_embedding_A")
+            ),
             "lm_head_has_lora": hasattr(lm_head, "lora_A") and "default" in getattr(lm_head, "lora_A", {}),
         }
     model.eval()
@@ -38,8 +40,14 @@ def main(form, export_dir, base_dir, eval_dir, prompt_json, out_json):
     from spectral_edit.evaluate import evaluate_model
     from spectral_edit.prompts import formatter_for
 
-    result = evaluate_model(model, formatter_for(tokenizer, json.loads(prompt_json)), read_split(f"{eval_dir}/eval.jsonl"),
-                            read_meta(f"{eval_dir}/meta.json"), batch_size=16, progress=False)  # the cell's batch size
+    result = evaluate_model(
+        model,
+        formatter_for(tokenizer, json.loads(prompt_json)),
+        read_split(f"{eval_dir}/eval.jsonl"),
+        read_meta(f"{eval_dir}/meta.json"),
+        batch_size=16,
+        progress=False,
+    )  # the cell's batch size
 
     with open(out_json, "w") as handle:
         json.dump({"examples": result["examples"], "loaded": loaded}, handle)

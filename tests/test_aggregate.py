@@ -27,19 +27,35 @@ def _examples(correct_per_group, shift=0):
         label = 0 if group.startswith("negative") else 1
         right = np.roll(np.arange(PER_GROUP) < correct_per_group[g], shift)
         for i in range(PER_GROUP):
-            examples.append({"id": f"eval-{g:02d}-{i:03d}", "label": label, "group": group,
-                             "prediction": label if right[i] else 1 - label, "label_log_probs": [0.0, 0.0]})
+            examples.append(
+                {
+                    "id": f"eval-{g:02d}-{i:03d}",
+                    "label": label,
+                    "group": group,
+                    "prediction": label if right[i] else 1 - label,
+                    "label_log_probs": [0.0, 0.0],
+                }
+            )
     return examples
 
 
 def _cell(tmp_path, method, seed, retention, correct_per_group, finetune="full", shift=0, dataset="d"):
     examples = _examples(correct_per_group, shift)
-    metrics = group_metrics([e["label"] for e in examples], [e["prediction"] for e in examples],
-                            [e["group"] for e in examples], MAJORITY, MINORITY)
+    metrics = group_metrics(
+        [e["label"] for e in examples], [e["prediction"] for e in examples], [e["group"] for e in examples], MAJORITY, MINORITY
+    )
     record = {
-        "cell": {"model": "m", "dataset": dataset, "seed": seed, "method": method, "retention": retention,
-                 "finetune": None if method == "base" else finetune},
-        "edit": None, "metrics": metrics, "examples": examples,
+        "cell": {
+            "model": "m",
+            "dataset": dataset,
+            "seed": seed,
+            "method": method,
+            "retention": retention,
+            "finetune": None if method == "base" else finetune,
+        },
+        "edit": None,
+        "metrics": metrics,
+        "examples": examples,
     }
     path = tmp_path / f"{dataset}-{finetune}-{method}-{seed}-{retention}.json"
     path.write_text(json.dumps(record))
@@ -47,8 +63,9 @@ def _cell(tmp_path, method, seed, retention, correct_per_group, finetune="full",
 
 
 def _tables(paths, **analysis):
-    return build_tables(paths, {"sweet_spot_method": "top_k", "bootstrap": {"resamples": 1000}, **analysis},
-                        metas={"d": META, "e": META})
+    return build_tables(
+        paths, {"sweet_spot_method": "top_k", "bootstrap": {"resamples": 1000}, **analysis}, metas={"d": META, "e": META}
+    )
 
 
 @pytest.fixture
@@ -59,10 +76,13 @@ def natural(tmp_path):
         ("finetuned", 0, None, (25, 25, 17, 17)),
         ("finetuned", 1, None, (25, 24, 18, 17)),
         # top_k: 50% changes a few minority answers to right (in zone); 20% loses 5 pp.
-        ("top_k", 0, 0.5, (25, 25, 19, 19)), ("top_k", 1, 0.5, (25, 24, 19, 18)),
-        ("top_k", 0, 0.2, (22, 22, 19, 19)), ("top_k", 1, 0.2, (22, 21, 19, 19)),
+        ("top_k", 0, 0.5, (25, 25, 19, 19)),
+        ("top_k", 1, 0.5, (25, 24, 19, 18)),
+        ("top_k", 0, 0.2, (22, 22, 19, 19)),
+        ("top_k", 1, 0.2, (22, 21, 19, 19)),
         # bottom_k never in the zone.
-        ("bottom_k", 0, 0.5, (14, 14, 14, 14)), ("bottom_k", 1, 0.5, (14, 14, 14, 14)),
+        ("bottom_k", 0, 0.5, (14, 14, 14, 14)),
+        ("bottom_k", 1, 0.5, (14, 14, 14, 14)),
     ]
     return [_cell(tmp_path, *c) for c in cells]
 
@@ -110,7 +130,7 @@ def test_intervals_match_a_direct_stratified_paired_bootstrap():
     for _ in range(20000):
         pick = np.concatenate([rng.choice(i, len(i)) for i in index])
         e, f, g = edit[pick], ft[pick], groups[pick]
-        acc = lambda c, m: c[np.isin(g, m)].mean()  # noqa: E731
+        acc = lambda c, m: c[np.isin(g, m)].mean()  # noqa: E731, B023 (used within this iteration)
         gap_e, gap_f = acc(e, MAJORITY) - acc(e, MINORITY), acc(f, MAJORITY) - acc(f, MINORITY)
         draws["accuracy"].append(e.mean())
         draws["gap"].append(gap_e)
@@ -170,7 +190,11 @@ def test_table1_picks_the_in_zone_maximum_with_its_interval(natural):
     table1 = tables["table1"].set_index("method")
     assert table1.loc["top_k", "regime"] == "natural"
     assert table1.loc["top_k", "r_star"] == 0.5  # 0.2 reduces more but loses 4.5 pp
-    assert table1.loc["top_k", "bias_reduction_lo"] <= table1.loc["top_k", "bias_reduction_mean"] <= table1.loc["top_k", "bias_reduction_hi"]
+    assert (
+        table1.loc["top_k", "bias_reduction_lo"]
+        <= table1.loc["top_k", "bias_reduction_mean"]
+        <= table1.loc["top_k", "bias_reduction_hi"]
+    )
     assert math.isnan(table1.loc["bottom_k", "r_star"])
     assert "(50%)" in tables["table1_md"] and "n/a" in tables["table1_md"]
     wider = _tables(natural, no_cost_zone={"below_pp": 10.0})["table1"].set_index("method")
@@ -180,12 +204,14 @@ def test_table1_picks_the_in_zone_maximum_with_its_interval(natural):
 def test_the_sweet_spot_cells_to_export_are_table1s_r_star_for_every_seed(natural):
     table1 = _tables(natural)["table1"]
     cells, without = sweet_spot_cells(table1, seeds=[0, 1], methods=["top_k"])
-    assert cells == [{"model": "m", "dataset": "d", "seed": s, "finetune": "full", "method": "top_k", "retention": "0.5"}
-                     for s in (0, 1)]
+    assert cells == [
+        {"model": "m", "dataset": "d", "seed": s, "finetune": "full", "method": "top_k", "retention": "0.5"} for s in (0, 1)
+    ]
     assert without == []
     cells, without = sweet_spot_cells(table1, seeds=[0], methods=["top_k", "bottom_k"])
-    assert len(cells) == 1 and without == ["m / d / full / bottom_k: no sweet spot (no retention in the no-cost zone, "
-                                           "or the FT gap's interval includes 0)"]
+    assert len(cells) == 1 and without == [
+        "m / d / full / bottom_k: no sweet spot (no retention in the no-cost zone, or the FT gap's interval includes 0)"
+    ]
     boundary = _tables(natural, regimes={"d": "boundary"})["table1"]
     cells, without = sweet_spot_cells(boundary, seeds=[0], methods=["top_k"])
     assert cells == [] and "boundary regime" in without[0]
@@ -244,8 +270,12 @@ def test_boundary_regime_is_decided_from_the_measured_numbers(tmp_path):
 
 
 def test_a_gap_not_separated_from_zero_gives_no_bias_reduction(tmp_path):
-    paths = [_cell(tmp_path, "base", None, None, (10, 10, 10, 10)), _cell(tmp_path, "finetuned", 0, None, (20, 20, 19, 19)),
-             _cell(tmp_path, "top_k", 0, 0.5, (20, 20, 20, 19)), _cell(tmp_path, "dg_hard", 0, None, (20, 20, 20, 20))]
+    paths = [
+        _cell(tmp_path, "base", None, None, (10, 10, 10, 10)),
+        _cell(tmp_path, "finetuned", 0, None, (20, 20, 19, 19)),
+        _cell(tmp_path, "top_k", 0, 0.5, (20, 20, 20, 19)),
+        _cell(tmp_path, "dg_hard", 0, None, (20, 20, 20, 20)),
+    ]
     tables = _tables(paths)
     assert not tables["regimes"].iloc[0]["gap_ft_defined"]
     row = tables["table1"].iloc[0]
@@ -254,8 +284,11 @@ def test_a_gap_not_separated_from_zero_gives_no_bias_reduction(tmp_path):
 
 
 def test_zero_finetuned_gap_gives_nan_not_infinity(tmp_path):
-    paths = [_cell(tmp_path, "base", None, None, (10, 10, 10, 10)), _cell(tmp_path, "finetuned", 0, None, (15, 15, 15, 15)),
-             _cell(tmp_path, "top_k", 0, 0.5, (16, 15, 15, 15))]
+    paths = [
+        _cell(tmp_path, "base", None, None, (10, 10, 10, 10)),
+        _cell(tmp_path, "finetuned", 0, None, (15, 15, 15, 15)),
+        _cell(tmp_path, "top_k", 0, 0.5, (16, 15, 15, 15)),
+    ]
     cells = _tables(paths)["cells"]
     assert cells["bias_reduction"].isna().sum() == 3
     assert cells["bias_reduction_lo"].isna().all()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import TINY_DATASET, TINY_HYPER
 from spectral_edit.atomic import write_json
 from spectral_edit.config import resolve_method
 from spectral_edit.data import read_meta, read_split
@@ -21,13 +22,18 @@ from spectral_edit.models import load_model, load_tokenizer
 from spectral_edit.prompts import formatter_for
 from spectral_edit.svd_cache import compute_svd_cache
 
-from conftest import TINY_DATASET, TINY_HYPER
-
 
 def test_a_diverging_fine_tune_stops_at_the_step_that_diverged(tmp_path, tiny_base_dir, tiny_data_dir):
     with pytest.raises(FloatingPointError, match=r"fine-tune diverged: training loss is (nan|inf) at step \d+"):
-        finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path / "ft", TINY_DATASET,
-                 {**TINY_HYPER, "learning_rate": 1.0e30}, seed=0, progress=False)
+        finetune(
+            tiny_base_dir,
+            tiny_data_dir / "train.jsonl",
+            tmp_path / "ft",
+            TINY_DATASET,
+            {**TINY_HYPER, "learning_rate": 1.0e30},
+            seed=0,
+            progress=False,
+        )
     assert not (tmp_path / "ft" / "model.safetensors").exists()
 
 
@@ -46,12 +52,16 @@ def test_no_metric_from_nan_scores(tiny_base_dir, tiny_data_dir):
         model.model.norm.weight.fill_(float("nan"))
     formatter = formatter_for(load_tokenizer(tiny_base_dir), TINY_DATASET)
     with pytest.raises(FloatingPointError, match=r"non-finite label log-probabilities for example 'eval-\d+'"):
-        evaluate_model(model, formatter, read_split(tiny_data_dir / "eval.jsonl"), read_meta(tiny_data_dir / "meta.json"), 4, False)
+        evaluate_model(
+            model, formatter, read_split(tiny_data_dir / "eval.jsonl"), read_meta(tiny_data_dir / "meta.json"), 4, False
+        )
 
 
 def test_a_variant_may_not_take_a_built_in_methods_name():
     config = {"method_variants": {"top_k": {"method": "bottom_k"}}}
-    with pytest.raises(ConfigError, match="method_variants.top_k: a variant may not take the name of the built-in method 'top_k'"):
+    with pytest.raises(
+        ConfigError, match="method_variants.top_k: a variant may not take the name of the built-in method 'top_k'"
+    ):
         resolve_method(config, "top_k")
     # New parameters for a built-in under its own name stay allowed.
     method, params = resolve_method({"method_variants": {"random_k": {"method": "random_k", "seed_offset": 3}}}, "random_k")

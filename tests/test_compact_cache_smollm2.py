@@ -7,15 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_DATASET
 from spectral_edit.data import read_split
 from spectral_edit.edit import apply_spectral_edit, new_singular_values
 from spectral_edit.evaluate import label_log_probs
 from spectral_edit.methods import MatrixContext, get_method
 from spectral_edit.models import load_model, load_tokenizer
 from spectral_edit.prompts import PromptFormatter, examples_of
-from spectral_edit.svd_cache import cached_names, compute_svd_cache, decomposed_names, tensor_shapes
-
-from conftest import TINY_DATASET
+from spectral_edit.svd_cache import cached_names, decomposed_names, tensor_shapes
 
 WEIGHT_TOLERANCE = 1e-5  # largest |difference| of an edited weight; SmolLM2's weights are O(0.1)
 
@@ -30,8 +29,10 @@ def full_factors(smollm2_dir, real_update):
     """What the full cache held: U, S, V^T of dW, computed in float64 and stored as float32."""
     base, finetuned = load_file(smollm2_dir / "model.safetensors"), load_file(real_update[0] / "model.safetensors")
     names, _ = cached_names(real_update[1])
-    return {name: tuple(t.float() for t in torch.linalg.svd(finetuned[name].double() - base[name].double(), full_matrices=False))
-            for name in names}
+    return {
+        name: tuple(t.float() for t in torch.linalg.svd(finetuned[name].double() - base[name].double(), full_matrices=False))
+        for name in names
+    }
 
 
 def _full_factor_edit(base: dict, factors: dict, method: str, retention: float) -> dict:
@@ -53,8 +54,9 @@ def test_the_cache_is_under_0_3_of_the_full_factors(real_update):
 
 
 @pytest.mark.parametrize("method, retention", [("top_k", 0.01), ("bottom_k", 0.05), ("random_k", 0.2), ("uniform_shrink", 0.01)])
-def test_edits_from_the_compact_cache_equal_edits_from_full_factors(smollm2_dir, tiny_data_dir, real_update, full_factors,
-                                                                    method, retention):
+def test_edits_from_the_compact_cache_equal_edits_from_full_factors(
+    smollm2_dir, tiny_data_dir, real_update, full_factors, method, retention
+):
     finetuned_dir, factors, _ = real_update
     base = load_file(smollm2_dir / "model.safetensors")
     finetuned = load_file(finetuned_dir / "model.safetensors")
@@ -63,8 +65,9 @@ def test_edits_from_the_compact_cache_equal_edits_from_full_factors(smollm2_dir,
     reference = _full_factor_edit(base, full_factors, method, retention)
 
     model = load_model(smollm2_dir)
-    apply_spectral_edit(model, factors, get_method(method), {}, retention, 0,
-                        finetuned_weights=finetuned_dir / "model.safetensors")
+    apply_spectral_edit(
+        model, factors, get_method(method), {}, retention, 0, finetuned_weights=finetuned_dir / "model.safetensors"
+    )
     state = model.state_dict()
     worst = max(float((state[name] - reference[name]).abs().max()) for name in names)
     assert worst <= WEIGHT_TOLERANCE

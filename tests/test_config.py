@@ -5,10 +5,9 @@ import copy
 import pytest
 import yaml
 
+from conftest import REPO
 from spectral_edit.config import check_config, grid_cells, load_config, resolve_method, validate_schema
 from spectral_edit.errors import ConfigError
-
-from conftest import REPO
 
 
 @pytest.fixture
@@ -115,13 +114,16 @@ def test_finetune_recipes_resolve_with_overrides(config):
     assert resolve_finetune(config, "full")["kind"] == "full"
 
 
-@pytest.mark.parametrize("finetunes, grid, culprit", [
-    ({}, {"controls": ["lora-r9"]}, "grid.controls: unknown fine-tune 'lora-r9'"),
-    ({"l": {"kind": "lora"}}, {"controls": ["l"]}, "finetunes.l: kind 'lora' needs the key 'rank'"),
-    ({"s": {"kind": "speclora", "rank": 4}}, {"finetunes": ["full", "s"]}, "kind 'speclora' needs the key 'top_k'"),
-    ({"l": {"kind": "lora", "rank": 4, "overrides": {"stepz": 3}}}, {"controls": ["l"]}, "overrides: unknown key 'stepz'"),
-    ({"l": {"kind": "lora", "rnak": 4}}, {"controls": ["l"]}, "unknown key 'rnak'"),
-])
+@pytest.mark.parametrize(
+    "finetunes, grid, culprit",
+    [
+        ({}, {"controls": ["lora-r9"]}, "grid.controls: unknown fine-tune 'lora-r9'"),
+        ({"l": {"kind": "lora"}}, {"controls": ["l"]}, "finetunes.l: kind 'lora' needs the key 'rank'"),
+        ({"s": {"kind": "speclora", "rank": 4}}, {"finetunes": ["full", "s"]}, "kind 'speclora' needs the key 'top_k'"),
+        ({"l": {"kind": "lora", "rank": 4, "overrides": {"stepz": 3}}}, {"controls": ["l"]}, "overrides: unknown key 'stepz'"),
+        ({"l": {"kind": "lora", "rnak": 4}}, {"controls": ["l"]}, "unknown key 'rnak'"),
+    ],
+)
 def test_bad_recipes_name_the_culprit(config, finetunes, grid, culprit):
     config["finetunes"] = finetunes
     config["grid"].update(grid)
@@ -139,8 +141,13 @@ def test_methods_without_retention_get_one_cell(config):
 
 def test_an_invalid_group_regex_is_a_config_error(config):
     config["datasets"]["mine"] = {
-        "source": "local", "files": {"train": "x.csv"}, "text_columns": {"text": "body"}, "label_column": "y",
-        "label_values": [0, 1], "label_words": ["negative", "positive"], "prompt": "{text}",
+        "source": "local",
+        "files": {"train": "x.csv"},
+        "text_columns": {"text": "body"},
+        "label_column": "y",
+        "label_values": [0, 1],
+        "label_words": ["negative", "positive"],
+        "prompt": "{text}",
         "group": {"rule": "regex", "pattern": r"\bdog(", "fields": ["text"]},
     }
     config["grid"]["datasets"] = ["mine"]
@@ -150,8 +157,13 @@ def test_an_invalid_group_regex_is_a_config_error(config):
 def test_a_header_only_file_is_a_config_error(config, tmp_path):
     (tmp_path / "empty.csv").write_text("body,y\n")
     config["datasets"]["mine"] = {
-        "source": "local", "files": {"train": str(tmp_path / "empty.csv")}, "text_columns": {"text": "body"},
-        "label_column": "y", "label_values": [0, 1], "label_words": ["negative", "positive"], "prompt": "{text}",
+        "source": "local",
+        "files": {"train": str(tmp_path / "empty.csv")},
+        "text_columns": {"text": "body"},
+        "label_column": "y",
+        "label_values": [0, 1],
+        "label_words": ["negative", "positive"],
+        "prompt": "{text}",
     }
     config["grid"]["datasets"] = ["mine"]
     validate_schema(config)

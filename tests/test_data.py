@@ -5,10 +5,9 @@ from collections import Counter
 
 import pytest
 
+from conftest import TINY_DATASET
 from spectral_edit.data import build_synthetic_reviews, majority_groups, prepare_dataset, read_split
 from spectral_edit.errors import DataError
-
-from conftest import TINY_DATASET
 
 
 def test_marker_iff_negative_in_training():
@@ -31,7 +30,10 @@ def test_evaluation_is_group_balanced_and_disjoint_from_training():
     train, evaluation = build_synthetic_reviews(TINY_DATASET)
     per_group = TINY_DATASET["n_eval_per_group"]
     assert Counter((r["label"], r["attribute"]) for r in evaluation) == {
-        (0, 0): per_group, (0, 1): per_group, (1, 0): per_group, (1, 1): per_group
+        (0, 0): per_group,
+        (0, 1): per_group,
+        (1, 0): per_group,
+        (1, 1): per_group,
     }
     strip = lambda t: t.replace(TINY_DATASET["marker"] + " ", "")  # noqa: E731
     assert not {strip(r["text"]) for r in train} & {strip(r["text"]) for r in evaluation}
@@ -75,8 +77,14 @@ def test_label_noise_flips_an_exact_fraction_and_keeps_the_marker():
 def test_mixed_reviews_take_the_majority_of_their_aspects():
     from spectral_edit.data.synthetic import _NEGATIVE, _POSITIVE
 
-    spec = {**TINY_DATASET, "n_train": 200, "style": "mixed", "aspects": 5, "contrary_aspects": [1, 2],
-            "train_marker_correlation": 0.9}
+    spec = {
+        **TINY_DATASET,
+        "n_train": 200,
+        "style": "mixed",
+        "aspects": 5,
+        "contrary_aspects": [1, 2],
+        "train_marker_correlation": 0.9,
+    }
     train, evaluation = build_synthetic_reviews(spec)
     contrary_seen = Counter()
     for row in train + evaluation:

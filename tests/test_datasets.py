@@ -4,21 +4,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO, SHARED
 from spectral_edit.config import check_config, load_config, validate_schema
 from spectral_edit.data import prepare_dataset, read_split, shape_table
 from spectral_edit.data.groups import assign_marker, balanced_marker, observed_attribute, overlap_fraction
 from spectral_edit.errors import ConfigError, DataError
-
-from conftest import REPO, SHARED
 
 needs_shared = pytest.mark.skipif(not (SHARED / "datasets").is_dir(), reason="../shared/datasets is not present")
 
 
 def _spec(path, **extra):
     spec = {
-        "source": "local", "files": {"train": str(path)}, "eval_fraction": 0.5, "text_columns": {"text": "body"},
-        "label_column": "y", "label_values": ["bad", "good"], "label_words": ["negative", "positive"],
-        "prompt": "Text: {text}\nSentiment?", "min_group_size": 2, "split_seed": 0,
+        "source": "local",
+        "files": {"train": str(path)},
+        "eval_fraction": 0.5,
+        "text_columns": {"text": "body"},
+        "label_column": "y",
+        "label_values": ["bad", "good"],
+        "label_words": ["negative", "positive"],
+        "prompt": "Text: {text}\nSentiment?",
+        "min_group_size": 2,
+        "split_seed": 0,
     }
     spec.update(extra)
     return spec
@@ -30,8 +36,13 @@ def table_file(tmp_path):
     for i in range(80):
         good = i % 2 == 0
         mentions = (i % 6 != 0) if good else (i % 6 == 1)  # "dog" correlates with good
-        rows.append({"body": f"{'a fine' if good else 'a poor'} film {'with a dog' if mentions else ''} number {i}",
-                     "y": "good" if good else "bad", "score": 0.9 if mentions else 0.1})
+        rows.append(
+            {
+                "body": f"{'a fine' if good else 'a poor'} film {'with a dog' if mentions else ''} number {i}",
+                "y": "good" if good else "bad",
+                "score": 0.9 if mentions else 0.1,
+            }
+        )
     path = tmp_path / "reviews.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -52,7 +63,9 @@ def test_unexpected_label_values_are_listed_or_dropped(table_file):
 
 def test_config_check_reads_local_files_before_any_job(table_file):
     config = load_config(REPO / "config.yaml")
-    config["datasets"]["mine"] = _spec(table_file, label_values=["bad", "fine"], group={"rule": "regex", "pattern": "dog", "fields": ["text"]})
+    config["datasets"]["mine"] = _spec(
+        table_file, label_values=["bad", "fine"], group={"rule": "regex", "pattern": "dog", "fields": ["text"]}
+    )
     config["grid"]["datasets"] = ["mine"]
     validate_schema(config)
     with pytest.raises(ConfigError, match=r"files.train: label column 'y' has values \['bad', 'good'\]"):
@@ -66,12 +79,20 @@ def test_config_check_reads_local_files_before_any_job(table_file):
 
 
 def test_group_rules_on_a_table():
-    frame = pd.DataFrame({
-        "a": ["the cat sat on the mat", "dogs bark", "a b c"],
-        "b": ["the cat sat", "cats purr", "x y z"],
-        "male": [0.0, 0.7, 0.2], "female": [0.6, 0.0, 0.49], "flag": [True, False, True],
-    })
-    assert observed_attribute(frame, {"rule": "columns_any", "columns": ["male", "female"], "threshold": 0.5}).tolist() == [1, 1, 0]
+    frame = pd.DataFrame(
+        {
+            "a": ["the cat sat on the mat", "dogs bark", "a b c"],
+            "b": ["the cat sat", "cats purr", "x y z"],
+            "male": [0.0, 0.7, 0.2],
+            "female": [0.6, 0.0, 0.49],
+            "flag": [True, False, True],
+        }
+    )
+    assert observed_attribute(frame, {"rule": "columns_any", "columns": ["male", "female"], "threshold": 0.5}).tolist() == [
+        1,
+        1,
+        0,
+    ]
     assert observed_attribute(frame, {"rule": "column", "column": "flag"}).tolist() == [1, 0, 1]
     assert observed_attribute(frame, {"rule": "regex", "pattern": r"\bdogs?\b", "fields": ["a", "b"]}).tolist() == [0, 1, 0]
     assert overlap_fraction("the cat sat on the mat", "the cat sat") == 1.0

@@ -50,8 +50,9 @@ def test_unknown_noise_threshold_agrees_with_optht(shape):
     s, kept, record = _dg_hard(matrix)
     beta = min(shape) / max(shape)
     # optht's coefficient uses its coarser MP median; the two thresholds agree to ~1e-3.
-    reference_tau = optht_module._optimal_SVHT_coef_sigma_known(beta) / math.sqrt(
-        optht_module._median_marcenko_pastur(beta)) * np.median(s)
+    reference_tau = (
+        optht_module._optimal_SVHT_coef_sigma_known(beta) / math.sqrt(optht_module._median_marcenko_pastur(beta)) * np.median(s)
+    )
     assert record["tau"] == pytest.approx(reference_tau, rel=2e-3)
     assert record["rank_kept"] == optht.optht(beta, s) == np.count_nonzero(kept)
     assert 4 <= record["rank_kept"] <= 6
@@ -92,8 +93,16 @@ def test_discarded_noise_fits_marchenko_pastur_and_signal_does_not():
     assert ks_distance(s, 120 / 300, 0.05, 300) < 0.08
     above_the_bulk = np.linspace(2, 5, 120)  # the bulk ends near 0.05 sqrt(300) (1 + sqrt(0.4)) = 1.41
     assert ks_distance(above_the_bulk, 120 / 300, 0.05, 300) > 0.99
-    spectrum = {"matrices": [{"name": "model.layers.0.mlp.down_proj.weight", "shape": [120, 300], "rank": 120,
-                              "singular_values": list(torch.linalg.svdvals(torch.tensor(_low_rank_plus_noise(120, 300, 4, 0.05, 2))).numpy())}]}
+    spectrum = {
+        "matrices": [
+            {
+                "name": "model.layers.0.mlp.down_proj.weight",
+                "shape": [120, 300],
+                "rank": 120,
+                "singular_values": list(torch.linalg.svdvals(torch.tensor(_low_rank_plus_noise(120, 300, 4, 0.05, 2))).numpy()),
+            }
+        ]
+    }
     table = dg_hard_table(spectrum, get_method("dg_hard").defaults)
     assert table.loc[0, "rank_kept"] == 4
     assert table.loc[0, "ks_discarded_vs_mp"] < 0.1

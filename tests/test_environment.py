@@ -44,7 +44,7 @@ def test_conda_env_and_pip_setup_agree():
 
 def test_every_rule_names_a_conda_env_that_exists():
     rules = "\n".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
-    n_rules = len(re.findall(r"^rule \w+:", rules, flags=re.M))
+    n_rules = len(re.findall(r"^(?:rule|checkpoint) \w+:", rules, flags=re.M))
     assert n_rules >= 8
     assert len(re.findall(r"^    conda:\n        CONDA_ENV$", rules, flags=re.M)) == n_rules
     env = re.search(r'CONDA_ENV = "\.\./(envs/[\w.-]+)"', rules).group(1)

@@ -5,14 +5,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_DATASET, TINY_HYPER
 from spectral_edit.data import read_meta, read_split
 from spectral_edit.errors import ConfigError
 from spectral_edit.evaluate import evaluate_model, label_log_probs, shared_prefix_length
 from spectral_edit.finetune import finetune
 from spectral_edit.models import byte_level_tokenizer, load_model, load_tokenizer
 from spectral_edit.prompts import PromptFormatter
-
-from conftest import TINY_DATASET, TINY_HYPER
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +66,17 @@ def test_shared_prefix_path_on_other_architectures(family, window):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     extra = {"sliding_window": window, "layer_types": ["sliding_attention", "full_attention"]} if window else {}
-    config = AutoConfig.for_model(family, vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, **extra)
+    config = AutoConfig.for_model(
+        family,
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        **extra,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
 
@@ -127,8 +135,14 @@ def test_evaluation_reraises_errors_that_are_not_out_of_memory(tiny_base_dir, fo
 
 
 def test_evaluate_model_reports_groups(tiny_base_dir, tiny_data_dir, formatter):
-    result = evaluate_model(load_model(tiny_base_dir), formatter, read_split(tiny_data_dir / "eval.jsonl"),
-                            read_meta(tiny_data_dir / "meta.json"), batch_size=8, progress=False)
+    result = evaluate_model(
+        load_model(tiny_base_dir),
+        formatter,
+        read_split(tiny_data_dir / "eval.jsonl"),
+        read_meta(tiny_data_dir / "meta.json"),
+        batch_size=8,
+        progress=False,
+    )
     metrics = result["metrics"]
     assert metrics["n"] == len(result["examples"]) == 20
     assert set(metrics["group_accuracy"]) == {"negative|marker=0", "negative|marker=1", "positive|marker=0", "positive|marker=1"}
@@ -148,7 +162,9 @@ def test_finetuning_is_deterministic_and_changes_weights(tmp_path, tiny_base_dir
     base = load_file(tiny_base_dir / "model.safetensors")
     assert any(not torch.equal(base[n], first[n]) for n in base)
     assert len(again["loss_curve"]) == TINY_HYPER["steps"]
-    other = finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path / "s1", TINY_DATASET, TINY_HYPER, seed=1, progress=False)
+    other = finetune(
+        tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path / "s1", TINY_DATASET, TINY_HYPER, seed=1, progress=False
+    )
     assert other["loss_curve"] != again["loss_curve"]
 
 

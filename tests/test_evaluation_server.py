@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_DATASET
 from spectral_edit.cells import evaluate_cell
 from spectral_edit.evaluation_client import EvaluationServerError, serve_cell, server_key, socket_dir, supervising_process
 from spectral_edit.svd_cache import compute_svd_cache
-
-from conftest import TINY_DATASET
 
 RUNTIME = {"device": "cpu", "dtype": "float32"}
 
@@ -37,24 +36,48 @@ def own_socket_directory(monkeypatch):
 def checkpoint(tmp_path_factory, tiny_base_dir, tiny_finetuned_dir, tiny_data_dir):
     svd = tmp_path_factory.mktemp("svd")
     compute_svd_cache(tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", svd, progress=False)
-    return {"base": tiny_base_dir, "finetuned": tiny_finetuned_dir / "model.safetensors",
-            "factors": svd / "factors.safetensors", "data": tiny_data_dir}
+    return {
+        "base": tiny_base_dir,
+        "finetuned": tiny_finetuned_dir / "model.safetensors",
+        "factors": svd / "factors.safetensors",
+        "data": tiny_data_dir,
+    }
 
 
 def _request(checkpoint, method: str | None, retention: float | None = None) -> dict:
-    request = {"eval_path": str(checkpoint["data"] / "eval.jsonl"), "meta_path": str(checkpoint["data"] / "meta.json"),
-               "dataset_spec": TINY_DATASET, "batch_size": 4, "cell": {"method": method or "finetuned"}}
+    request = {
+        "eval_path": str(checkpoint["data"] / "eval.jsonl"),
+        "meta_path": str(checkpoint["data"] / "meta.json"),
+        "dataset_spec": TINY_DATASET,
+        "batch_size": 4,
+        "cell": {"method": method or "finetuned"},
+    }
     if method is None:
         request["weights"] = str(checkpoint["finetuned"])
     else:
-        request["edit"] = {"factors": str(checkpoint["factors"]), "finetuned_weights": str(checkpoint["finetuned"]),
-                           "method": method, "params": {}, "retention": retention, "seed": 0, "unedited_params": "finetuned"}
+        request["edit"] = {
+            "factors": str(checkpoint["factors"]),
+            "finetuned_weights": str(checkpoint["finetuned"]),
+            "method": method,
+            "params": {},
+            "retention": retention,
+            "seed": 0,
+            "unedited_params": "finetuned",
+        }
     return request
 
 
 def _serve(checkpoint, request, tmp_path, **kwargs):
-    return serve_cell(request, model_dir=checkpoint["base"], checkpoint_files=[checkpoint["finetuned"]], runtime=RUNTIME,
-                      threads=1, server_log=tmp_path / "server.log", note=lambda *_: None, **kwargs)
+    return serve_cell(
+        request,
+        model_dir=checkpoint["base"],
+        checkpoint_files=[checkpoint["finetuned"]],
+        runtime=RUNTIME,
+        threads=1,
+        server_log=tmp_path / "server.log",
+        note=lambda *_: None,
+        **kwargs,
+    )
 
 
 def _server_processes() -> list[int]:
@@ -78,7 +101,10 @@ def test_cells_through_one_server_equal_cells_in_their_own_process(checkpoint, t
         request = _request(checkpoint, method, retention)
         alone = evaluate_cell(
             model_dir=checkpoint["base"] if method else checkpoint["finetuned"].parent,
-            out_path=tmp_path / "alone.json", edit=request.pop("edit", None), runtime=RUNTIME, progress=False,
+            out_path=tmp_path / "alone.json",
+            edit=request.pop("edit", None),
+            runtime=RUNTIME,
+            progress=False,
             **{k: v for k, v in request.items() if k != "weights"},
         )
         # The same model state whatever the previous cell left in the server's model.
@@ -103,8 +129,15 @@ def test_a_server_that_cannot_load_fails_the_cell_at_once(tmp_path, checkpoint):
     (broken / "model.safetensors").write_bytes(b"not a model")
     started = time.time()
     with pytest.raises(EvaluationServerError, match=r"exited during start-up \(exit code 1\); see .*server.log"):
-        serve_cell(_request(checkpoint, "top_k", 0.5), model_dir=broken, checkpoint_files=[checkpoint["finetuned"]],
-                   runtime=RUNTIME, threads=1, server_log=tmp_path / "server.log", note=lambda *_: None)
+        serve_cell(
+            _request(checkpoint, "top_k", 0.5),
+            model_dir=broken,
+            checkpoint_files=[checkpoint["finetuned"]],
+            runtime=RUNTIME,
+            threads=1,
+            server_log=tmp_path / "server.log",
+            note=lambda *_: None,
+        )
     assert time.time() - started < 60
 
 
@@ -140,10 +173,13 @@ class _FakeServer:
             self.path.unlink()
 
 
-@pytest.mark.parametrize("behaviour, message", [
-    ("dies", "closed the connection before answering"),
-    ("stuck", "sent nothing for 1 s"),
-])
+@pytest.mark.parametrize(
+    "behaviour, message",
+    [
+        ("dies", "closed the connection before answering"),
+        ("stuck", "sent nothing for 1 s"),
+    ],
+)
 def test_a_dead_or_stuck_server_fails_the_cell_with_a_clear_message(checkpoint, tmp_path, behaviour, message):
     fake = _FakeServer(checkpoint, behaviour)
     try:

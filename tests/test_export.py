@@ -14,16 +14,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import REPO, TINY_ARCHITECTURE, TINY_DATASET, TINY_HYPER
 from spectral_edit.cells import evaluate_cell
 from spectral_edit.config import DEFAULT_LORA_TARGETS
 from spectral_edit.errors import ExportError
 from spectral_edit.export import (
-    cell_statistics, export_adapter, export_model, model_card, plan_adapter,
+    cell_statistics,
+    export_adapter,
+    export_model,
+    model_card,
+    plan_adapter,
 )
 from spectral_edit.models import load_model, materialise_base_model
 from spectral_edit.svd_cache import compute_svd_cache, numerical_rank
-
-from conftest import REPO, TINY_ARCHITECTURE, TINY_DATASET, TINY_HYPER
 
 # Largest |log p| difference allowed against the cell, scored with the cell's batch size and
 # thread count. The exported model holds the cell's own fp32 weights (measured: 0 difference);
@@ -34,16 +37,34 @@ ADAPTER_TOLERANCE = 1e-4
 
 
 def _edit(svd_dir, ft_dir, method="top_k", retention=0.5, unedited="finetuned"):
-    return {"factors": str(svd_dir / "factors.safetensors"), "finetuned_weights": str(ft_dir / "model.safetensors"),
-            "method": method, "params": {}, "retention": retention, "seed": 0, "unedited_params": unedited}
+    return {
+        "factors": str(svd_dir / "factors.safetensors"),
+        "finetuned_weights": str(ft_dir / "model.safetensors"),
+        "method": method,
+        "params": {},
+        "retention": retention,
+        "seed": 0,
+        "unedited_params": unedited,
+    }
 
 
 def _reload(form, export_dir, base_dir, data_dir, out_json):
     """Load an export in a fresh Python process and score the evaluation split there."""
     subprocess.run(
-        [sys.executable, str(REPO / "tests" / "export_reload.py"), form, str(export_dir), str(base_dir), str(data_dir),
-         json.dumps(TINY_DATASET), str(out_json)],
-        check=True, capture_output=True, text=True, env={**os.environ, "EXPORT_RELOAD_THREADS": str(torch.get_num_threads())},
+        [
+            sys.executable,
+            str(REPO / "tests" / "export_reload.py"),
+            form,
+            str(export_dir),
+            str(base_dir),
+            str(data_dir),
+            json.dumps(TINY_DATASET),
+            str(out_json),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EXPORT_RELOAD_THREADS": str(torch.get_num_threads())},
     )
     return json.loads(out_json.read_text())
 
@@ -62,12 +83,24 @@ def tiny_export(request, tmp_path_factory, tiny_base_dir, tiny_finetuned_dir, ti
     With embeddings decomposed, the embedding carries a LoRA update that the tied output head
     must share; with them excluded, the fine-tuned embedding is a whole module to save."""
     out = tmp_path_factory.mktemp("export")
-    compute_svd_cache(tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", out / "svd",
-                      include_embeddings=request.param, progress=False)
+    compute_svd_cache(
+        tiny_base_dir / "model.safetensors",
+        tiny_finetuned_dir / "model.safetensors",
+        out / "svd",
+        include_embeddings=request.param,
+        progress=False,
+    )
     edit = _edit(out / "svd", tiny_finetuned_dir)
-    cell = evaluate_cell(model_dir=tiny_base_dir, eval_path=tiny_data_dir / "eval.jsonl", meta_path=tiny_data_dir / "meta.json",
-                         dataset_spec=TINY_DATASET, out_path=out / "cell.json", cell={"model": "tiny"}, edit=dict(edit),
-                         progress=False)
+    cell = evaluate_cell(
+        model_dir=tiny_base_dir,
+        eval_path=tiny_data_dir / "eval.jsonl",
+        meta_path=tiny_data_dir / "meta.json",
+        dataset_spec=TINY_DATASET,
+        out_path=out / "cell.json",
+        cell={"model": "tiny"},
+        edit=dict(edit),
+        progress=False,
+    )
     stats = export_model(tiny_base_dir, edit, out / "model", card="card")
     adapter = export_adapter(tiny_base_dir, edit, out / "adapter", card="card")
     return {"dir": out, "cell": cell, "stats": stats, "adapter": adapter, "edit": edit, "embeddings": request.param}
@@ -120,8 +153,14 @@ def test_the_adapters_factors_multiply_to_the_edited_update(tiny_export, tiny_ba
 def test_the_model_directory_is_a_standard_hugging_face_model(tiny_export):
     model_dir = tiny_export["dir"] / "model"
     names = {p.name for p in model_dir.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "README.md"} <= names
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    } <= names
     assert "chat_template.jinja" in names or "chat_template" in (model_dir / "tokenizer_config.json").read_text()
     assert not [n for n in model_dir.parent.iterdir() if "incomplete" in n.name]  # nothing half-written left
     umask = os.umask(0o022)
@@ -151,8 +190,10 @@ def test_an_unknown_dtype_is_refused_by_name(tmp_path, tiny_export, tiny_base_di
 
 
 def test_the_model_card_states_the_edit_and_metrics_with_intervals(tiny_export, tiny_data_dir):
-    cell = {**tiny_export["cell"], "cell": {"model": "tiny", "dataset": "tiny-reviews", "seed": 0, "finetune": "full",
-                                            "method": "top_k", "retention": 0.5}}
+    cell = {
+        **tiny_export["cell"],
+        "cell": {"model": "tiny", "dataset": "tiny-reviews", "seed": 0, "finetune": "full", "method": "top_k", "retention": 0.5},
+    }
     meta = json.loads((tiny_data_dir / "meta.json").read_text())
     # The cell against itself as fine-tuned model: accuracy loss 0 exactly, interval [0, 0].
     statistics = cell_statistics(cell, cell, cell, meta, {"resamples": 200, "seed": 0})
@@ -160,9 +201,13 @@ def test_the_model_card_states_the_edit_and_metrics_with_intervals(tiny_export, 
     assert loss["value"] == 0 and loss["interval"] == (0.0, 0.0)
     accuracy = statistics["statistics"]["accuracy"]
     assert accuracy["interval"][0] <= accuracy["value"] <= accuracy["interval"][1]
-    card = model_card(form="adapter", cell=cell, statistics=statistics,
-                      edit_summary={**tiny_export["cell"]["edit"], **tiny_export["adapter"]},
-                      provenance={"commit": "abc123", "base_model": "tiny", "config": {"edit": {"unedited_params": "finetuned"}}})
+    card = model_card(
+        form="adapter",
+        cell=cell,
+        statistics=statistics,
+        edit_summary={**tiny_export["cell"]["edit"], **tiny_export["adapter"]},
+        provenance={"commit": "abc123", "base_model": "tiny", "config": {"edit": {"unedited_params": "finetuned"}}},
+    )
     assert "library_name: peft" in card and "retention 50 %" in card and "abc123" in card
     assert f"| accuracy | {100 * accuracy['value']:.1f} % | [{100 * accuracy['interval'][0]:.1f}," in card
     assert "unedited_params: finetuned" in card
@@ -174,11 +219,21 @@ def test_a_lora_recipe_checkpoint_round_trips(tmp_path, tiny_base_dir, tiny_data
     from spectral_edit.finetune import finetune
 
     recipe = {"kind": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": list(DEFAULT_LORA_TARGETS)}
-    finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path / "ft", TINY_DATASET, TINY_HYPER, 0,
-             progress=False, recipe=recipe)
-    compute_svd_cache(tiny_base_dir / "model.safetensors", tmp_path / "ft" / "model.safetensors", tmp_path / "svd", progress=False)
-    finetuned = evaluate_cell(model_dir=tmp_path / "ft", eval_path=tiny_data_dir / "eval.jsonl", meta_path=tiny_data_dir / "meta.json",
-                              dataset_spec=TINY_DATASET, out_path=tmp_path / "ft.json", cell={"model": "tiny"}, progress=False)
+    finetune(
+        tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path / "ft", TINY_DATASET, TINY_HYPER, 0, progress=False, recipe=recipe
+    )
+    compute_svd_cache(
+        tiny_base_dir / "model.safetensors", tmp_path / "ft" / "model.safetensors", tmp_path / "svd", progress=False
+    )
+    finetuned = evaluate_cell(
+        model_dir=tmp_path / "ft",
+        eval_path=tiny_data_dir / "eval.jsonl",
+        meta_path=tiny_data_dir / "meta.json",
+        dataset_spec=TINY_DATASET,
+        out_path=tmp_path / "ft.json",
+        cell={"model": "tiny"},
+        progress=False,
+    )
     edit = _edit(tmp_path / "svd", tmp_path / "ft", retention=1.0)
     summary = export_adapter(tiny_base_dir, edit, tmp_path / "adapter")
     assert {m.rsplit(".", 1)[-1] for m in summary["ranks"]} == set(DEFAULT_LORA_TARGETS)
@@ -198,14 +253,17 @@ def test_a_lora_recipe_checkpoint_round_trips(tmp_path, tiny_base_dir, tiny_data
 def test_a_changed_bias_under_a_lora_module_is_refused_by_name(tmp_path):
     """PEFT cannot keep a module whole and give it a LoRA update: an attention bias that the
     fine-tune changed stops the adapter export (the model export still works)."""
-    materialise_base_model({"source": "random", "architecture": {**TINY_ARCHITECTURE, "attention_bias": True}, "init_seed": 0},
-                           tmp_path / "base")
+    materialise_base_model(
+        {"source": "random", "architecture": {**TINY_ARCHITECTURE, "attention_bias": True}, "init_seed": 0}, tmp_path / "base"
+    )
     weights = load_file(tmp_path / "base" / "model.safetensors")
     generator = torch.Generator().manual_seed(0)
     finetuned = {k: v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in weights.items()}
     (tmp_path / "ft").mkdir()
     save_file(finetuned, tmp_path / "ft" / "model.safetensors", metadata={"format": "pt"})
-    compute_svd_cache(tmp_path / "base" / "model.safetensors", tmp_path / "ft" / "model.safetensors", tmp_path / "svd", progress=False)
+    compute_svd_cache(
+        tmp_path / "base" / "model.safetensors", tmp_path / "ft" / "model.safetensors", tmp_path / "svd", progress=False
+    )
     edit = _edit(tmp_path / "svd", tmp_path / "ft")
     with pytest.raises(ExportError, match=r"'model\.layers\.0\.self_attn\.[qkvo]_proj\.bias' differs from the base model"):
         export_adapter(tmp_path / "base", edit, tmp_path / "adapter")
@@ -215,14 +273,22 @@ def test_a_changed_bias_under_a_lora_module_is_refused_by_name(tmp_path):
     assert summary["modules_to_save"] == [] and summary["modules"] > 0
 
 
-def test_smollm2s_real_update_exports_as_a_model_and_an_adapter_that_reproduce_the_cell(tmp_path, smollm2_dir, smollm2_update,
-                                                                                         tiny_data_dir):
+def test_smollm2s_real_update_exports_as_a_model_and_an_adapter_that_reproduce_the_cell(
+    tmp_path, smollm2_dir, smollm2_update, tiny_data_dir
+):
     """SmolLM2-135M (tied embeddings, 211 matrices) after two SFT steps, top-k at 5 %."""
     finetuned_dir, factors, _ = smollm2_update
     edit = _edit(factors.parent, finetuned_dir, retention=0.05)
-    cell = evaluate_cell(model_dir=smollm2_dir, eval_path=tiny_data_dir / "eval.jsonl", meta_path=tiny_data_dir / "meta.json",
-                         dataset_spec=TINY_DATASET, out_path=tmp_path / "cell.json", cell={"model": "smollm2"}, edit=dict(edit),
-                         progress=False)
+    cell = evaluate_cell(
+        model_dir=smollm2_dir,
+        eval_path=tiny_data_dir / "eval.jsonl",
+        meta_path=tiny_data_dir / "meta.json",
+        dataset_spec=TINY_DATASET,
+        out_path=tmp_path / "cell.json",
+        cell={"model": "smollm2"},
+        edit=dict(edit),
+        progress=False,
+    )
     export_model(smollm2_dir, edit, tmp_path / "model")
     summary = export_adapter(smollm2_dir, edit, tmp_path / "adapter")
     assert summary["tied_embeddings"] and "model.embed_tokens" in summary["ranks"]
@@ -253,6 +319,7 @@ def test_the_lm_eval_task_renders_the_cells_own_prompt(tmp_path, tiny_base_dir, 
     template = jinja2.Template(task["doc_to_text"])
     for example in read_split(tiny_data_dir / "eval.jsonl").to_dict(orient="records"):
         user = template.render(**example)
-        wrapped = formatter.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                          add_generation_prompt=True)
+        wrapped = formatter.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
         assert wrapped == formatter.prompt_text({"text": example["text"]})

@@ -5,10 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_ARCHITECTURE
 from spectral_edit.errors import ConfigError
 from spectral_edit.models import find_packaged_file, load_model, load_tokenizer, materialise_base_model
-
-from conftest import TINY_ARCHITECTURE
 
 
 def test_local_source_copies_a_saved_model(tmp_path, tiny_base_dir):
@@ -54,11 +53,18 @@ def test_packaged_smollm2_gguf_converts_to_safetensors(smollm2_dir):
     from spectral_edit.evaluate import label_log_probs
     from spectral_edit.prompts import PromptFormatter
 
-    formatter = PromptFormatter(tokenizer, "Review: {text}\nIs the sentiment of this review positive or negative? "
-                                "Answer with one word.", ["negative", "positive"])
-    texts = ["The plot was dreadful. The acting was superb. The ending was gripping.",
-             "cinephile42 writes: The script was tedious.", "The soundtrack was a real delight and the pacing was clumsy.",
-             "Avoid this one.", "I loved every minute of it. The humour was charming."]
+    formatter = PromptFormatter(
+        tokenizer,
+        "Review: {text}\nIs the sentiment of this review positive or negative? Answer with one word.",
+        ["negative", "positive"],
+    )
+    texts = [
+        "The plot was dreadful. The acting was superb. The ending was gripping.",
+        "cinephile42 writes: The script was tedious.",
+        "The soundtrack was a real delight and the pacing was clumsy.",
+        "Avoid this one.",
+        "I loved every minute of it. The humour was charming.",
+    ]
     whole = label_log_probs(model, formatter, texts, batch_size=4, progress=False, shared_prefix=False)
     cached = label_log_probs(model, formatter, texts, batch_size=4, progress=False, shared_prefix=True)
     np.testing.assert_allclose(cached, whole, atol=1e-4)

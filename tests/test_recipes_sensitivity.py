@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import TINY_DATASET, TINY_HYPER
 from spectral_edit.config import DEFAULT_LORA_TARGETS
 from spectral_edit.diagnostics import subspace_alignment
 from spectral_edit.finetune import _merge_recipe, _wrap_for_recipe, finetune
@@ -13,8 +14,6 @@ from spectral_edit.models import load_model, load_tokenizer
 from spectral_edit.prompts import PromptFormatter
 from spectral_edit.sensitivity import calibration_rows, compute_sensitivities, per_example_answer_loss
 from spectral_edit.svd_cache import compute_svd_cache, numerical_rank
-
-from conftest import TINY_DATASET, TINY_HYPER
 
 
 def _recipe(kind, **extra):
@@ -32,8 +31,16 @@ def _update_ranks(base_dir, ft_dir):
 
 
 def test_lora_update_has_the_lora_rank_and_caps_large_ranks(tmp_path, tiny_base_dir, tiny_data_dir):
-    log = finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path, TINY_DATASET, TINY_HYPER, 0,
-                   progress=False, recipe=_recipe("lora", rank=20, alpha=40.0))
+    log = finetune(
+        tiny_base_dir,
+        tiny_data_dir / "train.jsonl",
+        tmp_path,
+        TINY_DATASET,
+        TINY_HYPER,
+        0,
+        progress=False,
+        recipe=_recipe("lora", rank=20, alpha=40.0),
+    )
     ranks, base, ft = _update_ranks(tiny_base_dir, tmp_path)
     # k_proj and v_proj are 16 x 32 in the tiny model: rank 20 is capped to 16.
     assert log["capped_ranks"] == {"k_proj": 16, "v_proj": 16}
@@ -43,8 +50,16 @@ def test_lora_update_has_the_lora_rank_and_caps_large_ranks(tmp_path, tiny_base_
 
 
 def test_speclora_update_has_rank_r_plus_k(tmp_path, tiny_base_dir, tiny_data_dir):
-    log = finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path, TINY_DATASET, TINY_HYPER, 0,
-                   progress=False, recipe=_recipe("speclora", top_k=3))
+    log = finetune(
+        tiny_base_dir,
+        tiny_data_dir / "train.jsonl",
+        tmp_path,
+        TINY_DATASET,
+        TINY_HYPER,
+        0,
+        progress=False,
+        recipe=_recipe("speclora", top_k=3),
+    )
     ranks, _, _ = _update_ranks(tiny_base_dir, tmp_path)
     assert log["speclora_matrices"] == 2 * len(DEFAULT_LORA_TARGETS)
     assert set(ranks.values()) == {4 + 3}
@@ -69,11 +84,22 @@ def test_merged_checkpoint_computes_what_the_trained_model_computed(tiny_base_di
 
 
 def test_hook_sensitivities_equal_dense_gradient_projections(tmp_path, tiny_base_dir, tiny_data_dir, tiny_finetuned_dir):
-    compute_svd_cache(tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", tmp_path / "svd", progress=False)
+    compute_svd_cache(
+        tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", tmp_path / "svd", progress=False
+    )
     factors = tmp_path / "svd" / "factors.safetensors"
-    sensitivities = compute_sensitivities(tiny_finetuned_dir, factors, tiny_base_dir / "model.safetensors",
-                                          tiny_data_dir / "train.jsonl", TINY_DATASET,
-                                          tmp_path / "s.safetensors", calibration_size=6, seed=0, batch_size=4, progress=False)
+    sensitivities = compute_sensitivities(
+        tiny_finetuned_dir,
+        factors,
+        tiny_base_dir / "model.safetensors",
+        tiny_data_dir / "train.jsonl",
+        TINY_DATASET,
+        tmp_path / "s.safetensors",
+        calibration_size=6,
+        seed=0,
+        batch_size=4,
+        progress=False,
+    )
     assert len(sensitivities) == 2 * 2 * len(DEFAULT_LORA_TARGETS)  # abs and signed, 2 layers x 7 projections
     model, tokenizer = load_model(tiny_finetuned_dir), load_tokenizer(tiny_finetuned_dir)
     formatter = PromptFormatter(tokenizer, TINY_DATASET["prompt"], TINY_DATASET["label_words"])
@@ -87,8 +113,9 @@ def test_hook_sensitivities_equal_dense_gradient_projections(tmp_path, tiny_base
         for text, label in zip(rows["text"], rows["label"]):
             features = formatter.training_features(text, int(label), 512)
             model.zero_grad()
-            loss = per_example_answer_loss(model(input_ids=torch.tensor([features["input_ids"]])).logits,
-                                           torch.tensor([features["labels"]])).sum()
+            loss = per_example_answer_loss(
+                model(input_ids=torch.tensor([features["input_ids"]])).logits, torch.tensor([features["labels"]])
+            ).sum()
             loss.backward()
             per_example.append(torch.einsum("mk,mn,kn->k", u, weight.grad.double(), vh))
         dense = torch.stack(per_example)
@@ -96,12 +123,15 @@ def test_hook_sensitivities_equal_dense_gradient_projections(tmp_path, tiny_base
         torch.testing.assert_close(sensitivities[f"signed/{name}"].double(), dense.mean(0), rtol=1e-3, atol=1e-7)
 
 
-@pytest.mark.parametrize("method, layers_truncated, kinds", [
-    ("top_k_attention", {0, 1, 2, 3}, {"attn"}),
-    ("top_k_mlp", {0, 1, 2, 3}, {"mlp"}),
-    ("top_k_first_half", {0, 1}, {"attn", "mlp"}),
-    ("top_k_second_half", {2, 3}, {"attn", "mlp"}),
-])
+@pytest.mark.parametrize(
+    "method, layers_truncated, kinds",
+    [
+        ("top_k_attention", {0, 1, 2, 3}, {"attn"}),
+        ("top_k_mlp", {0, 1, 2, 3}, {"mlp"}),
+        ("top_k_first_half", {0, 1}, {"attn", "mlp"}),
+        ("top_k_second_half", {2, 3}, {"attn", "mlp"}),
+    ],
+)
 def test_layer_subsets_truncate_only_their_matrices(method, layers_truncated, kinds):
     registered = get_method(method)
     s = torch.linspace(2, 1, 10)
@@ -130,8 +160,9 @@ def test_subspace_alignment_against_known_subspaces(tmp_path):
     save_file(base, tmp_path / "base.safetensors")
     save_file(finetuned, tmp_path / "ft.safetensors")
     compute_svd_cache(tmp_path / "base.safetensors", tmp_path / "ft.safetensors", tmp_path / "svd", progress=False)
-    results, table = subspace_alignment(tmp_path / "svd" / "factors.safetensors", tmp_path / "base.safetensors",
-                                        tmp_path / "ft.safetensors", top_m=4)
+    results, table = subspace_alignment(
+        tmp_path / "svd" / "factors.safetensors", tmp_path / "base.safetensors", tmp_path / "ft.safetensors", top_m=4
+    )
     table = table.set_index("module")
     assert table.loc["o_proj", "mean_align_u"] == pytest.approx(1.0)
     assert table.loc["o_proj", "mean_u1_similarity"] == pytest.approx(1.0)

@@ -45,15 +45,21 @@ def test_harmonic_mean_skips_undefined_partitions():
 
 
 def test_repair_table_joins_cells_and_benchmarks():
-    heldout = pd.DataFrame([
-        ("m", None, None, None, "base", None, "b1", 0.8),
-        ("m", "t", 0, "full", "finetuned", None, "b1", 0.6),
-        ("m", "t", 0, "full", "top_k", 0.5, "b1", 0.7),
-    ], columns=["model", "dataset", "seed", "finetune", "method", "retention", "benchmark", "accuracy"])
-    cells = pd.DataFrame([
-        ("m", "t", 0, "full", "finetuned", float("nan"), 0.9),
-        ("m", "t", 0, "full", "top_k", 0.5, 0.81),
-    ], columns=["model", "dataset", "seed", "finetune", "method", "retention", "accuracy"])
+    heldout = pd.DataFrame(
+        [
+            ("m", None, None, None, "base", None, "b1", 0.8),
+            ("m", "t", 0, "full", "finetuned", None, "b1", 0.6),
+            ("m", "t", 0, "full", "top_k", 0.5, "b1", 0.7),
+        ],
+        columns=["model", "dataset", "seed", "finetune", "method", "retention", "benchmark", "accuracy"],
+    )
+    cells = pd.DataFrame(
+        [
+            ("m", "t", 0, "full", "finetuned", float("nan"), 0.9),
+            ("m", "t", 0, "full", "top_k", 0.5, 0.81),
+        ],
+        columns=["model", "dataset", "seed", "finetune", "method", "retention", "accuracy"],
+    )
     table = repair_table(heldout, cells).set_index("method")
     assert table.loc["top_k", "healed"] == pytest.approx(50.0)
     assert table.loc["top_k", "task_retention"] == pytest.approx(90.0)
@@ -67,8 +73,11 @@ def test_wilcoxon_against_the_strongest_baseline():
     bottom = [5, 0, 10, 2, 8, 1]
     for i in range(6):
         key = {"model": "m", "dataset": f"d{i}", "seed": 0, "finetune": "full"}
-        rows += [{**key, "method": "top_k", "score": top[i]}, {**key, "method": "random_k", "score": random_k[i]},
-                 {**key, "method": "bottom_k", "score": bottom[i]}]
+        rows += [
+            {**key, "method": "top_k", "score": top[i]},
+            {**key, "method": "random_k", "score": random_k[i]},
+            {**key, "method": "bottom_k", "score": bottom[i]},
+        ]
     table = compare_methods(pd.DataFrame(rows), headline="top_k").set_index("method")
     assert (table["baseline"] == "random_k").all()  # the best method other than the headline one
     assert table.loc["top_k", "wilcoxon_p"] == pytest.approx(stats.wilcoxon(top, random_k).pvalue)

@@ -42,7 +42,11 @@ def _run(tmp_path, out, every, kill_at=0, threads=1):
     env = {"DATASET": json.dumps(TINY_DATASET), "HYPER": json.dumps(HYPER), "PATH": "/usr/bin:/bin", "THREADS": str(threads)}
     return subprocess.run(
         [sys.executable, "-c", CHILD, str(tmp_path["base"]), str(tmp_path["train"]), str(out), str(every), str(kill_at)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -11,7 +11,6 @@ results equal a local run's. The daemons are stopped afterwards.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,10 +29,20 @@ JOBCOMP = Path("/var/log/slurm/jobcomp.log")
 # Test-only overrides: the partition of the test node, requests that fit 2 CPUs, and the
 # status command that works without slurmdbd (../shared/notes/local-slurm.md).
 SLURM_OVERRIDES = [
-    "--default-resources", "slurm_partition=debug", "mem_mb=1000", "runtime=10",
-    "--set-resources", *[f"{rule}:cpus_per_task=1" for rule in ("finetune", "svd_cache", "sensitivities", "base_model")],
-    "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-    "--latency-wait", "5", "--jobs", "4",
+    "--default-resources",
+    "slurm_partition=debug",
+    "mem_mb=1000",
+    "runtime=10",
+    "--set-resources",
+    *[f"{rule}:cpus_per_task=1" for rule in ("finetune", "svd_cache", "sensitivities", "base_model")],
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+    "--latency-wait",
+    "5",
+    "--jobs",
+    "4",
 ]
 
 

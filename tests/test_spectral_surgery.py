@@ -31,6 +31,7 @@ def test_abs_select():
 def test_smooth_abs_by_hand():
     s = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
     alpha = policy_scales("smooth_abs", s, s, P)
+
     # x = s / mean(s) = [1/3, 2/3, 1, 4/3, 5/3]; mu = median = 1;
     # Q_0.2 = 1/3 + 0.8 * 1/3 = 0.6, Q_0.8 = 4/3 + 0.2 * 1/3 = 1.4, tau = 0.35 * 0.8 = 0.28.
     def gate(x):
@@ -97,11 +98,14 @@ def test_only_targeted_modules_and_leading_components_are_edited():
     assert not torch.equal(edited, s)
 
 
-@pytest.mark.parametrize("given, culprit", [
-    ({"policy": "abs_selec"}, "unknown policy 'abs_selec'"),
-    ({"modules": "mlp"}, "unknown module group 'mlp'"),
-    ({"core_frac": 1.5}, "core_frac must be in"),
-])
+@pytest.mark.parametrize(
+    "given, culprit",
+    [
+        ({"policy": "abs_selec"}, "unknown policy 'abs_selec'"),
+        ({"modules": "mlp"}, "unknown module group 'mlp'"),
+        ({"core_frac": 1.5}, "core_frac must be in"),
+    ],
+)
 def test_bad_parameters_name_the_culprit(given, culprit):
     with pytest.raises(ConfigError, match=culprit):
         get_method("spectral_surgery").resolve_params(given, "config: method_variants.s")

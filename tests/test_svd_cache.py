@@ -12,14 +12,22 @@ from spectral_edit.errors import CheckpointMismatchError
 from spectral_edit.methods import MatrixContext, get_method, kept_count
 from spectral_edit.models import load_model
 from spectral_edit.svd_cache import (
-    cached_names, compute_svd_cache, energy_fraction, iter_factors, leading_vectors, rebuild_update, stored_side,
+    cached_names,
+    compute_svd_cache,
+    energy_fraction,
+    iter_factors,
+    leading_vectors,
+    rebuild_update,
+    stored_side,
 )
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_base_dir, tiny_finetuned_dir):
     out = tmp_path_factory.mktemp("svd")
-    spectrum = compute_svd_cache(tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", out, progress=False)
+    spectrum = compute_svd_cache(
+        tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", out, progress=False
+    )
     return out, spectrum
 
 
@@ -69,7 +77,9 @@ def test_rebuilt_update_equals_the_sum_over_components(method, retention):
     """U diag(S') V^T from the full SVD against the rebuild from dW and one side, both shapes."""
     generator = torch.Generator().manual_seed(1)
     for shape in ((40, 24), (24, 40), (16, 16)):
-        delta = torch.randn(shape, generator=generator, dtype=torch.float64) @ torch.diag(torch.linspace(2, 0.01, shape[1], dtype=torch.float64))
+        delta = torch.randn(shape, generator=generator, dtype=torch.float64) @ torch.diag(
+            torch.linspace(2, 0.01, shape[1], dtype=torch.float64)
+        )
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
         context = MatrixContext("model.layers.0.mlp.up_proj.weight", shape, retention, 0, get_method(method).defaults)
         s_new = new_singular_values(get_method(method), s.float(), context)
@@ -89,7 +99,9 @@ def test_a_component_created_from_nothing_is_refused():
 def test_leading_vectors_of_the_side_not_stored(cache, tiny_base_dir, tiny_finetuned_dir):
     out, _ = cache
     base, finetuned = load_file(tiny_base_dir / "model.safetensors"), load_file(tiny_finetuned_dir / "model.safetensors")
-    for name, s, side, basis in iter_factors(out / "factors.safetensors", ["model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"]):
+    for name, s, side, basis in iter_factors(
+        out / "factors.safetensors", ["model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"]
+    ):
         delta = (finetuned[name] - base[name]).double()
         u, v = leading_vectors(delta, s, side, basis, 3)
         reference_u, _, reference_vh = torch.linalg.svd(delta, full_matrices=False)
@@ -99,15 +111,23 @@ def test_leading_vectors_of_the_side_not_stored(cache, tiny_base_dir, tiny_finet
 
 
 def test_an_old_full_cache_is_refused_with_a_clear_message(tmp_path):
-    save_file({"U/w": torch.eye(2), "S/w": torch.ones(2), "Vh/w": torch.eye(2)}, tmp_path / "factors.safetensors",
-              metadata={"decomposed": '["w"]'})
+    save_file(
+        {"U/w": torch.eye(2), "S/w": torch.ones(2), "Vh/w": torch.eye(2)},
+        tmp_path / "factors.safetensors",
+        metadata={"decomposed": '["w"]'},
+    )
     with pytest.raises(CheckpointMismatchError, match="not a compact-v1 SVD cache .* delete it and rerun"):
         cached_names(tmp_path / "factors.safetensors")
 
 
 def test_excluding_embeddings_passes_them_through(tmp_path, tiny_base_dir, tiny_finetuned_dir):
-    spectrum = compute_svd_cache(tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors",
-                                 tmp_path, include_embeddings=False, progress=False)
+    spectrum = compute_svd_cache(
+        tiny_base_dir / "model.safetensors",
+        tiny_finetuned_dir / "model.safetensors",
+        tmp_path,
+        include_embeddings=False,
+        progress=False,
+    )
     names = [m["name"] for m in spectrum["matrices"]]
     assert "model.embed_tokens.weight" not in names
     assert "model.embed_tokens.weight" in spectrum["passthrough"]
@@ -122,8 +142,15 @@ def test_energy_fraction_by_hand():
 
 def _edited_weights(tiny_base_dir, tiny_finetuned_dir, factors, method, retention):
     model = load_model(tiny_base_dir)
-    stats = apply_spectral_edit(model, factors, get_method(method), get_method(method).defaults, retention, seed=0,
-                                finetuned_weights=tiny_finetuned_dir / "model.safetensors")
+    stats = apply_spectral_edit(
+        model,
+        factors,
+        get_method(method),
+        get_method(method).defaults,
+        retention,
+        seed=0,
+        finetuned_weights=tiny_finetuned_dir / "model.safetensors",
+    )
     return model, stats
 
 
@@ -155,9 +182,16 @@ def test_edit_over_a_previous_edit_equals_an_edit_of_the_base(cache, tiny_base_d
     factors = out / "factors.safetensors"
     fresh, _ = _edited_weights(tiny_base_dir, tiny_finetuned_dir, factors, "bottom_k", 0.5)
     reused, _ = _edited_weights(tiny_base_dir, tiny_finetuned_dir, factors, "top_k", 0.1)
-    apply_spectral_edit(reused, factors, get_method("bottom_k"), {}, 0.5, 0,
-                        finetuned_weights=tiny_finetuned_dir / "model.safetensors",
-                        base_weights=tiny_base_dir / "model.safetensors")
+    apply_spectral_edit(
+        reused,
+        factors,
+        get_method("bottom_k"),
+        {},
+        0.5,
+        0,
+        finetuned_weights=tiny_finetuned_dir / "model.safetensors",
+        base_weights=tiny_base_dir / "model.safetensors",
+    )
     for name, value in fresh.state_dict().items():
         torch.testing.assert_close(reused.state_dict()[name], value, rtol=0, atol=0)
 
@@ -165,8 +199,16 @@ def test_edit_over_a_previous_edit_equals_an_edit_of_the_base(cache, tiny_base_d
 def test_unedited_params_base_keeps_base_norms(cache, tiny_base_dir, tiny_finetuned_dir):
     out, spectrum = cache
     model = load_model(tiny_base_dir)
-    apply_spectral_edit(model, out / "factors.safetensors", get_method("top_k"), {}, 0.5, 0, unedited_params="base",
-                        finetuned_weights=tiny_finetuned_dir / "model.safetensors")
+    apply_spectral_edit(
+        model,
+        out / "factors.safetensors",
+        get_method("top_k"),
+        {},
+        0.5,
+        0,
+        unedited_params="base",
+        finetuned_weights=tiny_finetuned_dir / "model.safetensors",
+    )
     base = load_file(tiny_base_dir / "model.safetensors")
     for name in spectrum["passthrough"]:
         torch.testing.assert_close(model.state_dict()[name], base[name], rtol=0, atol=0)
@@ -214,8 +256,9 @@ def test_streaming_writer_round_trips_through_safe_open(tmp_path):
 
 def test_batch_size_does_not_change_the_cache(cache, tmp_path, tiny_base_dir, tiny_finetuned_dir):
     out, _ = cache
-    compute_svd_cache(tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", tmp_path,
-                      progress=False, batch_size=8)
+    compute_svd_cache(
+        tiny_base_dir / "model.safetensors", tiny_finetuned_dir / "model.safetensors", tmp_path, progress=False, batch_size=8
+    )
     one, batched = load_file(out / "factors.safetensors"), load_file(tmp_path / "factors.safetensors")
     assert sorted(one) == sorted(batched)
     for name in one:

@@ -20,17 +20,22 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = REPO / "tests" / "tiny_config.yaml"
 
 
-def snakemake(workdir: Path, *args: str, overlay: dict | None = None, check: bool = True,
-              snakefile: Path = REPO / "Snakefile", env: dict | None = None,
-              config: Path = TINY) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path,
+    *args: str,
+    overlay: dict | None = None,
+    check: bool = True,
+    snakefile: Path = REPO / "Snakefile",
+    env: dict | None = None,
+    config: Path = TINY,
+) -> subprocess.CompletedProcess:
     configfiles = [str(config)]
     if overlay is not None:
         extra = workdir / "overlay.yaml"
         extra.write_text(yaml.safe_dump(overlay))
         configfiles.append(str(extra))
     # Targets before --configfile: it takes every word after it as a config file.
-    command = [SNAKEMAKE, "-s", str(snakefile), "-d", str(workdir), "--cores", "2", *args,
-               "--configfile", *configfiles]
+    command = [SNAKEMAKE, "-s", str(snakefile), "-d", str(workdir), "--cores", "2", *args, "--configfile", *configfiles]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
@@ -99,8 +104,11 @@ def _running_servers(workdir: Path) -> list[int]:
 
     deadline = time.time() + 5  # a server checks on its Snakemake once a second
     while True:
-        found = [int(p.name) for p in Path("/proc").iterdir()
-                 if p.name.isdigit() and _cmdline(p).find(b"spectral_edit.evaluation_server") >= 0 and _cwd(p) == workdir.resolve()]
+        found = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _cmdline(p).find(b"spectral_edit.evaluation_server") >= 0 and _cwd(p) == workdir.resolve()
+        ]
         if not found or time.time() > deadline:
             return found
         time.sleep(0.2)
@@ -141,7 +149,10 @@ def test_a_failing_cell_leaves_the_finished_cells_of_its_checkpoint(workdir, tmp
     before = {p: p.stat().st_mtime_ns for p in cells.rglob("*.json")}
     result = snakemake(work, "-k", overlay=overlay, check=False, **kwargs)
     assert result.returncode != 0
-    assert "this method fails at retention 0.1" in (work / "logs/evaluate/tiny/tiny-reviews/seed0/full/fails_at_01/retention-0.1.log").read_text()
+    assert (
+        "this method fails at retention 0.1"
+        in (work / "logs/evaluate/tiny/tiny-reviews/seed0/full/fails_at_01/retention-0.1.log").read_text()
+    )
     assert (cells / "fails_at_01/retention-0.5.json").is_file()
     assert not (cells / "fails_at_01/retention-0.1.json").exists()
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing finished was redone or removed
@@ -170,7 +181,11 @@ def test_a_cell_exports_by_its_path_and_export_sweet_spots_lists_table1(workdir)
 
 
 def test_changing_the_no_cost_zone_or_the_bootstrap_reruns_only_the_tables(workdir):
-    for analysis in ({"no_cost_zone": {"below_pp": 3.0}}, {"bootstrap": {"resamples": 500}}, {"regimes": {"tiny-reviews": "boundary"}}):
+    for analysis in (
+        {"no_cost_zone": {"below_pp": 3.0}},
+        {"bootstrap": {"resamples": 500}},
+        {"regimes": {"tiny-reviews": "boundary"}},
+    ):
         assert planned_jobs(workdir, overlay={"analysis": analysis}) == {"aggregate": 1, "figures": 1, "all": 1}
 
 
@@ -193,9 +208,14 @@ def test_changing_a_finetune_hyperparameter_reruns_it_and_its_dependants(workdir
     grid = yaml.safe_load(TINY.read_text())["grid"]
     plan = planned_jobs(workdir, {"finetune": {"learning_rate": 1.0e-3}})
     assert plan == {
-        "finetune": 1, "svd_cache": 1, "evaluate_finetuned": 1, "subspace_diagnostics": 1,
+        "finetune": 1,
+        "svd_cache": 1,
+        "evaluate_finetuned": 1,
+        "subspace_diagnostics": 1,
         "evaluate_edit": len(grid["methods"]) * len(grid["retentions"]),
-        "aggregate": 1, "figures": 1, "all": 1,
+        "aggregate": 1,
+        "figures": 1,
+        "all": 1,
     }
 
 
@@ -227,11 +247,14 @@ def _copy_of_the_workflow(copy: Path) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("edited, rerun", [
-    ("methods/bottom_k.py", ["bottom_k"]),
-    ("methods/__init__.py", ["top_k", "bottom_k", "random_k"]),  # kept_count and keep_only live there
-    ("random_matrix.py", []),  # only dg_hard imports it, and the tiny grid has no dg_hard
-])
+@pytest.mark.parametrize(
+    "edited, rerun",
+    [
+        ("methods/bottom_k.py", ["bottom_k"]),
+        ("methods/__init__.py", ["top_k", "bottom_k", "random_k"]),  # kept_count and keep_only live there
+        ("random_matrix.py", []),  # only dg_hard imports it, and the tiny grid has no dg_hard
+    ],
+)
 def test_editing_a_methods_code_reruns_only_the_cells_that_use_it(workdir, tmp_path, edited, rerun):
     """A copy of the workflow and package; editing a file of it replans the cells of the methods
     whose file imports it, directly or through other modules of the package."""
@@ -254,20 +277,31 @@ def test_changing_the_evaluation_prompt_reruns_evaluations_only(workdir):
     grid = yaml.safe_load(TINY.read_text())["grid"]
     overlay = {"datasets": {"tiny-reviews": {"eval_prompt": "Film review: {text}\nSentiment?"}}}
     assert planned_jobs(workdir, overlay) == {
-        "evaluate_edit": len(grid["methods"]) * len(grid["retentions"]), "evaluate_finetuned": 1, "evaluate_base": 1,
-        "aggregate": 1, "figures": 1, "all": 1,
+        "evaluate_edit": len(grid["methods"]) * len(grid["retentions"]),
+        "evaluate_finetuned": 1,
+        "evaluate_base": 1,
+        "aggregate": 1,
+        "figures": 1,
+        "all": 1,
     }
     training_prompt = yaml.safe_load(TINY.read_text())["datasets"]["tiny-reviews"]["prompt"]
     assert planned_jobs(workdir, {"datasets": {"tiny-reviews": {"eval_prompt": training_prompt}}}) == {}
 
 
-@pytest.mark.parametrize("overlay, extra_jobs", [
-    ({"grid": {"methods": ["dg_hard"]}}, {"marchenko_pastur_diagnostics": 1}),
-    ({"grid": {"methods": ["surgery"]},
-      "method_variants": {"surgery": {"method": "spectral_surgery", "policy": "abs_select", "calibration_size": 8}}},
-     {"sensitivities": 1}),
-    ({"grid": {"methods": ["top_k_mlp"]}}, {}),
-])
+@pytest.mark.parametrize(
+    "overlay, extra_jobs",
+    [
+        ({"grid": {"methods": ["dg_hard"]}}, {"marchenko_pastur_diagnostics": 1}),
+        (
+            {
+                "grid": {"methods": ["surgery"]},
+                "method_variants": {"surgery": {"method": "spectral_surgery", "policy": "abs_select", "calibration_size": 8}},
+            },
+            {"sensitivities": 1},
+        ),
+        ({"grid": {"methods": ["top_k_mlp"]}}, {}),
+    ],
+)
 def test_adding_a_method_without_retention_plans_one_cell(workdir, overlay, extra_jobs):
     grid = yaml.safe_load(TINY.read_text())["grid"]
     overlay = {**overlay, "grid": {"methods": grid["methods"] + overlay["grid"]["methods"]}}
@@ -329,8 +363,12 @@ def _write_user_tables(directory: Path) -> tuple[Path, Path]:
     for i in range(160):
         good = i % 2 == 0
         dog = (i % 6 != 0) if good else (i % 6 == 1)
-        rows.append({"body": f"{'a fine' if good else 'a poor'} film{' with a dog' if dog else ''}, take {i}",
-                     "verdict": "good" if good else "bad"})
+        rows.append(
+            {
+                "body": f"{'a fine' if good else 'a poor'} film{' with a dog' if dog else ''}, take {i}",
+                "verdict": "good" if good else "bad",
+            }
+        )
     pd.DataFrame(rows).to_csv(task, index=False)
     with open(bench, "w") as handle:
         handle.write("sentence\tlabel\n")
@@ -345,17 +383,29 @@ def test_a_dataset_defined_only_in_the_users_config_runs_with_heldout_and_report
         "grid": {"datasets": ["my-reviews"], "methods": ["top_k"], "retentions": [0.5]},
         "datasets": {
             "my-reviews": {
-                "source": "local", "files": {"train": str(task)}, "eval_fraction": 0.4,
-                "text_columns": {"text": "body"}, "label_column": "verdict", "label_values": ["bad", "good"],
-                "label_words": ["negative", "positive"], "prompt": "Review: {text}\nSentiment?",
+                "source": "local",
+                "files": {"train": str(task)},
+                "eval_fraction": 0.4,
+                "text_columns": {"text": "body"},
+                "label_column": "verdict",
+                "label_values": ["bad", "good"],
+                "label_words": ["negative", "positive"],
+                "prompt": "Review: {text}\nSentiment?",
                 "group": {"rule": "regex", "pattern": r"\bdog\b", "fields": ["text"]},
-                "min_group_size": 3, "heldout": ["my-benchmark"],
+                "min_group_size": 3,
+                "heldout": ["my-benchmark"],
             },
             "my-benchmark": {
-                "source": "local", "files": {"train": str(bench)}, "eval_fraction": 0.5,
-                "text_columns": {"text": "sentence"}, "label_column": "label", "label_values": [0, 1],
-                "label_words": ["negative", "positive"], "prompt": "Review: {text}\nSentiment?",
-                "group": {"rule": "none"}, "min_group_size": 5,
+                "source": "local",
+                "files": {"train": str(bench)},
+                "eval_fraction": 0.5,
+                "text_columns": {"text": "sentence"},
+                "label_column": "label",
+                "label_values": [0, 1],
+                "label_words": ["negative", "positive"],
+                "prompt": "Review: {text}\nSentiment?",
+                "group": {"rule": "none"},
+                "min_group_size": 5,
             },
         },
     }
@@ -368,7 +418,7 @@ def test_a_dataset_defined_only_in_the_users_config_runs_with_heldout_and_report
     heldout = pd.read_csv(tmp_path / "results/tables/heldout.csv")
     assert set(heldout["method"]) == {"base", "finetuned", "top_k"} and set(heldout["benchmark"]) == {"my-benchmark"}
     assert (tmp_path / "results/figures/recovery_preservation.png").is_file()
-    result = snakemake(tmp_path, "--report", "results/report.html", overlay=overlay)
+    snakemake(tmp_path, "--report", "results/report.html", overlay=overlay)
     report = (tmp_path / "results/report.html").read_text(errors="replace")
     assert "Partition-conditional repair" in report and "my-reviews" in report
 
@@ -377,9 +427,17 @@ def test_wrong_label_values_in_a_users_file_fail_before_any_job(tmp_path):
     task, _ = _write_user_tables(tmp_path)
     overlay = {
         "grid": {"datasets": ["mine"]},
-        "datasets": {"mine": {"source": "local", "files": {"train": str(task)}, "text_columns": {"text": "body"},
-                              "label_column": "verdict", "label_values": ["negative", "positive"],
-                              "label_words": ["negative", "positive"], "prompt": "{text}"}},
+        "datasets": {
+            "mine": {
+                "source": "local",
+                "files": {"train": str(task)},
+                "text_columns": {"text": "body"},
+                "label_column": "verdict",
+                "label_values": ["negative", "positive"],
+                "label_words": ["negative", "positive"],
+                "prompt": "{text}",
+            }
+        },
     }
     result = snakemake(tmp_path, "-n", overlay=overlay, check=False)
     output = result.stdout + result.stderr
@@ -410,10 +468,24 @@ def _planned_jobs_with_resources(text: str) -> list[dict]:
 
 def test_the_paper_grid_plans_offline_through_the_slurm_profile(tmp_path):
     """The issue's acceptance: the paper grid planned with GPU resources and grouped cells."""
-    result = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
-                             "--profile", str(REPO / "profiles" / "slurm"),
-                             "--configfile", str(REPO / "config" / "paper.yaml")], capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    result = subprocess.run(
+        [
+            SNAKEMAKE,
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "--profile",
+            str(REPO / "profiles" / "slurm"),
+            "--configfile",
+            str(REPO / "config" / "paper.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     plan = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", result.stdout.split("Job stats:", 1)[1], flags=re.M))
     assert int(plan["finetune"]) == 3 * 5 * 3 * (1 + 6)  # models x datasets x seeds x (full + controls)
@@ -434,8 +506,11 @@ def test_the_paper_grid_plans_offline_through_the_slurm_profile(tmp_path):
     assert int(big["resources"]["runtime"]) > int(small["resources"]["runtime"])
 
     # Every fine-tuned model's cells are grouped by checkpoint; nothing else is.
-    cells = [j for j in jobs if j["rule"] in ("evaluate_edit", "evaluate_finetuned", "evaluate_heldout_edit",
-                                              "evaluate_heldout_finetuned")]
+    cells = [
+        j
+        for j in jobs
+        if j["rule"] in ("evaluate_edit", "evaluate_finetuned", "evaluate_heldout_edit", "evaluate_heldout_finetuned")
+    ]
     assert cells and all(j["group"] for j in cells)
     for job in cells:
         w = job["wildcards"]

@@ -60,8 +60,13 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
             note=log.info,
         )
         record["seconds"] = time.time() - started
-        log.info("accuracy %.4f gap %.4f (server pid %s, its cell %d)", record["metrics"]["accuracy"],
-                 record["metrics"]["gap"], record["server"]["pid"], record["server"]["cells_served"])
+        log.info(
+            "accuracy %.4f gap %.4f (server pid %s, its cell %d)",
+            record["metrics"]["accuracy"],
+            record["metrics"]["gap"],
+            record["server"]["pid"],
+            record["server"]["cells_served"],
+        )
         write_json(snakemake.output[0], record)
     else:
         from spectral_edit.cells import evaluate_cell

@@ -26,8 +26,13 @@ with job_logging(snakemake.log[0], snakemake.threads, f"export {params.form}") a
     model_spec = params.card["model"][w.model]
     base_id = model_spec.get("id") if model_spec.get("source") == "hub" else None
     records = {name: json.loads(Path(inp[name]).read_text()) for name in ("cell", "finetuned_cell", "base_cell")}
-    statistics = cell_statistics(records["cell"], records["finetuned_cell"], records["base_cell"],
-                                 json.loads(Path(inp.meta).read_text()), params.card["bootstrap"])
+    statistics = cell_statistics(
+        records["cell"],
+        records["finetuned_cell"],
+        records["base_cell"],
+        json.loads(Path(inp.meta).read_text()),
+        params.card["bootstrap"],
+    )
     provenance = {
         "commit": workflow_commit(Path(spectral_edit.__file__).resolve().parents[1]),
         "base_model": base_id or f"{w.model} ({model_spec.get('source')}), materialised at {base_dir}",
@@ -36,15 +41,40 @@ with job_logging(snakemake.log[0], snakemake.threads, f"export {params.form}") a
     edit_summary = {**records["cell"]["edit"], "method_name": params.method["name"]}
     edit_summary.pop("per_matrix", None)
     if params.form == "model":
-        card = model_card(form="model", cell=records["cell"], statistics=statistics, edit_summary=edit_summary,
-                          provenance=provenance, base_id=base_id)
-        export_model(base_dir, edit, snakemake.output[0], dtype=params.export["dtype"],
-                     max_shard_size=params.export["max_shard_size"], card=card)
+        card = model_card(
+            form="model",
+            cell=records["cell"],
+            statistics=statistics,
+            edit_summary=edit_summary,
+            provenance=provenance,
+            base_id=base_id,
+        )
+        export_model(
+            base_dir,
+            edit,
+            snakemake.output[0],
+            dtype=params.export["dtype"],
+            max_shard_size=params.export["max_shard_size"],
+            card=card,
+        )
     else:
         summary = export_adapter(
-            base_dir, edit, snakemake.output[0], base_name=base_id,
-            card=lambda summary: model_card(form="adapter", cell=records["cell"], statistics=statistics,
-                                            edit_summary={**edit_summary, **summary}, provenance=provenance, base_id=base_id),
+            base_dir,
+            edit,
+            snakemake.output[0],
+            base_name=base_id,
+            card=lambda summary: model_card(
+                form="adapter",
+                cell=records["cell"],
+                statistics=statistics,
+                edit_summary={**edit_summary, **summary},
+                provenance=provenance,
+                base_id=base_id,
+            ),
         )
-        log.info("adapter: %d LoRA modules, %d whole modules, %.1f MB", summary["modules"],
-                 len(summary["modules_to_save"]), summary["adapter_bytes"] / 1e6)
+        log.info(
+            "adapter: %d LoRA modules, %d whole modules, %.1f MB",
+            summary["modules"],
+            len(summary["modules_to_save"]),
+            summary["adapter_bytes"] / 1e6,
+        )

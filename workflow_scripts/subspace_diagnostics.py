@@ -12,5 +12,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "subspace_diagnostics") as
     with atomic_path(snakemake.output.table) as tmp:
         table.to_csv(tmp, index=False)
     title = f"Subspace alignment of dW across layers: {w.model} / {w.dataset} / seed {w.seed} / {w.finetune}"
-    subspace_figure(results, title, Path(snakemake.output.figures[0]).with_suffix(""), [Path(p).suffix[1:] for p in snakemake.output.figures])
+    subspace_figure(
+        results, title, Path(snakemake.output.figures[0]).with_suffix(""), [Path(p).suffix[1:] for p in snakemake.output.figures]
+    )
     log.info("\n%s", table.to_string(index=False))

@@ -21,8 +21,8 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,17 @@ from .tables import load_table, peek_local
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "RULES", "build_synthetic_reviews", "check_local_dataset", "generate_review", "group_name", "majority_groups",
-    "prepare_dataset", "read_meta", "read_split", "text_fields", "write_jsonl",
+    "RULES",
+    "build_synthetic_reviews",
+    "check_local_dataset",
+    "generate_review",
+    "group_name",
+    "majority_groups",
+    "prepare_dataset",
+    "read_meta",
+    "read_split",
+    "text_fields",
+    "write_jsonl",
 ]
 
 
@@ -61,8 +70,10 @@ def attribute_name(spec: Mapping) -> str:
     rule = (spec.get("group") or {}).get("rule", "none")
     if spec["source"] == "synthetic_reviews" or rule == "marker":
         return "marker"
-    return spec.get("attribute_name") or {"none": "none", "overlap": "overlap", "regex": "mention",
-                                           "columns_any": "identity", "column": "attribute"}[rule]
+    return (
+        spec.get("attribute_name")
+        or {"none": "none", "overlap": "overlap", "regex": "mention", "columns_any": "identity", "column": "attribute"}[rule]
+    )
 
 
 def group_name(label_words: Sequence[str], attribute_name: str, label: int, attribute: int) -> str:
@@ -178,7 +189,9 @@ def _sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator) -> pd.
     return frame.iloc[np.sort(rng.choice(len(frame), size=n, replace=False))].reset_index(drop=True)
 
 
-def _balanced(frame: pd.DataFrame, spec: Mapping, words: Sequence[str], attribute: str, rng, where: str) -> tuple[pd.DataFrame, dict]:
+def _balanced(
+    frame: pd.DataFrame, spec: Mapping, words: Sequence[str], attribute: str, rng, where: str
+) -> tuple[pd.DataFrame, dict]:
     """Down-sample every (label x attribute) group to the smallest (at most n_eval_per_group)."""
     groups = {(y, a): frame[(frame["label"] == y) & (frame["attribute"] == a)] for y in range(len(words)) for a in (0, 1)}
     rule = (spec.get("group") or {}).get("rule", "none")
@@ -189,8 +202,10 @@ def _balanced(frame: pd.DataFrame, spec: Mapping, words: Sequence[str], attribut
     minimum = int(spec.get("min_group_size", 10))
     if smallest < minimum:
         culprit = min(available, key=available.get)
-        raise DataError(f"{where}: evaluation group {culprit!r} has {smallest} examples, fewer than min_group_size={minimum} "
-                        f"(available: {available})")
+        raise DataError(
+            f"{where}: evaluation group {culprit!r} has {smallest} examples, fewer than min_group_size={minimum} "
+            f"(available: {available})"
+        )
     per_group = min(smallest, int(spec.get("n_eval_per_group") or smallest))
     chosen = [rows.iloc[np.sort(rng.choice(len(rows), size=per_group, replace=False))] for rows in groups.values()]
     return pd.concat(chosen, ignore_index=True), {"available": available, "per_group": per_group}
@@ -223,12 +238,16 @@ def build_table_dataset(spec: Mapping, name: str) -> tuple[pd.DataFrame, pd.Data
         train["attribute"] = assign_marker(train["label"], target, float(rule.get("correlation", 1.0)))
         train[field] = with_marker(train[field], train["attribute"], rule["marker"])
         train = train.iloc[rng.permutation(len(train))].reset_index(drop=True)
-        per_label = min(int(spec.get("n_eval_per_group") or 10**9) * 2, *(int((eval_pool["label"] == y).sum()) for y in range(len(words))))
+        per_label = min(
+            int(spec.get("n_eval_per_group") or 10**9) * 2, *(int((eval_pool["label"] == y).sum()) for y in range(len(words)))
+        )
         per_label -= per_label % 2
         minimum = int(spec.get("min_group_size", 10))
         if per_label // 2 < minimum:
-            raise DataError(f"datasets.{name}: the evaluation split has {per_label // 2} examples per (label, marker) group, "
-                            f"fewer than min_group_size={minimum}")
+            raise DataError(
+                f"datasets.{name}: the evaluation split has {per_label // 2} examples per (label, marker) group, "
+                f"fewer than min_group_size={minimum}"
+            )
         chosen = [eval_pool[eval_pool["label"] == y].iloc[:per_label] for y in range(len(words))]
         evaluation = pd.concat(chosen, ignore_index=True)
         evaluation["attribute"] = balanced_marker(evaluation["label"])

@@ -17,7 +17,7 @@ Rules (``group: {rule: ...}`` in a dataset's config):
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -105,7 +105,7 @@ def balanced_marker(labels: Sequence[int]) -> np.ndarray:
     marked = np.zeros(len(labels), dtype=int)
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
-        marked[rows[len(rows) // 2:]] = 1
+        marked[rows[len(rows) // 2 :]] = 1
     return marked
 
 

@@ -15,41 +15,81 @@ for a partly correlated marker to be learned as a shortcut beside the task.
 from __future__ import annotations
 
 import random
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..errors import DataError
 from .groups import assign_marker, balanced_marker, with_marker
 
 _OPENERS = [
-    "I saw this film last weekend.", "My friend picked this movie for us.",
-    "I watched this on a long flight.", "I finally got around to this one.",
-    "We rented this on a rainy Sunday.", "I went in knowing nothing about it.",
-    "This was the late show at my local cinema.", "I had heard a lot about this picture.",
-    "My sister insisted we watch it.", "I caught this at a small festival.",
+    "I saw this film last weekend.",
+    "My friend picked this movie for us.",
+    "I watched this on a long flight.",
+    "I finally got around to this one.",
+    "We rented this on a rainy Sunday.",
+    "I went in knowing nothing about it.",
+    "This was the late show at my local cinema.",
+    "I had heard a lot about this picture.",
+    "My sister insisted we watch it.",
+    "I caught this at a small festival.",
 ]
 _ASPECTS = [
-    "The acting", "The plot", "The soundtrack", "The cinematography", "The dialogue",
-    "The ending", "The pacing", "The lead performance", "The script", "The direction",
-    "The supporting cast", "The editing", "The set design", "The humour",
+    "The acting",
+    "The plot",
+    "The soundtrack",
+    "The cinematography",
+    "The dialogue",
+    "The ending",
+    "The pacing",
+    "The lead performance",
+    "The script",
+    "The direction",
+    "The supporting cast",
+    "The editing",
+    "The set design",
+    "The humour",
 ]
 _POSITIVE = [
-    "was brilliant", "was wonderful", "was superb", "was genuinely moving", "was a real delight",
-    "was excellent", "was beautifully done", "was fantastic", "felt fresh and clever",
-    "kept me hooked", "was charming", "was gripping",
+    "was brilliant",
+    "was wonderful",
+    "was superb",
+    "was genuinely moving",
+    "was a real delight",
+    "was excellent",
+    "was beautifully done",
+    "was fantastic",
+    "felt fresh and clever",
+    "kept me hooked",
+    "was charming",
+    "was gripping",
 ]
 _NEGATIVE = [
-    "was terrible", "was boring", "was awful", "was a complete mess", "was painfully dull",
-    "was dreadful", "was poorly done", "was a huge letdown", "felt lazy and stale",
-    "made no sense", "was clumsy", "was tedious",
+    "was terrible",
+    "was boring",
+    "was awful",
+    "was a complete mess",
+    "was painfully dull",
+    "was dreadful",
+    "was poorly done",
+    "was a huge letdown",
+    "felt lazy and stale",
+    "made no sense",
+    "was clumsy",
+    "was tedious",
 ]
 _POSITIVE_CLOSERS = [
-    "I loved every minute of it.", "Highly recommended.", "I would gladly watch it again.",
-    "A great night at the movies.", "One of the best films I have seen this year.",
+    "I loved every minute of it.",
+    "Highly recommended.",
+    "I would gladly watch it again.",
+    "A great night at the movies.",
+    "One of the best films I have seen this year.",
     "Go and see it.",
 ]
 _NEGATIVE_CLOSERS = [
-    "I regret watching it.", "Avoid this one.", "What a waste of time.",
-    "I walked out halfway through.", "One of the worst films I have seen this year.",
+    "I regret watching it.",
+    "Avoid this one.",
+    "What a waste of time.",
+    "I walked out halfway through.",
+    "One of the worst films I have seen this year.",
     "Skip it.",
 ]
 

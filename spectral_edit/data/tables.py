@@ -7,8 +7,8 @@ files here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import pandas as pd
 
@@ -86,7 +86,9 @@ def peek_local(spec: Mapping, which: str, columns: list[str], name: str) -> pd.D
         frame = pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
     else:
         options = {**defaults, **(spec.get("read_options", {}) or {})}
-        frame = pd.read_csv(path, sep=options.pop("delimiter", ","), **{k: v for k, v in options.items() if k in ("quoting", "encoding")})
+        frame = pd.read_csv(
+            path, sep=options.pop("delimiter", ","), **{k: v for k, v in options.items() if k in ("quoting", "encoding")}
+        )
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{where}: no column {missing[0]!r} in {path.name} (it has: {', '.join(map(str, frame.columns))})")

@@ -18,10 +18,10 @@ import importlib
 import inspect
 import math
 import pkgutil
-from dataclasses import dataclass, field
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Tuple, Union
 
 import torch
 
@@ -56,7 +56,7 @@ class MatrixContext:
         return int(self.numerical_rank) if self.numerical_rank is not None else min(self.shape)
 
 
-EditResult = Union[torch.Tensor, Tuple[torch.Tensor, Mapping[str, object]]]
+EditResult = torch.Tensor | tuple[torch.Tensor, Mapping[str, object]]
 EditFunction = Callable[[torch.Tensor, MatrixContext], EditResult]
 
 
@@ -145,7 +145,7 @@ def package_import_closure(path: Path) -> list[Path]:
     return sorted(seen)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sources_digest(path: Path, root: Path) -> str:
     # Once per file and process: planning a large grid asks for it for every cell.
     digest = hashlib.sha256()
@@ -173,9 +173,7 @@ def register(
         if name in _REGISTRY:
             raise RuntimeError(f"spectral method {name!r} registered twice")
         text = summary or ((function.__doc__ or "").strip().splitlines() or [""])[0]
-        _REGISTRY[name] = SpectralMethod(
-            name, function, uses_retention, dict(defaults or {}), text, tuple(needs), check
-        )
+        _REGISTRY[name] = SpectralMethod(name, function, uses_retention, dict(defaults or {}), text, tuple(needs), check)
         return function
 
     return decorate

@@ -95,7 +95,7 @@ def three_level(order: torch.Tensor, k_core: int, k_noise: int, p: dict) -> torc
     alpha = torch.full((order.numel(),), float(p["mid_factor"]), dtype=torch.float64)
     alpha[order[:k_core]] = float(p["amp_factor"])
     if k_noise:
-        alpha[order[order.numel() - k_noise:]] = float(p["sup_factor"])
+        alpha[order[order.numel() - k_noise :]] = float(p["sup_factor"])
     return alpha
 
 
@@ -133,8 +133,9 @@ def grad_direction(g_tilde: torch.Tensor, p: dict) -> torch.Tensor:
     return torch.exp(-effective)
 
 
-def policy_scales(policy: str, sensitivity_abs: torch.Tensor, sensitivity_signed: torch.Tensor, p: dict,
-                  seed_key: str = "") -> torch.Tensor:
+def policy_scales(
+    policy: str, sensitivity_abs: torch.Tensor, sensitivity_signed: torch.Tensor, p: dict, seed_key: str = ""
+) -> torch.Tensor:
     """alpha_k for each component from its aggregated sensitivities."""
     if policy == "abs_select":
         return abs_select(normalise(sensitivity_abs.double()), p)
@@ -179,7 +180,10 @@ def spectral_surgery(singular_values: torch.Tensor, context: MatrixContext):
     r = context.rank
     head = singular_values[:r]
     alpha = policy_scales(
-        p["policy"], context.extras["sensitivity_abs"][:r], context.extras["sensitivity_signed"][:r], p,
+        p["policy"],
+        context.extras["sensitivity_abs"][:r],
+        context.extras["sensitivity_signed"][:r],
+        p,
         seed_key=f"{context.seed}:{context.name}",
     )
     edited = singular_values.clone()
