@@ -32,7 +32,6 @@ rule aggregate:
 rule figures:
     """The papers' figures from the tables and the SVD spectra, as PNG and PDF."""
     input:
-        cells=rules.aggregate.output.cells,
         summary=rules.aggregate.output.summary,
         table1=rules.aggregate.output.table1,
         regimes=rules.aggregate.output.regimes,

@@ -47,20 +47,14 @@ log = logging.getLogger(__name__)
 
 
 class _LossToLog(TrainerCallback):
-    """Writes each logged training loss to the job log and keeps the curve."""
-
-    def __init__(self):
-        self.history: list[dict] = []
+    """Writes each logged training loss to the job log; stops at a non-finite loss. (The curve
+    in train_log.json comes from the Trainer's own history, which spans a resume.)"""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             if not math.isfinite(float(logs["loss"])):
                 raise FloatingPointError(f"fine-tune diverged: training loss is {logs['loss']} at step {state.global_step}")
-            entry = {"step": state.global_step, "loss": float(logs["loss"])}
-            if "learning_rate" in logs:
-                entry["learning_rate"] = float(logs["learning_rate"])
-            self.history.append(entry)
-            log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, entry["loss"])
+            log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
 
 
 def check_finite(tensors, what: str) -> None:
@@ -249,6 +243,102 @@ def _unwrapped_with_state(base_dir, recipe: Mapping, state: Mapping) -> torch.nn
     return trainable
 
 
+def _resume_point(out_dir: str | Path, fingerprint: str, checkpoint_every: int, rank: int) -> tuple[Path, Path | None]:
+    """The run's checkpoint directory and the checkpoint to resume from (None: start afresh,
+    after removing another run's or only partial checkpoints)."""
+    checkpoints = Path(out_dir) / CHECKPOINT_DIR
+    resume_from = newest_complete_checkpoint(checkpoints, fingerprint) if checkpoint_every > 0 else None
+    if checkpoint_every > 0 and resume_from is None and checkpoints.exists() and rank == 0:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    return checkpoints, resume_from
+
+
+def training_arguments(
+    hyper: Mapping,
+    *,
+    output_dir: str,
+    seed: int,
+    checkpoint_every: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    world_size: int,
+    rank: int,
+    gradient_checkpointing: bool,
+    progress: bool,
+) -> TrainingArguments:
+    """The Trainer's arguments of a run: the hyperparameters, checkpointing, determinism, mixed
+    precision and, under torchrun, FSDP (GPUs) or data parallelism (CPU processes)."""
+    batch_size = int(hyper["batch_size"])
+    use_cuda = device.type == "cuda"
+    sharded = world_size > 1
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=int(hyper["steps"]),
+        per_device_train_batch_size=batch_size // world_size,
+        gradient_accumulation_steps=int(hyper.get("gradient_accumulation_steps", 1)),
+        learning_rate=float(hyper["learning_rate"]),
+        lr_scheduler_type=hyper.get("lr_scheduler", "linear"),
+        warmup_steps=int(hyper.get("warmup_steps", 0)),
+        weight_decay=float(hyper.get("weight_decay", 0.0)),
+        adam_beta1=float(hyper.get("adam_beta1", 0.9)),
+        adam_beta2=float(hyper.get("adam_beta2", 0.999)),
+        max_grad_norm=float(hyper.get("max_grad_norm", 1.0)),
+        # Fused AdamW updates the weights in place: on the CPU a step is about 20 % faster
+        # than the foreach version, which allocates temporaries the size of the model
+        # (bench/run.py measures it). FSDP's sharded parameters keep the foreach version.
+        optim="adamw_torch" if sharded and use_cuda else "adamw_torch_fused",
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # a non-finite loss must reach _LossToLog, which stops the run
+        save_strategy="steps" if checkpoint_every > 0 else "no",
+        save_steps=max(checkpoint_every, 1),
+        save_total_limit=2,
+        save_only_model=False,
+        report_to="none",
+        seed=int(seed),
+        data_seed=int(seed),
+        full_determinism=True,
+        use_cpu=not use_cuda,
+        # Mixed precision on a GPU: fp32 master weights, bf16/fp16 compute.
+        bf16=use_cuda and dtype == torch.bfloat16,
+        fp16=use_cuda and dtype == torch.float16,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress or rank != 0,
+        # Several GPUs: FSDP2 through accelerate, one unit per decoder layer (the model's
+        # _no_split_modules), with FSDP's own activation checkpointing. Several CPU processes
+        # (the tests, gloo): accelerate has no FSDP for CPU processes (it enables it only for
+        # multi-accelerator types), so they train data-parallel with the same batch split,
+        # loss averaging and gathering of the final weights.
+        activation_checkpointing=bool(gradient_checkpointing) and not (sharded and use_cuda),
+        fsdp=True if sharded and use_cuda else None,
+        fsdp_config={
+            "version": 2,
+            "reshard_after_forward": True,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "activation_checkpointing": bool(gradient_checkpointing),
+            "state_dict_type": "FULL_STATE_DICT",
+        }
+        if sharded and use_cuda
+        else None,
+        ddp_backend=("nccl" if use_cuda else "gloo") if sharded else None,
+    )
+
+
+def loss_curve(log_history: list[dict]) -> list[dict]:
+    """Step, loss and learning rate of every logged step. The Trainer's history includes the
+    steps before a resume (restored from the checkpoint), so the curve spans it."""
+    return [
+        {
+            "step": int(e["step"]),
+            "loss": float(e["loss"]),
+            **({"learning_rate": float(e["learning_rate"])} if "learning_rate" in e else {}),
+        }
+        for e in log_history
+        if "loss" in e
+    ]
+
+
 def finetune(
     base_dir: str | Path,
     train_path: str | Path,
@@ -290,68 +380,24 @@ def finetune(
     formatter = formatter_for(tokenizer, dataset_spec)
     train_set = build_training_dataset(formatter, train_path, int(hyper.get("max_length", 512)))
     device, dtype = resolve_runtime(runtime)
-    use_cuda = device.type == "cuda"
     losses = _LossToLog()
     started = time.time()
     checkpoint_every = int(checkpoint_every or 0)
     execution = {"torch_threads": torch.get_num_threads(), "device": device.type, "processes": world_size}
     fingerprint = run_fingerprint(train_path, dataset_spec, hyper, seed, recipe, execution)
-    checkpoints = Path(out_dir) / CHECKPOINT_DIR
-    resume_from = newest_complete_checkpoint(checkpoints, fingerprint) if checkpoint_every > 0 else None
-    if checkpoint_every > 0 and resume_from is None and checkpoints.exists() and rank == 0:
-        shutil.rmtree(checkpoints, ignore_errors=True)  # another run's or only partial checkpoints
-    if resume_from is not None:
-        log.info("resuming from %s", resume_from)
+    checkpoints, resume_from = _resume_point(out_dir, fingerprint, checkpoint_every, rank)
     with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
-        args = TrainingArguments(
+        args = training_arguments(
+            hyper,
             output_dir=str(checkpoints) if checkpoint_every > 0 else scratch,
-            max_steps=int(hyper["steps"]),
-            per_device_train_batch_size=batch_size // world_size,
-            gradient_accumulation_steps=int(hyper.get("gradient_accumulation_steps", 1)),
-            learning_rate=float(hyper["learning_rate"]),
-            lr_scheduler_type=hyper.get("lr_scheduler", "linear"),
-            warmup_steps=int(hyper.get("warmup_steps", 0)),
-            weight_decay=float(hyper.get("weight_decay", 0.0)),
-            adam_beta1=float(hyper.get("adam_beta1", 0.9)),
-            adam_beta2=float(hyper.get("adam_beta2", 0.999)),
-            max_grad_norm=float(hyper.get("max_grad_norm", 1.0)),
-            # Fused AdamW updates the weights in place: on the CPU a step is about 20 % faster
-            # than the foreach version, which allocates temporaries the size of the model
-            # (bench/run.py measures it). FSDP's sharded parameters keep the foreach version.
-            optim="adamw_torch" if sharded and use_cuda else "adamw_torch_fused",
-            logging_steps=1,
-            logging_nan_inf_filter=False,  # a non-finite loss must reach _LossToLog, which stops the run
-            save_strategy="steps" if checkpoint_every > 0 else "no",
-            save_steps=max(checkpoint_every, 1),
-            save_total_limit=2,
-            save_only_model=False,
-            report_to="none",
-            seed=int(seed),
-            data_seed=int(seed),
-            full_determinism=True,
-            use_cpu=not use_cuda,
-            # Mixed precision on a GPU: fp32 master weights, bf16/fp16 compute.
-            bf16=use_cuda and dtype == torch.bfloat16,
-            fp16=use_cuda and dtype == torch.float16,
-            dataloader_num_workers=0,
-            disable_tqdm=not progress or rank != 0,
-            # Several GPUs: FSDP2 through accelerate, one unit per decoder layer (the model's
-            # _no_split_modules), with FSDP's own activation checkpointing. Several CPU processes
-            # (the tests, gloo): accelerate has no FSDP for CPU processes (it enables it only for
-            # multi-accelerator types), so they train data-parallel with the same batch split,
-            # loss averaging and gathering of the final weights.
-            activation_checkpointing=bool(gradient_checkpointing) and not (sharded and use_cuda),
-            fsdp=True if sharded and use_cuda else None,
-            fsdp_config={
-                "version": 2,
-                "reshard_after_forward": True,
-                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                "activation_checkpointing": bool(gradient_checkpointing),
-                "state_dict_type": "FULL_STATE_DICT",
-            }
-            if sharded and use_cuda
-            else None,
-            ddp_backend=("nccl" if use_cuda else "gloo") if sharded else None,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            device=device,
+            dtype=dtype,
+            world_size=world_size,
+            rank=rank,
+            gradient_checkpointing=bool(gradient_checkpointing),
+            progress=progress,
         )
         # The model is built after TrainingArguments: full_determinism re-seeds at creation,
         # so LoRA's random initialisation depends on the seed alone.
@@ -366,16 +412,7 @@ def finetune(
             callbacks=[losses, _MarkCheckpointComplete(fingerprint)],
         )
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        # The Trainer's history includes the steps before a resume (restored from the checkpoint).
-        curve = [
-            {
-                "step": int(e["step"]),
-                "loss": float(e["loss"]),
-                **({"learning_rate": float(e["learning_rate"])} if "learning_rate" in e else {}),
-            }
-            for e in trainer.state.log_history
-            if "loss" in e
-        ]
+        curve = loss_curve(trainer.state.log_history)
         fsdp_units = _count_fsdp_units(trainer.model_wrapped)
         if sharded:
             log.info("trained in %d processes (%s), %d FSDP units", world_size, type(trainer.model_wrapped).__name__, fsdp_units)

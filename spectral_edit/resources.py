@@ -18,7 +18,6 @@ from collections.abc import Mapping
 # Parameters (billions) of the sources whose size is known without reading a file.
 KNOWN_SIZES_B = {"random": 0.01, "gguf_package": 0.135}
 DEFAULT_SIZE_B = 1.0
-GPU_RULES = {"finetune", "svd_cache", "sensitivities", "evaluate"}
 
 
 def model_size_b(spec: Mapping) -> float:

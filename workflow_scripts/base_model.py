@@ -1,9 +1,11 @@
+from pathlib import Path
+
 from spectral_edit.jobs import job_logging
 from spectral_edit.models import load_tokenizer, materialise_base_model
 from spectral_edit.prompts import check_label_words_with
 
 with job_logging(snakemake.log[0], snakemake.threads, "base_model"):
-    out_dir = snakemake.output.weights.rsplit("/", 1)[0]
+    out_dir = str(Path(snakemake.output.weights).parent)
     materialise_base_model(snakemake.params.spec, out_dir, name=snakemake.wildcards.model)
     # Label words that share a first token under this tokenizer stop the workflow here, before
     # any fine-tune (with the tokenizer on disk, planning checks it from then on).

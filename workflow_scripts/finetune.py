@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import torch
 
 from spectral_edit.distributed import launch_finetune
@@ -8,9 +10,9 @@ from spectral_edit.runtime import resolve as resolve_runtime
 with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
     recipe = dict(snakemake.params.recipe)
     arguments = dict(
-        base_dir=snakemake.input.base_weights.rsplit("/", 1)[0],
+        base_dir=str(Path(snakemake.input.base_weights).parent),
         train_path=snakemake.input.train,
-        out_dir=snakemake.output.weights.rsplit("/", 1)[0],
+        out_dir=str(Path(snakemake.output.weights).parent),
         dataset_spec=snakemake.params.prompt,
         hyper=recipe.pop("hyper"),
         seed=int(snakemake.wildcards.seed),

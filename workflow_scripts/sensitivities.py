@@ -1,9 +1,11 @@
+from pathlib import Path
+
 from spectral_edit.jobs import job_logging
 from spectral_edit.sensitivity import compute_sensitivities
 
 with job_logging(snakemake.log[0], snakemake.threads, "sensitivities"):
     compute_sensitivities(
-        model_dir=snakemake.input.model_weights.rsplit("/", 1)[0],
+        model_dir=str(Path(snakemake.input.model_weights).parent),
         factors_path=snakemake.input.factors,
         base_weights=snakemake.input.base_weights,
         train_path=snakemake.input.train,

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from spectral_edit.jobs import job_logging
 from spectral_edit.runtime import resolve as resolve_runtime
 from spectral_edit.svd_cache import compute_svd_cache
@@ -7,7 +9,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "svd_cache"):
     compute_svd_cache(
         snakemake.input.base_weights,
         snakemake.input.finetuned_weights,
-        snakemake.output.factors.rsplit("/", 1)[0],
+        str(Path(snakemake.output.factors).parent),
         include_embeddings=snakemake.params.include_embeddings,
         device=device,
         batch_size=snakemake.params.batch_size,
