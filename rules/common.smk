@@ -82,15 +82,20 @@ def edit_inputs(wildcards):
     return inputs
 
 
-def _grid_product(template, finetunes):
+def _grid_checkpoints(finetunes):
+    """The wildcards of every fine-tuned checkpoint of the grid with these recipes."""
     grid = config["grid"]
     return [
-        template.format(model=m, dataset=d, seed=s, finetune=f)
+        {"model": m, "dataset": d, "seed": s, "finetune": f}
         for m in grid["models"]
         for d in grid["datasets"]
         for s in grid["seeds"]
         for f in finetunes
     ]
+
+
+def _grid_product(template, finetunes):
+    return [template.format(**checkpoint) for checkpoint in _grid_checkpoints(finetunes)]
 
 
 def all_cells():
@@ -128,19 +133,9 @@ def heldout_cells():
 
 def all_spectra():
     """Every SVD spectrum of the edited fine-tunes, with the checkpoint it belongs to."""
-    grid = config["grid"]
     return [
-        {
-            "model": m,
-            "dataset": d,
-            "seed": s,
-            "finetune": f,
-            "path": f"{layout.SVD_DIR.format(model=m, dataset=d, seed=s, finetune=f)}/spectrum.json",
-        }
-        for m in grid["models"]
-        for d in grid["datasets"]
-        for s in grid["seeds"]
-        for f in grid["finetunes"]
+        {**checkpoint, "path": f"{layout.SVD_DIR.format(**checkpoint)}/spectrum.json"}
+        for checkpoint in _grid_checkpoints(config["grid"]["finetunes"])
     ]
 
 
