@@ -151,3 +151,24 @@ def test_a_methods_code_digest_covers_the_package_modules_it_imports(tmp_path, m
     (copy / "random_matrix.py").write_text((copy / "random_matrix.py").read_text() + "\n# edited\n")
     methods._sources_digest.cache_clear()  # computed once per process: files do not change while planning
     assert get_method("dg_hard").source_digest != before
+
+
+def test_the_readme_method_table_agrees_with_the_registry():
+    """Every registered method has a row in the README's method table, citing the paper it was
+    registered with and naming each of its parameters."""
+    import re
+
+    from conftest import REPO
+    from spectral_edit.methods import available_methods
+
+    text = (REPO / "README.md").read_text()
+    table = text.split("| name in `grid.methods` | paper |", 1)[1].split("\n\n", 1)[0]
+    # Cells split at the pipes that are not escaped (\| is a pipe inside a cell).
+    rows = [[cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])] for line in table.splitlines()[2:]]
+    for name, method in available_methods().items():
+        matching = [row for row in rows if f"`{name}`" in re.findall(r"`[^`]+`", row[0])]
+        assert len(matching) == 1, f"{name} has {len(matching)} rows in the README's method table"
+        row = matching[0]
+        assert method.paper and row[1] == method.paper, (name, row[1], method.paper)
+        for param in method.defaults:
+            assert f"`{param}`" in row[3] or param in ("retention",), (name, param)

@@ -134,7 +134,7 @@ def test_a_failing_cell_leaves_the_finished_cells_of_its_checkpoint(workdir, tmp
     copy = _copy_of_the_workflow(tmp_path / "repo")
     (copy / "spectral_edit/methods/fails_at_01.py").write_text(
         "from . import register\n\n\n"
-        "@register('fails_at_01', uses_retention=True)\n"
+        "@register('fails_at_01', uses_retention=True, paper='a test')\n"
         "def fails_at_01(singular_values, context):\n"
         "    if context.retention == 0.1:\n"
         "        raise RuntimeError('this method fails at retention 0.1')\n"

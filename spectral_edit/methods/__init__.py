@@ -71,6 +71,7 @@ class SpectralMethod:
     summary: str
     needs: tuple[str, ...] = ()  # extra inputs, e.g. ("sensitivities",)
     check: Callable[[Mapping[str, object]], None] | None = None  # raises ValueError on bad params
+    paper: str = ""  # where the method comes from, as the README's method table cites it
 
     @property
     def source_digest(self) -> str:
@@ -166,14 +167,16 @@ def register(
     needs: tuple[str, ...] = (),
     summary: str | None = None,
     check: Callable[[Mapping[str, object]], None] | None = None,
+    paper: str,
 ):
-    """Decorator that registers an edit function under ``name``."""
+    """Decorator that registers an edit function under ``name``; ``paper`` cites its source
+    (the README's method table must agree: tests/test_methods.py)."""
 
     def decorate(function: EditFunction) -> EditFunction:
         if name in _REGISTRY:
             raise RuntimeError(f"spectral method {name!r} registered twice")
         text = summary or ((function.__doc__ or "").strip().splitlines() or [""])[0]
-        _REGISTRY[name] = SpectralMethod(name, function, uses_retention, dict(defaults or {}), text, tuple(needs), check)
+        _REGISTRY[name] = SpectralMethod(name, function, uses_retention, dict(defaults or {}), text, tuple(needs), check, paper)
         return function
 
     return decorate

@@ -5,7 +5,7 @@ import torch
 from . import MatrixContext, keep_only, kept_count, register
 
 
-@register("bottom_k", uses_retention=True)
+@register("bottom_k", uses_retention=True, paper="same, control")
 def bottom_k(singular_values: torch.Tensor, context: MatrixContext) -> torch.Tensor:
     """Keep the k = ceil(rho*r) smallest singular values of dW (control)."""
     k = kept_count(singular_values.numel(), context.retention)

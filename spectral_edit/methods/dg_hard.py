@@ -23,7 +23,13 @@ def check_params(p) -> None:
         raise ValueError(f"noise_sigma must be positive or null, got {p['noise_sigma']}")
 
 
-@register("dg_hard", uses_retention=False, defaults={"scale": 1.0, "noise_sigma": None}, check=check_params)
+@register(
+    "dg_hard",
+    uses_retention=False,
+    defaults={"scale": 1.0, "noise_sigma": None},
+    check=check_params,
+    paper="Spectral Unforgetting (arXiv 2605.20296)",
+)
 def dg_hard(singular_values: torch.Tensor, context: MatrixContext):
     """Keep the singular values above the Gavish-Donoho optimal hard threshold."""
     m, n = context.shape

@@ -52,5 +52,6 @@ for _subset in SUBSETS:
         uses_retention=False,
         defaults={"retention": 0.2},
         check=_check,
+        paper="Shortcuts in the Tail, App. B (Fig. 9)",
         summary=f"Top-k truncation at a fixed retention on the {_subset.replace('_', ' ')} matrices only",
     )(_make(_subset))

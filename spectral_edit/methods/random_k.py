@@ -7,7 +7,7 @@ import torch
 from . import MatrixContext, keep_only, kept_count, register
 
 
-@register("random_k", uses_retention=True, defaults={"seed_offset": 0})
+@register("random_k", uses_retention=True, defaults={"seed_offset": 0}, paper="same, control")
 def random_k(singular_values: torch.Tensor, context: MatrixContext) -> torch.Tensor:
     """Keep k = ceil(rho*r) singular values drawn uniformly without replacement (control)."""
     k = kept_count(singular_values.numel(), context.retention)

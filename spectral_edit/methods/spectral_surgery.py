@@ -171,7 +171,14 @@ def check_params(p) -> None:
         raise ValueError(f"calibration_size must be at least 1, got {p['calibration_size']}")
 
 
-@register("spectral_surgery", uses_retention=False, defaults=DEFAULTS, needs=("sensitivities",), check=check_params)
+@register(
+    "spectral_surgery",
+    uses_retention=False,
+    defaults=DEFAULTS,
+    needs=("sensitivities",),
+    check=check_params,
+    paper="Spectral Surgery (arXiv 2603.03995), Sec. 3.3–3.4, App. A",
+)
 def spectral_surgery(singular_values: torch.Tensor, context: MatrixContext):
     """Reweight singular values by calibration-gradient sensitivities (policy: see module doc)."""
     p = context.params

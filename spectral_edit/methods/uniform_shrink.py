@@ -12,7 +12,7 @@ import torch
 from . import MatrixContext, kept_count, register
 
 
-@register("uniform_shrink", uses_retention=True)
+@register("uniform_shrink", uses_retention=True, paper="control for top-k (not in the papers)")
 def uniform_shrink(singular_values: torch.Tensor, context: MatrixContext) -> torch.Tensor:
     """Scale every singular value of dW by one lambda that keeps top-k's share of the energy."""
     k = kept_count(singular_values.numel(), context.retention)
