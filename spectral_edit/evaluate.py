@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from .data import group_name
 from .metrics import group_metrics
 from .prompts import PromptFormatter, examples_of
-from .runtime import is_out_of_memory
+from .runtime import in_halving_batches
 
 log = logging.getLogger(__name__)
 
@@ -141,28 +141,18 @@ def label_log_probs(
     head = shared_prefix_length(encoded, _sliding_window(model.config)) if shared_prefix else 0
     prefix = SharedPrefix(decoder, encoded[0][:head], device) if head else None
     out = np.zeros((len(examples), len(label_ids)), dtype=np.float64)
-    # The configured batch size is a ceiling: on out-of-memory the batch is halved and retried,
-    # so one setting works from a laptop CPU to a large GPU.
-    size, start = max(1, batch_size), 0
-    computed = head
+    computed = [head]
+
+    def run(start: int, stop: int) -> None:
+        index = order[start:stop]
+        out[index] = _batch_label_log_probs(model, decoder, encoded, index, pad_id, label_ids, device, prefix)
+        computed[0] += len(index) * max(len(encoded[i]) - head for i in index)
+        bar.update(len(index))
+
     with tqdm(total=len(order), desc="evaluate", unit="example", disable=not progress, mininterval=5) as bar:
-        while start < len(order):
-            index = order[start : start + size]
-            try:
-                out[index] = _batch_label_log_probs(model, decoder, encoded, index, pad_id, label_ids, device, prefix)
-            except (torch.OutOfMemoryError, RuntimeError) as error:
-                if not is_out_of_memory(error) or size == 1:
-                    raise
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                size //= 2
-                log.warning("evaluation out of memory on %s: batch size now %d", device, size)
-                continue
-            start += len(index)
-            computed += len(index) * max(len(encoded[i]) - head for i in index)
-            bar.update(len(index))
+        in_halving_batches(len(order), batch_size, run, device, "evaluation")
     if stats is not None:
-        stats.update(prompt_tokens=sum(len(ids) for ids in encoded), computed_tokens=computed, head_tokens=head)
+        stats.update(prompt_tokens=sum(len(ids) for ids in encoded), computed_tokens=computed[0], head_tokens=head)
     return out
 
 

@@ -33,11 +33,10 @@ from .errors import ConfigError, ExportError
 from .intervals import GroupDesign, bootstrap_intervals, mcnemar_exact, point_statistics
 from .methods import get_method
 from .models import load_model, load_tokenizer
+from .runtime import DTYPES
 from .safetensors_stream import open_safetensors
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .atomic import write_json
 from .errors import CheckpointMismatchError
 from .layout import SVD_CACHE_FORMAT as CACHE_FORMAT
-from .runtime import is_out_of_memory
+from .runtime import in_halving_batches
 from .safetensors_stream import StreamingSafetensorsWriter, open_safetensors
 
 log = logging.getLogger(__name__)
@@ -134,28 +134,19 @@ def batched_svds(
     goes to the CPU. Returns the factors in input order and what happened (for the log).
     """
     results: list = []
-    events = {"device": str(device), "batch_size": batch_size, "halvings": 0, "cpu_fallbacks": 0}
-    start, size = 0, max(1, batch_size)
-    while start < len(deltas):
-        chunk = deltas[start : start + size]
-        try:
-            u, s, vh = _svd_batch(chunk[0][None] if len(chunk) == 1 else torch.stack(chunk), device)
-        except (torch.OutOfMemoryError, RuntimeError) as error:
-            if not is_out_of_memory(error) or device.type == "cpu":
-                raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if size > 1:
-                size = max(1, size // 2)
-                events["halvings"] += 1
-                log.warning("SVD out of memory on %s: batch size now %d", device, size)
-                continue
-            log.warning("SVD of one %s matrix does not fit on %s: computed on the CPU", tuple(chunk[0].shape), device)
-            events["cpu_fallbacks"] += 1
-            u, s, vh = _svd_batch(chunk[0][None], torch.device("cpu"))
+
+    def run(start: int, stop: int, on: torch.device = device) -> None:
+        chunk = deltas[start:stop]
+        u, s, vh = _svd_batch(chunk[0][None] if len(chunk) == 1 else torch.stack(chunk), on)
         results.extend(zip(u.unbind(0), s.unbind(0), vh.unbind(0)))
-        start += len(chunk)
-    events["final_batch_size"] = size
+
+    def on_cpu(start: int) -> None:
+        log.warning("SVD of one %s matrix does not fit on %s: computed on the CPU", tuple(deltas[start].shape), device)
+        run(start, start + 1, torch.device("cpu"))
+
+    events = in_halving_batches(len(deltas), batch_size, run, device, "SVD", None if device.type == "cpu" else on_cpu)
+    fallbacks = events.pop("fallbacks")
+    events = {"device": str(device), **events, "cpu_fallbacks": fallbacks}
     return [(u.contiguous(), s.contiguous(), vh.contiguous()) for u, s, vh in results], events
 
 
