@@ -48,6 +48,20 @@ def _edit(svd_dir, ft_dir, method="top_k", retention=0.5, unedited="finetuned"):
     }
 
 
+def _cell(model_dir, data_dir, out_path, edit=None):
+    """The cell the exports must reproduce, evaluated in this process (as the workflow does)."""
+    return evaluate_cell(
+        model_dir=model_dir,
+        eval_path=data_dir / "eval.jsonl",
+        meta_path=data_dir / "meta.json",
+        dataset_spec=TINY_DATASET,
+        out_path=out_path,
+        cell={"model": "test"},
+        edit=dict(edit) if edit else None,
+        progress=False,
+    )
+
+
 def _reload(form, export_dir, base_dir, data_dir, out_json):
     """Load an export in a fresh Python process and score the evaluation split there."""
     subprocess.run(
@@ -91,16 +105,7 @@ def tiny_export(request, tmp_path_factory, tiny_base_dir, tiny_finetuned_dir, ti
         progress=False,
     )
     edit = _edit(out / "svd", tiny_finetuned_dir)
-    cell = evaluate_cell(
-        model_dir=tiny_base_dir,
-        eval_path=tiny_data_dir / "eval.jsonl",
-        meta_path=tiny_data_dir / "meta.json",
-        dataset_spec=TINY_DATASET,
-        out_path=out / "cell.json",
-        cell={"model": "tiny"},
-        edit=dict(edit),
-        progress=False,
-    )
+    cell = _cell(tiny_base_dir, tiny_data_dir, out / "cell.json", edit)
     stats = export_model(tiny_base_dir, edit, out / "model", card="card")
     adapter = export_adapter(tiny_base_dir, edit, out / "adapter", card="card")
     return {"dir": out, "cell": cell, "stats": stats, "adapter": adapter, "edit": edit, "embeddings": request.param}
@@ -225,15 +230,7 @@ def test_a_lora_recipe_checkpoint_round_trips(tmp_path, tiny_base_dir, tiny_data
     compute_svd_cache(
         tiny_base_dir / "model.safetensors", tmp_path / "ft" / "model.safetensors", tmp_path / "svd", progress=False
     )
-    finetuned = evaluate_cell(
-        model_dir=tmp_path / "ft",
-        eval_path=tiny_data_dir / "eval.jsonl",
-        meta_path=tiny_data_dir / "meta.json",
-        dataset_spec=TINY_DATASET,
-        out_path=tmp_path / "ft.json",
-        cell={"model": "tiny"},
-        progress=False,
-    )
+    finetuned = _cell(tmp_path / "ft", tiny_data_dir, tmp_path / "ft.json")
     edit = _edit(tmp_path / "svd", tmp_path / "ft", retention=1.0)
     summary = export_adapter(tiny_base_dir, edit, tmp_path / "adapter")
     assert {m.rsplit(".", 1)[-1] for m in summary["ranks"]} == set(DEFAULT_LORA_TARGETS)
@@ -279,16 +276,7 @@ def test_smollm2s_real_update_exports_as_a_model_and_an_adapter_that_reproduce_t
     """SmolLM2-135M (tied embeddings, 211 matrices) after two SFT steps, top-k at 5 %."""
     finetuned_dir, factors, _ = smollm2_update
     edit = _edit(factors.parent, finetuned_dir, retention=0.05)
-    cell = evaluate_cell(
-        model_dir=smollm2_dir,
-        eval_path=tiny_data_dir / "eval.jsonl",
-        meta_path=tiny_data_dir / "meta.json",
-        dataset_spec=TINY_DATASET,
-        out_path=tmp_path / "cell.json",
-        cell={"model": "smollm2"},
-        edit=dict(edit),
-        progress=False,
-    )
+    cell = _cell(smollm2_dir, tiny_data_dir, tmp_path / "cell.json", edit)
     export_model(smollm2_dir, edit, tmp_path / "model")
     summary = export_adapter(smollm2_dir, edit, tmp_path / "adapter")
     assert summary["tied_embeddings"] and "model.embed_tokens" in summary["ranks"]
