@@ -35,6 +35,7 @@ from .methods import get_method
 from .models import load_model, load_tokenizer
 from .runtime import DTYPES
 from .safetensors_stream import open_safetensors
+from .svd_cache import cached_names
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +79,7 @@ def export_model(
     target = torch_dtype(dtype)
     model = load_model(base_dir)
     tokenizer = load_tokenizer(base_dir)
-    arguments = _edit_arguments(edit)
-    stats = apply_spectral_edit(
-        model,
-        arguments.pop("factors_path"),
-        arguments.pop("method"),
-        arguments.pop("params"),
-        arguments.pop("retention"),
-        arguments.pop("seed"),
-        edit.get("unedited_params", "finetuned"),
-        **arguments,
-    )
+    stats = apply_spectral_edit(model, unedited_params=edit.get("unedited_params", "finetuned"), **_edit_arguments(edit))
     model.to(target)
     with atomic_directory(out_dir) as scratch:
         model.save_pretrained(scratch, max_shard_size=max_shard_size)
@@ -152,8 +143,6 @@ def plan_adapter(model: torch.nn.Module, edit: Mapping) -> AdapterPlan:
             plan.factors[module] = (b, a)
     # Tensors that are not decomposed and that the edit gives their fine-tuned values.
     if edit.get("unedited_params", "finetuned") == "finetuned":
-        from .svd_cache import cached_names
-
         passthrough = cached_names(edit["factors"])[1]
         with open_safetensors(edit["finetuned_weights"]) as finetuned:
             for name in passthrough:
@@ -180,14 +169,15 @@ def lora_config(plan: AdapterPlan, base_name: str | None = None):
     from peft import LoraConfig
 
     ranks = plan.ranks()
-    if not ranks and not plan.whole:
-        raise ExportError("cannot export an adapter: the edit keeps no component of any matrix and changes no other tensor")
+    if not ranks:
+        # PEFT needs a LoRA target (without one it would pick its default modules for the model).
+        raise ExportError("cannot export an adapter: the edit keeps no component of any matrix; export the cell as a model")
     common = max(set(ranks.values()), key=list(ranks.values()).count) if ranks else 1
     return LoraConfig(
         r=common,
         lora_alpha=common,
         # Full module names: PEFT matches a target by its full name or a dotted suffix of it.
-        target_modules=sorted(ranks) or None,
+        target_modules=sorted(ranks),
         rank_pattern={module: k for module, k in ranks.items() if k != common},
         alpha_pattern={module: k for module, k in ranks.items() if k != common},
         lora_dropout=0.0,
@@ -206,9 +196,6 @@ def adapter_model(model: torch.nn.Module, plan: AdapterPlan):
     from peft.tuners.lora import Embedding as LoraEmbedding
 
     config = lora_config(plan, getattr(model.config, "_name_or_path", None))
-    if not config.target_modules:
-        # PEFT needs a target; with only whole modules, target none of the modules' sublayers.
-        config.target_modules = []
     peft_model = get_peft_model(model, config)
     inner = peft_model.base_model.model
     for module_name, (b, a) in plan.factors.items():
@@ -301,11 +288,12 @@ def cell_statistics(cell: Mapping, finetuned: Mapping, base: Mapping, meta: Mapp
     design = GroupDesign.from_examples([e["group"] for e in cell["examples"]], meta["majority_groups"], meta["minority_groups"])
     edit, ft, base_correct = correct(cell), correct(finetuned), correct(base)
     values = point_statistics(edit, ft, base_correct, design)
-    intervals = bootstrap_intervals(
-        edit, ft, base_correct, design, n_resamples=int(bootstrap.get("resamples", 2000)), seed=int(bootstrap.get("seed", 0))
-    )
+    level = float(bootstrap.get("level", 0.95))
+    resamples, seed = int(bootstrap.get("resamples", 2000)), int(bootstrap.get("seed", 0))
+    intervals = bootstrap_intervals(edit, ft, base_correct, design, n_resamples=resamples, seed=seed, level=level)
     return {
         "n_examples": len(order),
+        "level": level,
         "statistics": {name: {"value": values[name], "interval": intervals[name]} for name in values},
         "finetuned_accuracy": finetuned["metrics"]["accuracy"],
         "finetuned_gap": finetuned["metrics"]["gap"],
@@ -398,7 +386,7 @@ def model_card(
             f"| whole modules | {len(edit_summary.get('modules_to_save', []))} |",
             f"| tied embeddings | {edit_summary.get('tied_embeddings')} |",
         ]
-    level = provenance.get("confidence", "95 %")
+    level = f"{100 * statistics.get('level', 0.95):g} %"
     lines += [
         "",
         f"## Evaluation on {c['dataset']} ({statistics['n_examples']} examples, {level} stratified paired bootstrap intervals)",

@@ -311,3 +311,11 @@ def test_the_lm_eval_task_renders_the_cells_own_prompt(tmp_path, tiny_base_dir, 
             [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
         )
         assert wrapped == formatter.prompt_text({"text": example["text"]})
+
+
+def test_an_edit_that_keeps_no_component_is_refused_as_an_adapter(tmp_path, tiny_export, tiny_base_dir):
+    """Without a LoRA target PEFT would pick default modules of its own: refuse, naming the fix."""
+    edit = {**tiny_export["edit"], "method": "dg_hard", "params": {"scale": 1e9, "noise_sigma": None}, "retention": None}
+    with pytest.raises(ExportError, match="keeps no component of any matrix; export the cell as a model"):
+        export_adapter(tiny_base_dir, edit, tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
