@@ -15,7 +15,7 @@ rule export_model:
         CONDA_ENV
     threads: 1
     resources:
-        **cluster_resources("evaluate"),
+        **cluster_resources("base_model"),  # CPU work: load, edit, save; no GPU
     params:
         form="model",
         method=method_of,
