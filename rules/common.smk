@@ -12,6 +12,15 @@ from spectral_edit.resources import rule_resources
 
 CONDA_ENV = "../envs/spectral-edit.yaml"
 
+# Cores of one evaluation cell, and the torch threads of the server that computes it. A served
+# cell is a client that waits on its checkpoint's server, which evaluates one cell at a time:
+# with one core per cell, Snakemake ran two cells of one checkpoint side by side, one of them
+# waiting while its core idled. Claiming every core (or evaluation.threads of them, so that
+# servers of several checkpoints run side by side on a large machine) keeps what the scheduler
+# counts and what the server computes with the same. On 2 cores one server with 2 threads
+# scored 8.6 examples/s, two servers of one thread each 8.9 together: the same (README).
+EVALUATION_THREADS = min(workflow.cores, config["evaluation"].get("threads") or workflow.cores)
+
 
 def prompt_of(name, evaluation=False):
     """What fine-tuning (and calibration) or evaluation reads from a dataset's config.

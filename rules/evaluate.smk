@@ -1,6 +1,8 @@
 # Evaluation cells. An edited model is built in memory from the base weights, the fine-tuned
 # weights and the SVD cache; it is never written to disk. The cells of one checkpoint are
 # evaluated by one server process that loads the model once (spectral_edit.evaluation_client).
+# A cell claims the cores its server computes with (EVALUATION_THREADS, rules/common.smk), so
+# the scheduler never runs two cells that wait on one server while a core idles.
 
 
 rule evaluate_edit:
@@ -15,7 +17,7 @@ rule evaluate_edit:
         CELL_GROUP
     conda:
         CONDA_ENV
-    threads: 1
+    threads: EVALUATION_THREADS
     resources:
         **cluster_resources("evaluate"),
     params:
@@ -44,7 +46,7 @@ rule evaluate_finetuned:
         CELL_GROUP
     conda:
         CONDA_ENV
-    threads: 1
+    threads: EVALUATION_THREADS
     resources:
         **cluster_resources("evaluate"),
     params:
@@ -68,7 +70,7 @@ rule evaluate_base:
         layout.log("evaluate/{model}/{dataset}/base.log"),
     conda:
         CONDA_ENV
-    threads: 1
+    threads: EVALUATION_THREADS
     resources:
         **cluster_resources("evaluate"),
     params:

@@ -196,7 +196,7 @@ def serve_cell(
                 if connection is None:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()  # a socket file left by a server that died
-                    note(f"starting evaluation server {key} (log: {server_log})")
+                    note(f"starting evaluation server {key} with {threads} torch threads (log: {server_log})")
                     connection = _start_server(path, spec, Path(server_log), startup_seconds)
         try:
             return _ask(connection, request, key, server_log, stall_seconds)

@@ -43,13 +43,15 @@ class Server:
             "host": socket.gethostname(),
             "started": time.time(),
             "load_seconds": round(self.evaluator.load_seconds, 3),
+            "threads": torch.get_num_threads(),
         }
         log.info(
-            "loaded %s on %s (%s) in %.1f s",
+            "loaded %s on %s (%s) in %.1f s; torch threads: %d",
             spec["model_dir"],
             self.evaluator.device,
             self.evaluator.dtype,
             self.evaluator.load_seconds,
+            torch.get_num_threads(),
         )
 
     def listen(self) -> None:

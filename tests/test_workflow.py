@@ -92,10 +92,14 @@ def test_the_cells_of_a_checkpoint_share_one_server_that_stops_with_snakemake(wo
     assert len(records) == 1 + len(grid["methods"]) * len(grid["retentions"])
     assert len({r["server"]["pid"] for r in records}) == 1  # the model was loaded once
     assert sorted(r["server"]["cells_served"] for r in records) == list(range(1, len(records) + 1))
+    # Each cell claims the run's two cores and its server computes with both: no cell of the
+    # checkpoint waits on the server while a core it holds idles.
+    assert {r["server"]["threads"] for r in records} == {2}
     assert "server" not in json.loads((workdir / "results/cells/tiny/tiny-reviews/base.json").read_text())
     assert not _running_servers(workdir)  # none is left once Snakemake has exited
     server_log = (workdir / "logs/evaluation_server/tiny/tiny-reviews/seed0/full.log").read_text()
     assert server_log.count("loaded results/models/tiny") == 1 and "has exited: stopping" in server_log
+    assert "torch threads: 2" in server_log
 
 
 def _running_servers(workdir: Path) -> list[int]:

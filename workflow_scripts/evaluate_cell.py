@@ -61,10 +61,11 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
         )
         record["seconds"] = time.time() - started
         log.info(
-            "accuracy %.4f gap %.4f (server pid %s, its cell %d)",
+            "accuracy %.4f gap %.4f (server pid %s with %d torch threads, its cell %d)",
             record["metrics"]["accuracy"],
             record["metrics"]["gap"],
             record["server"]["pid"],
+            record["server"]["threads"],
             record["server"]["cells_served"],
         )
         write_json(snakemake.output[0], record)
