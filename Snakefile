@@ -20,6 +20,7 @@ envvars:
 
 
 from spectral_edit import layout
+from spectral_edit.benchmarks.spec import check_benchmarks
 from spectral_edit.config import SCHEMA_PATH, canonical, check_config, validate_schema
 from spectral_edit.errors import ConfigError
 from spectral_edit.prompts import check_label_words
@@ -38,6 +39,9 @@ except WorkflowError as error:
     validate_schema(config)
     raise ConfigError(str(error)) from None
 check_config(config)
+# Every benchmark a task is scored on is known to lm-eval and loads; its definition digest is a
+# param of its cells (spectral_edit/benchmarks/spec.py).
+BENCHMARK_DIGESTS = check_benchmarks(config)
 # Label words must start with distinct tokens: checked here for every model already materialised.
 check_label_words(config, lambda model: layout.BASE_MODEL_DIR.format(model=model))
 # Params are compared by their repr: keys in one order, whatever order the files wrote them in.
@@ -63,6 +67,7 @@ include: "rules/data.smk"
 include: "rules/finetune.smk"
 include: "rules/svd.smk"
 include: "rules/evaluate.smk"
+include: "rules/benchmarks.smk"
 include: "rules/aggregate.smk"
 include: "rules/export.smk"
 
@@ -70,6 +75,7 @@ include: "rules/export.smk"
 # Small bookkeeping jobs run where Snakemake runs, not as cluster jobs.
 localrules:
     all,
+    benchmark_task,
     aggregate,
     figures,
     sweet_spots,

@@ -31,7 +31,7 @@ It prints these figures, each measured side by side in this one run:
    threads), each a whole process (wall time and peak resident memory), with identical
    predictions and the largest log-probability difference; and the FLOP rate the workflow's
    scoring achieves on the tokens it computes against a timed torch.matmul of a layer's size.
-   Needs lm-eval (``pip install -e '.[bench]'``); without it the comparison is skipped.
+   lm-eval is a dependency of the workflow (setup.sh installs it).
 """
 
 from __future__ import annotations
@@ -552,7 +552,7 @@ def matmul_rate(m: int, k: int, n: int, threads: int, repeats: int = 20) -> floa
 def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, scratch: Path) -> None:
     lm_eval = Path(sys.executable).with_name("lm_eval")
     if not lm_eval.exists():
-        print("[9] lm-evaluation-harness is not installed (pip install -e '.[bench]'): comparison skipped")
+        print("[9] lm-evaluation-harness is not installed (bash setup.sh installs it): comparison skipped")
         return
     from spectral_edit.lm_eval_task import write_task
 

@@ -4,6 +4,7 @@ rule aggregate:
         cells=all_cells(),
         references=reference_cells(),
         heldout=heldout_cells(),
+        benchmarks=benchmark_cells(),
         metas=expand(f"{layout.DATA_DIR}/meta.json", dataset=config["grid"]["datasets"]),
     output:
         cells=f"{layout.TABLES_DIR}/cells.csv",
@@ -17,6 +18,14 @@ rule aggregate:
         repair=f"{layout.TABLES_DIR}/repair.csv",
         repair_summary=report(f"{layout.TABLES_DIR}/repair_summary.csv", caption="captions/repair.rst", category="Tables"),
         repair_md=f"{layout.TABLES_DIR}/repair.md",
+        benchmarks=f"{layout.TABLES_DIR}/benchmarks.csv",
+        benchmarks_summary=report(
+            f"{layout.TABLES_DIR}/benchmarks_summary.csv", caption="captions/benchmarks_summary.rst", category="Tables"
+        ),
+        surgery_table2=report(f"{layout.TABLES_DIR}/surgery_table2.csv", caption="captions/surgery_table2.rst", category="Tables"),
+        surgery_table2_md=f"{layout.TABLES_DIR}/surgery_table2.md",
+        surgery_guided_vs_random=f"{layout.TABLES_DIR}/surgery_guided_vs_random.csv",
+        surgery_reward_risk=f"{layout.TABLES_DIR}/surgery_reward_risk.csv",
     log:
         layout.log("aggregate.log"),
     conda:
@@ -25,6 +34,8 @@ rule aggregate:
     params:
         analysis=config["analysis"],
         controls=config["grid"]["controls"],
+        benchmark_roles=benchmark_roles(),
+        surgery_policies=surgery_policies(),
     script:
         "../workflow_scripts/aggregate.py"
 
@@ -36,6 +47,8 @@ rule figures:
         table1=rules.aggregate.output.table1,
         regimes=rules.aggregate.output.regimes,
         repair_summary=rules.aggregate.output.repair_summary,
+        guided_vs_random=rules.aggregate.output.surgery_guided_vs_random,
+        reward_risk=rules.aggregate.output.surgery_reward_risk,
         spectra=[entry["path"] for entry in all_spectra()],
     output:
         figure_targets(),  # the PNGs are in the report, each with the caption of its name

@@ -6,7 +6,9 @@ import functools
 import json
 from pathlib import Path
 
-from spectral_edit.config import grid_cells, grid_finetunes, resolve_finetune, resolve_method
+from spectral_edit.benchmarks.spec import dataset_benchmarks, resolve_benchmark
+from spectral_edit.config import grid_cells, grid_finetunes, recipe_for_dataset, resolve_finetune, resolve_method
+from spectral_edit.data import is_instruction
 from spectral_edit.layout import figure_names  # not from figures.py: that imports matplotlib
 from spectral_edit.resources import rule_resources
 
@@ -29,6 +31,8 @@ def prompt_of(name, evaluation=False):
     the resolved value is the param, so spelling out the default changes nothing.
     """
     spec = config["datasets"][name]
+    if is_instruction(spec):
+        return {"kind": "instruction"}  # the chats are in the prepared split
     keys = ("prompt", "label_words", "max_text_tokens")
     prompt = {key: spec[key] for key in keys if key in spec}
     if evaluation and "eval_prompt" in spec:
@@ -63,6 +67,20 @@ def resolved_method(name):
 @functools.cache
 def resolved_recipe(name):
     return resolve_finetune(config, name)
+
+
+@functools.cache
+def recipe_of(name, dataset):
+    """A recipe with the dataset's own hyperparameters (datasets.<name>.finetune) over it."""
+    return recipe_for_dataset(config, name, dataset)
+
+
+def data_spec(wildcards):
+    """What preparing a dataset reads: its spec without the keys only later stages use
+    (evaluation prompt, benchmark lists, fine-tuning hyperparameters), so that changing those
+    does not rerun the data and everything trained on it."""
+    later = ("eval_prompt", "heldout", "benchmarks", "finetune")
+    return {k: v for k, v in config["datasets"][wildcards.dataset].items() if k not in later}
 
 
 def method_of(wildcards):
@@ -107,19 +125,79 @@ def _grid_product(template, finetunes):
     return [template.format(**checkpoint) for checkpoint in _grid_checkpoints(finetunes)]
 
 
+def label_word_dataset(name):
+    return not is_instruction(config["datasets"][name])
+
+
 def all_cells():
-    return [layout.CELL.format(**cell.wildcards()) for cell in grid_cells(config)]
+    """Every edited cell scored on its task's label words (instruction tasks have none)."""
+    return [layout.CELL.format(**cell.wildcards()) for cell in grid_cells(config) if label_word_dataset(cell.dataset)]
 
 
 def reference_cells():
     grid = config["grid"]
-    finetuned = _grid_product(layout.FINETUNED_CELL, grid_finetunes(config))
-    base = expand(layout.BASE_CELL, model=grid["models"], dataset=grid["datasets"])
+    checkpoints = _grid_checkpoints(grid_finetunes(config))
+    finetuned = [layout.FINETUNED_CELL.format(**c) for c in checkpoints if label_word_dataset(c["dataset"])]
+    base = expand(layout.BASE_CELL, model=grid["models"], dataset=[d for d in grid["datasets"] if label_word_dataset(d)])
     return finetuned + base
 
 
 def heldout_of(dataset):
-    return list(config["datasets"][dataset].get("heldout", []) or [])
+    """The label-word datasets a task names as held-out benchmarks (its lm-eval ones: benchmarks_of)."""
+    return [b for b in config["datasets"][dataset].get("heldout", []) or [] if b in config["datasets"]]
+
+
+def benchmarks_of(dataset):
+    """Every lm-eval benchmark a task is scored on: its own, then its held-out ones."""
+    targets, heldout = dataset_benchmarks(config, dataset)
+    return targets + heldout
+
+
+def benchmark_cells():
+    """Every model of the grid (edited, fine-tuned, base) on each task's lm-eval benchmarks."""
+    grid = config["grid"]
+    paths = []
+    for cell in grid_cells(config):
+        paths += [layout.BENCHMARK_CELL.format(benchmark=b, **cell.wildcards()) for b in benchmarks_of(cell.dataset)]
+    for checkpoint in _grid_checkpoints(grid_finetunes(config)):
+        for b in benchmarks_of(checkpoint["dataset"]):
+            paths.append(layout.BENCHMARK_FINETUNED.format(benchmark=b, **checkpoint))
+            paths.append(layout.BENCHMARK_BASE.format(model=checkpoint["model"], benchmark=b))
+    return list(dict.fromkeys(paths))
+
+
+def benchmark_roles():
+    """[task, benchmark, "target" | "heldout"] of every lm-eval benchmark a grid task is scored on."""
+    roles = []
+    for dataset in config["grid"]["datasets"]:
+        targets, heldout = dataset_benchmarks(config, dataset)
+        roles += [[dataset, b, "target"] for b in targets] + [[dataset, b, "heldout"] for b in heldout]
+    return roles
+
+
+@functools.cache
+def surgery_policies():
+    """{grid method: its Spectral Surgery policy} (Figs. 3 and 4 pick their methods by policy)."""
+    policies = {}
+    for name in config["grid"]["methods"]:
+        method, params = resolved_method(name)[:2]
+        if method.name == "spectral_surgery":
+            policies[name] = params["policy"]
+    return policies
+
+
+def benchmark_params(wildcards):
+    """A benchmark's settings and the digest of its definition: a change of either reruns its cells."""
+    return {**resolve_benchmark(config, wildcards.benchmark), "definition": BENCHMARK_DIGESTS[wildcards.benchmark]}
+
+
+def benchmark_task_files(wildcards):
+    """The task YAML and data a generated benchmark's cells read (none for lm-eval's own tasks)."""
+    spec = resolve_benchmark(config, wildcards.benchmark)
+    if spec.get("source", "lm_eval") == "lm_eval":
+        return {}
+    directory = layout.BENCHMARK_TASK_DIR.format(benchmark=wildcards.benchmark)
+    return {"task_yaml": f"{directory}/task.yaml", "task_data": f"{directory}/test.jsonl"}
 
 
 def heldout_cells():
@@ -167,7 +245,7 @@ def diagnostics_targets():
 def figure_targets():
     """Every figure as PNG and PDF; the PNGs go into the report with their captions."""
     targets = []
-    for name in figure_names(config):
+    for name in figure_names(config, surgery_policies()):
         for ext in layout.FIGURE_FORMATS:
             path = f"{layout.FIGURES_DIR}/{name}.{ext}"
             targets.append(report(path, caption=f"captions/{name}.rst", category="Figures") if ext == "png" else path)
@@ -192,14 +270,17 @@ def cluster_resources(kind, with_recipe=False):
     """
 
     @functools.cache
-    def resources_of(model, finetune):
+    def resources_of(model, finetune, dataset=None):
         spec = config["models"][model] if model else {}
-        return rule_resources(kind, spec, config, resolved_recipe(finetune) if finetune else None)
+        recipe = (recipe_of(finetune, dataset) if dataset else resolved_recipe(finetune)) if finetune else None
+        return rule_resources(kind, spec, config, recipe)
 
     def pick(key):
         def value(wildcards):
             model = wildcards.model if "model" in wildcards.keys() else None
-            return resources_of(model, wildcards.finetune if with_recipe else None)[key]
+            if with_recipe:
+                return resources_of(model, wildcards.finetune, wildcards.dataset)[key]
+            return resources_of(model, None)[key]
 
         return value
 

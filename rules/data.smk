@@ -10,8 +10,6 @@ rule prepare_dataset:
         CONDA_ENV
     threads: 1
     params:
-        # eval_prompt is read by the evaluation cells only; leaving it out keeps a change of it
-        # from rerunning the data and everything trained on it.
-        spec=lambda w: {k: v for k, v in config["datasets"][w.dataset].items() if k != "eval_prompt"},
+        spec=data_spec,
     script:
         "../workflow_scripts/prepare_dataset.py"

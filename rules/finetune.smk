@@ -16,7 +16,7 @@ rule finetune:
     resources:
         **cluster_resources("finetune", with_recipe=True),
     params:
-        recipe=lambda w: resolved_recipe(w.finetune),
+        recipe=lambda w: recipe_of(w.finetune, w.dataset),
         prompt=dataset_prompt,
         runtime=config["runtime"],
     script:

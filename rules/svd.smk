@@ -41,7 +41,7 @@ rule sensitivities:
         **cluster_resources("sensitivities"),
     params:
         prompt=dataset_prompt,
-        max_length=config["finetune"]["max_length"],
+        max_length=lambda w: recipe_of(w.finetune, w.dataset)["hyper"]["max_length"],
         runtime=config["runtime"],
     script:
         "../workflow_scripts/sensitivities.py"

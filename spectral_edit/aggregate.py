@@ -294,74 +294,42 @@ def _pm(mean: float, std: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def repair_markdown(summary: pd.DataFrame, tolerance_pp: float) -> str:
+def repair_markdown(summary: pd.DataFrame, tolerance_pp: float, level: float = 0.95) -> str:
     if summary.empty:
         return "No task names held-out benchmarks (datasets.<task>.heldout), so there are no repair scores.\n"
-    header = [
-        "model",
-        "task",
-        "fine-tune",
-        "method",
-        "retention",
-        "% healed",
-        "% preserved",
-        "% non-damage",
-        "% task retention",
-        "harmonic mean",
-        "seeds",
-    ]
+    header = ["model", "task", "fine-tune", "method", "retention", "% healed", "% preserved", "% non-damage"]
+    header += ["% task retention", "harmonic mean", "damaged / improved / neutral", "seeds"]
     lines = [
-        f"Partition-conditional repair on the held-out benchmarks (tolerance {tolerance_pp:g} pp; "
-        "definitions in spectral_edit/repair.py and the README); mean ± std over seeds, n/a: empty partition.",
+        f"Partition-conditional repair on the held-out benchmarks (Spectral Unforgetting; tolerance {tolerance_pp:g} pp; "
+        "definitions in spectral_edit/repair.py and the README): seed means with "
+        f"{100 * level:g} % bootstrap intervals over the benchmarks' samples, the partition held fixed; n/a: empty partition.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for _, row in summary.iterrows():
         retention = "" if pd.isna(row["retention"]) else f"{100 * row['retention']:g}%"
-        values = [_pm(row[f"{s}_mean"], row[f"{s}_std"]) for s in ("healed", "preserved", "non_damage", "task_retention", "hm")]
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    str(row["model"]),
-                    str(row["dataset"]),
-                    str(row["finetune"]),
-                    str(row["method"]),
-                    retention,
-                    *values,
-                    str(int(row["n_seeds"])),
-                ]
-            )
-            + " |"
-        )
+        values = [_ci({**row, f"{s}_mean": row[s]}, s) for s in ("healed", "preserved", "non_damage", "task_retention", "hm")]
+        partition = " / ".join(f"{row[f'n_{p}']:g}" for p in ("damaged", "improved", "neutral"))
+        cells = [str(row["model"]), str(row["dataset"]), str(row["finetune"]), str(row["method"]), retention, *values]
+        lines.append("| " + " | ".join([*cells, partition, str(int(row["n_seeds"]))]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def build_tables(
-    cell_paths: Iterable[str | Path],
-    analysis: Mapping,
-    controls: Iterable[str] = (),
-    heldout_paths: Iterable[str | Path] = (),
-    metas: Mapping[str, str | Path | Mapping] = (),
-) -> dict[str, object]:
-    """All tables from the cell files: cells, summary, Table 1 with the method comparison, and the
-    held-out benchmarks with their repair scores (each frame with a markdown rendering).
-
-    ``metas`` maps every dataset to its prepared meta.json (a path or its content): its majority
-    and minority groups define the gap that the intervals resample.
-    """
-    from .repair import load_heldout, repair_table, summarise_repair
-    from .stats import compare_methods, comparisons_markdown, method_scores
-
-    controls = list(controls)
-    metas = {name: m if isinstance(m, Mapping) else json.loads(Path(m).read_text()) for name, m in dict(metas).items()}
-    reference = analysis.get("reference_finetune", "full")
+def _bootstrap_settings(analysis: Mapping) -> dict:
     bootstrap = {"n_resamples": 2000, "seed": 0, "level": 0.95}
     given = analysis.get("bootstrap") or {}
     bootstrap.update({k: given[k] for k in ("seed", "level") if k in given})
     if "resamples" in given:
         bootstrap["n_resamples"] = int(given["resamples"])
+    return bootstrap
+
+
+def _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) -> dict:
+    """The Shortcuts-in-the-Tail tables of the label-word cells."""
+    from .stats import compare_methods, comparisons_markdown, method_scores
+
+    reference = analysis.get("reference_finetune", "full")
     cells = add_reference_columns(load_cells(cell_paths), controls, reference)
     scores = _Scores(cells, metas)
     cells = add_cell_intervals(cells, scores, bootstrap)
@@ -374,12 +342,8 @@ def build_tables(
     # Scored where Table 1 has a number: the natural regime, with a gap to reduce.
     natural = regime_table[(regime_table["regime"] == "natural") & regime_table["gap_ft_defined"]]
     comparisons = compare_methods(method_scores(cells, table1, zone, controls, natural), headline)
-    heldout = load_heldout(heldout_paths)
-    tolerance = float(analysis.get("heldout_tolerance_pp", 1.0))
-    repair = repair_table(heldout, cells, tolerance)
-    repair_summary = summarise_repair(repair)
     return {
-        "cells": cells.drop(columns="_examples"),
+        "cells": cells,
         "summary": summary,
         "summary_md": summary_markdown(summary, bootstrap["level"]),
         "table1": table1,
@@ -388,8 +352,93 @@ def build_tables(
         + "\n"
         + comparisons_markdown(comparisons, headline),
         "comparisons": comparisons,
-        "heldout": heldout,
+    }
+
+
+def build_tables(
+    cell_paths: Iterable[str | Path],
+    analysis: Mapping,
+    controls: Iterable[str] = (),
+    heldout_paths: Iterable[str | Path] = (),
+    metas: Mapping[str, str | Path | Mapping] = (),
+    benchmark_paths: Iterable[str | Path] = (),
+    benchmark_roles: Mapping[tuple[str, str], str] | None = None,
+    surgery_policies: Mapping[str, str] | None = None,
+) -> dict[str, object]:
+    """All tables from the cell files: cells, summary, Table 1 with the method comparison; the
+    held-out benchmarks with their repair scores; the lm-eval benchmarks with Spectral Surgery's
+    Table 2 and the numbers of its Figs. 3 and 4 (each frame with a markdown rendering).
+
+    ``metas`` maps every label-word dataset to its prepared meta.json (a path or its content):
+    its majority and minority groups define the gap that the intervals resample.
+    ``benchmark_roles`` maps (task, benchmark) to "target" or "heldout"; ``surgery_policies``
+    maps grid method names to their Spectral Surgery policy.
+    """
+    from .benchmarks.scores import from_label_word_record, load_record
+    from .benchmarks.tables import benchmark_tables, guided_vs_random, reward_risk, surgery_table2, surgery_table2_markdown
+    from .repair import heldout_frame, repair_tables
+
+    controls = list(controls)
+    metas = {name: m if isinstance(m, Mapping) else json.loads(Path(m).read_text()) for name, m in dict(metas).items()}
+    bootstrap = _bootstrap_settings(analysis)
+    cell_paths, roles = list(cell_paths), dict(benchmark_roles or {})
+    tables = _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) if cell_paths else _empty_label_word_tables()
+    cells = tables["cells"]
+    benchmark_records = [load_record(p) for p in benchmark_paths]
+    heldout_records = [load_record(p) for p in heldout_paths]
+    heldout_records += [
+        r for r in benchmark_records if roles.get((r["cell"].get("dataset"), r["cell"]["benchmark"])) == "heldout"
+    ]
+    # Base cells of a benchmark carry no task: held out for any task that names it so.
+    heldout_names = {b for (_, b), role in roles.items() if role == "heldout"}
+    heldout_records += [r for r in benchmark_records if r["cell"]["method"] == "base" and r["cell"]["benchmark"] in heldout_names]
+    # What measures each cell's task: its label-word cell, or its own benchmarks (instruction tasks).
+    task: dict[tuple, list] = {}
+    for _, row in cells.iterrows():
+        if row["method"] != "base" and row["_examples"]:
+            key = (row["model"], row["dataset"], int(row["seed"]), row["finetune"], row["method"], _retention(row["retention"]))
+            task[key] = [from_label_word_record({"examples": row["_examples"]})]
+    for record in sorted(benchmark_records, key=lambda r: r["cell"]["benchmark"]):
+        cell = record["cell"]
+        if cell["method"] != "base" and roles.get((cell["dataset"], cell["benchmark"])) == "target":
+            key = (cell["model"], cell["dataset"], cell["seed"], cell["finetune"], cell["method"], cell.get("retention"))
+            task.setdefault(key, []).append(record["scores"])
+    tolerance = float(analysis.get("heldout_tolerance_pp", 1.0))
+    resampling = {k: bootstrap[k] for k in ("n_resamples", "seed", "level")}
+    repair, repair_summary = repair_tables(task, heldout_records, tolerance, resampling)
+    per_seed, benchmark_summary = benchmark_tables(benchmark_records, roles, resampling)
+    return {
+        **tables,
+        "cells": cells.drop(columns="_examples"),
+        "heldout": heldout_frame(heldout_records),
         "repair": repair,
         "repair_summary": repair_summary,
-        "repair_md": repair_markdown(repair_summary, tolerance),
+        "repair_md": repair_markdown(repair_summary, tolerance, bootstrap["level"]),
+        "benchmarks": per_seed,
+        "benchmarks_summary": benchmark_summary,
+        "surgery_table2": surgery_table2(benchmark_summary),
+        "surgery_table2_md": surgery_table2_markdown(benchmark_summary, bootstrap["level"]),
+        "surgery_guided_vs_random": guided_vs_random(benchmark_summary, dict(surgery_policies or {})),
+        "surgery_reward_risk": reward_risk(
+            benchmark_records, benchmark_summary, list(analysis.get("risk_benchmarks") or []), resampling
+        ),
+    }
+
+
+def _retention(value):
+    return None if pd.isna(value) else float(value)
+
+
+def _empty_label_word_tables() -> dict:
+    """The label-word tables of a grid of instruction tasks: no rows, the columns they have."""
+    summary_columns = ["model", "dataset", "finetune", "reference", "method", "retention", "n_seeds"]
+    empty = pd.DataFrame(columns=[*KEYS, *METRICS, "_examples"])
+    return {
+        "cells": empty,
+        "summary": pd.DataFrame(columns=summary_columns),
+        "summary_md": "No label-word task in the grid.\n",
+        "table1": pd.DataFrame(columns=["model", "dataset", "finetune", "method", "r_star"]),
+        "regimes": pd.DataFrame(columns=["model", "dataset", "finetune", "regime", "gap_ft_defined"]),
+        "table1_md": "No label-word task in the grid, so there is no Table 1 (benchmarks: surgery_table2.md, repair.md).\n",
+        "comparisons": pd.DataFrame(columns=["method", "n", "score_mean", "score_std", "baseline"]),
     }

@@ -64,6 +64,7 @@ class CellEvaluator:
         self.model = load_model(model_dir).to(device=self.device, dtype=self.dtype)
         self.load_seconds = time.time() - started
         self.cells_served = 0
+        self.task_managers: dict = {}  # lm-eval's task index per include path, built once
 
     def _resident_for(self, key: tuple) -> dict | None:
         """The resident (W_base, dW) store of one checkpoint, if both fit the budget (fp32)."""
@@ -76,16 +77,21 @@ class CellEvaluator:
     def run(
         self,
         *,
-        eval_path: str | Path,
-        meta_path: str | Path,
-        dataset_spec: Mapping,
         cell: Mapping,
+        eval_path: str | Path | None = None,
+        meta_path: str | Path | None = None,
+        dataset_spec: Mapping | None = None,
+        benchmark: Mapping | None = None,
         edit: Mapping | None = None,
         weights: str | Path | None = None,
         batch_size: int = 16,
         progress: bool = True,
     ) -> dict:
         """Evaluate one cell and return its record (what ``evaluate_cell`` writes).
+
+        The cell is scored on a prepared split by its label words (``eval_path``, ``meta_path``,
+        ``dataset_spec``) or on a benchmark through lm-evaluation-harness (``benchmark``, a
+        resolved entry of the config's benchmarks section; spectral_edit.benchmarks).
 
         ``edit``, when given, turns the model into the edited one: keys ``factors``,
         ``finetuned_weights`` (the checkpoint dW is read from), ``base_weights`` (W_base; by
@@ -94,6 +100,39 @@ class CellEvaluator:
         that need them, ``sensitivities`` (a file).
         """
         started = time.time()
+        edit_stats = self._prepare(edit, weights)
+        record = {
+            "cell": dict(cell),
+            "edit": {**{k: v for k, v in edit.items() if k not in _HIDDEN}, **edit_stats} if edit else None,
+        }
+        if benchmark is not None:
+            from .benchmarks.harness import run_benchmark
+
+            record["benchmark"] = run_benchmark(self.model, self.tokenizer, benchmark, batch_size, self.task_managers)
+        else:
+            formatter = formatter_for(self.tokenizer, dataset_spec)
+            result = evaluate_model(self.model, formatter, read_split(eval_path), read_meta(meta_path), batch_size, progress)
+            metrics = result["metrics"]
+            log.info(
+                "accuracy %.4f gap %.4f worst-group %.4f", metrics["accuracy"], metrics["gap"], metrics["worst_group_accuracy"]
+            )
+            record.update(metrics=metrics, examples=result["examples"])
+        self.cells_served += 1
+        record.update(
+            runtime={"device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")},
+            seconds=time.time() - started,
+            # Where it ran: a cluster job id is provenance (and lets a test see grouped cells).
+            job={"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname()},
+        )
+        # The per-sample part last, so that a reader of the file sees the numbers first.
+        for key in ("benchmark", "examples"):
+            if key in record:
+                record[key] = record.pop(key)
+        return record
+
+    def _prepare(self, edit: Mapping | None, weights: str | Path | None) -> dict | None:
+        """Give the model the cell's weights: the edit, a checkpoint's tensors, or (neither)
+        those it has; returns the edit's statistics."""
         edit_stats = None
         if edit is not None:
             extras = read_sensitivities(edit["sensitivities"]) if edit.get("sensitivities") else None
@@ -121,57 +160,26 @@ class CellEvaluator:
             )
         elif weights is not None:
             load_weights(self.model, weights)
-        formatter = formatter_for(self.tokenizer, dataset_spec)
-        result = evaluate_model(self.model, formatter, read_split(eval_path), read_meta(meta_path), batch_size, progress)
-        self.cells_served += 1
-        metrics = result["metrics"]
-        log.info("accuracy %.4f gap %.4f worst-group %.4f", metrics["accuracy"], metrics["gap"], metrics["worst_group_accuracy"])
-        hidden = ("factors", "sensitivities", "finetuned_weights", "base_weights")
-        return {
-            "cell": dict(cell),
-            "edit": {**{k: v for k, v in edit.items() if k not in hidden}, **edit_stats} if edit else None,
-            "metrics": metrics,
-            "runtime": {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")},
-            "seconds": time.time() - started,
-            # Where it ran: a cluster job id is provenance (and lets a test see grouped cells).
-            "job": {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname()},
-            "examples": result["examples"],
-        }
+        return edit_stats
+
+
+_HIDDEN = ("factors", "sensitivities", "finetuned_weights", "base_weights")
 
 
 def _matrix_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * 4 for p in model.parameters() if p.dim() == 2)
 
 
-def evaluate_cell(
-    *,
-    model_dir: str | Path,
-    eval_path: str | Path,
-    meta_path: str | Path,
-    dataset_spec: Mapping,
-    out_path: str | Path,
-    cell: Mapping,
-    edit: Mapping | None = None,
-    batch_size: int = 16,
-    progress: bool = True,
-    runtime: Mapping | None = None,
-) -> dict:
+def evaluate_cell(*, model_dir: str | Path, out_path: str | Path, runtime: Mapping | None = None, **request) -> dict:
     """Evaluate one cell in this process and write ``out_path``.
 
-    ``cell`` names it (model, dataset, seed, method, retention). ``model_dir`` is the model to
-    evaluate, or for an edited cell (``edit`` given, see :meth:`CellEvaluator.run`) the base model.
+    ``request`` holds :meth:`CellEvaluator.run`'s arguments (``cell`` names it: model, dataset,
+    seed, method, retention). ``model_dir`` is the model to evaluate, or for an edited cell
+    (``edit`` given) the base model.
     """
     started = time.time()
     evaluator = CellEvaluator(model_dir, runtime)
-    record = evaluator.run(
-        eval_path=eval_path,
-        meta_path=meta_path,
-        dataset_spec=dataset_spec,
-        cell=cell,
-        edit=edit,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    record = evaluator.run(**request)
     record["seconds"] = time.time() - started
     write_json(out_path, record)
     return record

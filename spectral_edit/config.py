@@ -135,6 +135,12 @@ _DATASET_REQUIRED = {
     "local": ("files", "text_columns", "label_column"),
     "hub": ("hub", "text_columns", "label_column"),
 }
+_INSTRUCTION_REQUIRED = {"synthetic_arithmetic": ("n_train",), "local": ("files",), "hub": ("hub",)}
+# Keys of a label-word dataset that an instruction dataset does not take, and the reverse.
+_CLASSIFICATION_ONLY = ("prompt", "eval_prompt", "label_words", "text_columns", "label_column", "label_values",
+                        "label_threshold", "group", "n_eval_per_group", "marker", "max_text_tokens")  # fmt: skip
+_INSTRUCTION_ONLY = ("prompt_column", "response_column", "prompt_template", "response_template", "messages_column",
+                     "system_prompt", "n_eval", "operations")  # fmt: skip
 _GROUP_REQUIRED = {
     "none": (),
     "columns_any": ("columns",),
@@ -147,8 +153,12 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def check_config(config: dict, check_files: bool = True) -> None:
-    """Check what the schema cannot: names that must exist, per-source keys, files on disk."""
+    """Check what the schema cannot: names that must exist, per-source keys, files on disk.
+    (Benchmarks are checked against lm-eval by spectral_edit.benchmarks.spec.check_benchmarks.)"""
     grid = config["grid"]
+    clash = sorted(set(config["datasets"]) & set(config.get("benchmarks") or {}))
+    if clash:
+        raise ConfigError(f"config: {clash[0]!r} names both a dataset and a benchmark: give one of them another name")
     for name in grid["models"]:
         if name not in config["models"]:
             raise ConfigError(f"config: grid.models: unknown model {name!r} (defined: {', '.join(config['models'])})")
@@ -156,12 +166,16 @@ def check_config(config: dict, check_files: bool = True) -> None:
     for name in grid["datasets"]:
         if name not in config["datasets"]:
             raise ConfigError(f"config: grid.datasets: unknown dataset {name!r} (defined: {', '.join(config['datasets'])})")
-        _check_dataset(name, config["datasets"][name], config["datasets"], check_files)
+        benchmarks = config.get("benchmarks") or {}
+        _check_dataset(name, config["datasets"][name], config["datasets"], check_files, benchmarks)
         for benchmark in config["datasets"][name].get("heldout", []) or []:
-            _check_dataset(benchmark, config["datasets"][benchmark], config["datasets"], check_files)
+            if benchmark in config["datasets"]:
+                _check_dataset(benchmark, config["datasets"][benchmark], config["datasets"], check_files, benchmarks)
     for key in ("finetunes", "controls"):
         for name in grid.get(key, ["full"] if key == "finetunes" else []):
             resolve_finetune(config, name, where=f"config: grid.{key}")
+            for dataset in grid["datasets"]:
+                recipe_for_dataset(config, name, dataset)
     for name in grid["methods"]:
         resolve_method(config, name)
     for name in config.get("method_variants", {}):
@@ -169,7 +183,11 @@ def check_config(config: dict, check_files: bool = True) -> None:
     retention_names = [format_retention(r) for r in grid["retentions"]]
     if len(set(retention_names)) != len(retention_names):
         raise ConfigError(f"config: grid.retentions: duplicate values {grid['retentions']}")
+    from .data import is_instruction  # local import: data pulls in datasets and pandas
+
     sweet = config["analysis"].get("sweet_spot_method", "top_k")
+    if all(is_instruction(config["datasets"][d]) for d in grid["datasets"]):
+        return  # no label-word task: no Table 1, so no sweet spot to sweep for
     if sweet not in grid["methods"]:
         raise ConfigError(f"config: analysis.sweet_spot_method: {sweet!r} is not in grid.methods ({', '.join(grid['methods'])})")
     if not resolve_method(config, sweet)[0].uses_retention:
@@ -191,9 +209,60 @@ def _check_model(name: str, spec: Mapping, check_files: bool) -> None:
         raise ConfigError(f"config: models.{name}.path: no config.json in {spec['path']!r}")
 
 
-def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: bool) -> None:
+def _check_instruction_dataset(name: str, spec: Mapping, where: str, check_files: bool) -> None:
+    source = spec["source"]
+    if source not in _INSTRUCTION_REQUIRED:
+        raise ConfigError(f"{where}.source: {source!r} is not a source of instruction data ({', '.join(_INSTRUCTION_REQUIRED)})")
+    for key in _INSTRUCTION_REQUIRED[source]:
+        if key not in spec:
+            raise ConfigError(f"{where}: source {source!r} needs the key {key!r}")
+    extra = [key for key in _CLASSIFICATION_ONLY if key in spec]
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}: a key of label-word datasets; an instruction dataset is scored on its benchmarks")
+    if source == "synthetic_arithmetic":
+        return
+    shapes = [("messages_column",), ("prompt_column", "prompt_template"), ("response_column", "response_template")]
+    if "messages_column" in spec:
+        extra = [k for k in ("prompt_column", "prompt_template", "response_column", "response_template") if k in spec]
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}: messages_column holds whole chats; drop {extra[0]}")
+    else:
+        for keys in shapes[1:]:
+            given = [k for k in keys if k in spec]
+            if len(given) != 1:
+                raise ConfigError(f"{where}: give exactly one of {' and '.join(keys)} (or messages_column)")
+    if check_files:
+        from .data import check_local_dataset
+        from .errors import DataError
+
+        try:
+            check_local_dataset(spec, name)
+        except DataError as error:
+            raise ConfigError(f"config: {error}") from None
+
+
+def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: bool, benchmarks: Mapping) -> None:
+    from .data import is_instruction  # local import: data pulls in datasets and pandas
+
     source = spec["source"]
     where = f"config: datasets.{name}"
+    for key in spec.get("benchmarks") or []:
+        if key not in benchmarks:
+            raise ConfigError(
+                f"{where}.benchmarks: unknown benchmark {key!r} (defined under benchmarks: {', '.join(benchmarks) or 'none'})"
+            )
+    if is_instruction(spec):
+        _check_instruction_dataset(name, spec, where, check_files)
+        _check_heldout(name, spec, datasets, benchmarks, where)
+        return
+    for key in ("prompt", "label_words"):
+        if key not in spec:
+            raise ConfigError(f"{where}: a label-word dataset needs the key {key!r} (or kind: instruction)")
+    extra = [key for key in _INSTRUCTION_ONLY if key in spec]
+    if extra:
+        raise ConfigError(f"{where}.{extra[0]}: a key of instruction datasets (kind: instruction)")
+    if source not in _DATASET_REQUIRED:
+        raise ConfigError(f"{where}.source: {source!r} makes instruction data (set kind: instruction)")
     for key in _DATASET_REQUIRED[source]:
         if key not in spec:
             raise ConfigError(f"{where}: source {source!r} needs the key {key!r}")
@@ -249,11 +318,24 @@ def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: boo
                 check_local_dataset(spec, name)
             except DataError as error:
                 raise ConfigError(f"config: {error}") from None
+    _check_heldout(name, spec, datasets, benchmarks, where)
+
+
+def _check_heldout(name: str, spec: Mapping, datasets: Mapping, benchmarks: Mapping, where: str) -> None:
+    from .data import is_instruction
+
     for benchmark in spec.get("heldout", []) or []:
-        if benchmark not in datasets:
-            raise ConfigError(f"{where}.heldout: unknown dataset {benchmark!r} (defined: {', '.join(datasets)})")
+        if benchmark not in datasets and benchmark not in benchmarks:
+            raise ConfigError(
+                f"{where}.heldout: {benchmark!r} is neither a dataset nor a benchmark "
+                f"(datasets: {', '.join(datasets)}; benchmarks: {', '.join(benchmarks) or 'none'})"
+            )
         if benchmark == name:
             raise ConfigError(f"{where}.heldout: a task cannot be its own held-out benchmark")
+        if benchmark in datasets and is_instruction(datasets[benchmark]):
+            raise ConfigError(f"{where}.heldout: {benchmark!r} is an instruction dataset; name its benchmarks instead")
+        if benchmark in (spec.get("benchmarks") or []):
+            raise ConfigError(f"{where}.heldout: {benchmark!r} is also one of the task's own benchmarks")
 
 
 # --- fine-tuning recipes -------------------------------------------------------------------
@@ -288,6 +370,20 @@ def resolve_finetune(config: Mapping, name: str, where: str = "config: grid.fine
         if extra:
             raise ConfigError(f"config: finetunes.{name}: key {extra[0]!r} does not apply to kind 'full'")
     return {"name": name, **recipe, "hyper": {**config["finetune"], **overrides}}
+
+
+def recipe_for_dataset(config: Mapping, name: str, dataset: str) -> dict:
+    """A recipe as it trains on one dataset: the dataset's ``finetune`` hyperparameters (a task's
+    own learning rate, length or steps, as Spectral Surgery's Table 6 sets them) over the
+    recipe's."""
+    recipe = resolve_finetune(config, name)
+    overrides = config["datasets"][dataset].get("finetune") or {}
+    unknown = sorted(set(overrides) - _finetune_keys())
+    if unknown:
+        raise ConfigError(
+            f"config: datasets.{dataset}.finetune: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_finetune_keys()))})"
+        )
+    return {**recipe, "hyper": {**recipe["hyper"], **overrides}} if overrides else recipe
 
 
 # --- methods and the grid -----------------------------------------------------------------

@@ -15,6 +15,10 @@ layer_subsets       (with the layer-subset methods) |gap| when only one subset o
                     truncated, against the fine-tuned and base levels (Fig. 9)
 recovery_preservation  (with held-out benchmarks) % healed on the damaged partition against
                     % preserved on the improved one, per method (Spectral Unforgetting, Fig. 1)
+surgery_guided_vs_random  (with target benchmarks and the random_index and grad_direction
+                    policies) the improvement of each over the unedited model (Spectral Surgery Fig. 3)
+surgery_reward_risk (with target benchmarks) per edit, the mean improvement on the aligned
+                    benchmarks against the drop on the risk benchmarks (Spectral Surgery Fig. 4)
 Every figure is written as PNG and PDF. Error bars and bands are the bootstrap intervals of
 the tables (spectral_edit/intervals.py); the shaded no-cost zone is Table 1's
 (spectral_edit/table1.NoCostZone).
@@ -488,9 +492,17 @@ def layer_subsets(summary: pd.DataFrame, out_stem: Path, formats) -> list[Path]:
     return save_figure(fig, out_stem, formats)
 
 
+def _bars(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """Error bars (2 x n) from ``{name}_lo``/``_hi`` around ``{name}``; none where missing."""
+    value = frame[name].to_numpy(float)
+    low, high = frame[f"{name}_lo"].to_numpy(float), frame[f"{name}_hi"].to_numpy(float)
+    return np.nan_to_num(np.clip(np.vstack([value - low, high - value]), 0, None))
+
+
 def recovery_preservation(repair_summary: pd.DataFrame, out_stem: Path, formats) -> list[Path]:
-    """% healed (damaged partition) against % preserved (improved partition) per method."""
-    data = repair_summary.dropna(subset=["healed_mean", "preserved_mean"], how="all")
+    """% healed (damaged partition) against % preserved (improved partition) per method, with
+    the bootstrap intervals of both; an empty partition is drawn at 0 healed / 100 preserved."""
+    data = repair_summary.dropna(subset=["healed", "preserved"], how="all")
     pairs = list(dict.fromkeys(zip(repair_summary["model"], repair_summary["dataset"]))) or [("", "")]
     methods = list(dict.fromkeys(data["method"]))
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.6 * len(pairs), 5.0), squeeze=False)
@@ -501,9 +513,12 @@ def recovery_preservation(repair_summary: pd.DataFrame, out_stem: Path, formats)
         for (finetune, method), group in here.groupby(["finetune", "method"], sort=False):
             colour = "black" if method == "finetuned" else _colour(method, methods)
             group = group.sort_values("retention", ascending=False)
-            x, y = group["healed_mean"].fillna(0.0), group["preserved_mean"].fillna(100.0)
+            x, y = group["healed"].fillna(0.0), group["preserved"].fillna(100.0)
             style = dict(marker="o", ms=4) if group["retention"].notna().any() else dict(marker="D", ms=7, ls="none")
-            ax.plot(x, y, color=colour, label=f"{method} ({finetune})", **style)
+            ax.errorbar(
+                x, y, xerr=_bars(group, "healed"), yerr=_bars(group, "preserved"), color=colour, capsize=2, elinewidth=0.7,
+                label=f"{method} ({finetune})", **style,
+            )  # fmt: skip
         ax.set_xlim(-5, 105)
         ax.set_ylim(-5, 105)
         ax.set_xlabel("% healed (damaged benchmarks)")
@@ -511,8 +526,61 @@ def recovery_preservation(repair_summary: pd.DataFrame, out_stem: Path, formats)
         ax.set_title(f"{dataset} / {model}", fontsize=9)
         ax.legend(fontsize=6)
     fig.suptitle(
-        "Recovery × preservation on held-out benchmarks (an empty partition is drawn at 0 healed / 100 preserved)", fontsize=9
+        "Recovery × preservation on held-out benchmarks with bootstrap intervals "
+        "(an empty partition is drawn at 0 healed / 100 preserved)",
+        fontsize=9,
     )
+    return save_figure(fig, out_stem, formats)
+
+
+def surgery_guided_vs_random(points: pd.DataFrame, out_stem: Path, formats) -> list[Path]:
+    """Spectral Surgery Fig. 3: per (model, task, benchmark) the improvement over the unedited
+    model of random_index (x) and of grad_direction (y), with bootstrap intervals; above the
+    diagonal the gradient signal beats random perturbation."""
+    fig, ax = plt.subplots(figsize=(5.4, 5.0))
+    values = np.concatenate([points[c].to_numpy(float) for c in ("random_lo", "random_hi", "guided_lo", "guided_hi")])
+    values = values[np.isfinite(values)]
+    reach = max(0.01, float(np.abs(values).max()) * 1.1) if values.size else 0.05
+    ax.plot([-reach, reach], [-reach, reach], color="black", ls=":", lw=0.8, label="guided = random")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    for i, (_, row) in enumerate(points.iterrows()):
+        frame = points.iloc[[i]]
+        ax.errorbar(
+            frame["random"], frame["guided"], xerr=_bars(frame, "random"), yerr=_bars(frame, "guided"), marker="o", ms=6,
+            capsize=2, color=plt.get_cmap("tab10")(i % 10), label=f"{row['model']} / {row['dataset']}: {row['benchmark']}",
+        )  # fmt: skip
+    ax.set_xlim(-reach, reach)
+    ax.set_ylim(-reach, reach)
+    first = points.iloc[0] if len(points) else None
+    ax.set_xlabel(f"improvement of {first['random_method'] if first is not None else 'random_index'} over the unedited model")
+    ax.set_ylabel(f"improvement of {first['guided_method'] if first is not None else 'grad_direction'} over the unedited model")
+    ax.legend(fontsize=6)
+    ax.set_title("Guided vs random spectral edits (Spectral Surgery Fig. 3)", fontsize=9)
+    return save_figure(fig, out_stem, formats)
+
+
+def surgery_reward_risk(points: pd.DataFrame, out_stem: Path, formats, risk_benchmarks: Sequence[str]) -> list[Path]:
+    """Spectral Surgery Fig. 4: per model and edit, the reward (mean improvement on the aligned
+    target benchmarks) against the risk (the drop on the risk benchmarks, clipped at 0)."""
+    models = list(dict.fromkeys(points["model"])) or [""]
+    methods = list(dict.fromkeys(points["method"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.6 * len(models), 5.0), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        here = points[points["model"] == model]
+        for _, row in here.iterrows():
+            frame = here.loc[[row.name]]
+            label = row["method"] if pd.isna(row["retention"]) else f"{row['method']} @ {row['retention']:g}"
+            ax.errorbar(
+                frame["risk"].fillna(0.0), frame["reward"], xerr=_bars(frame, "risk"), yerr=_bars(frame, "reward"), marker="o",
+                ms=6, capsize=2, ls="none", color=_colour(row["method"], methods), label=label,
+            )  # fmt: skip
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xlabel(f"risk: drop on {', '.join(risk_benchmarks) or 'the risk benchmarks'} (clipped at 0)")
+        ax.set_ylabel("reward: mean improvement on the aligned target benchmarks")
+        ax.set_title(model, fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle("Reward against risk of each edit (Spectral Surgery Fig. 4), bootstrap intervals", fontsize=9)
     return save_figure(fig, out_stem, formats)
 
 
@@ -601,6 +669,8 @@ def draw_all(
     repair_summary: pd.DataFrame | None = None,
     formats: Sequence[str] = ("png", "pdf"),
     regimes: pd.DataFrame | None = None,
+    guided_vs_random: pd.DataFrame | None = None,
+    reward_risk: pd.DataFrame | None = None,
 ) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -612,6 +682,10 @@ def draw_all(
         "controls_pareto": lambda stem: controls_pareto(summary, analysis, controls or {}, stem, formats),
         "layer_subsets": lambda stem: layer_subsets(summary, stem, formats),
         "recovery_preservation": lambda stem: recovery_preservation(repair_summary, stem, formats),
+        "surgery_guided_vs_random": lambda stem: surgery_guided_vs_random(guided_vs_random, stem, formats),
+        "surgery_reward_risk": lambda stem: surgery_reward_risk(
+            reward_risk, stem, formats, list(analysis.get("risk_benchmarks") or [])
+        ),
     }
     written = []
     for name in names:

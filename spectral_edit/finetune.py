@@ -40,7 +40,7 @@ from .atomic import atomic_directory_files, write_json
 from .data import read_split
 from .errors import ConfigError
 from .models import load_model, load_tokenizer
-from .prompts import PromptFormatter, examples_of, formatter_for
+from .prompts import training_features
 from .runtime import resolve as resolve_runtime
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,12 @@ def run_fingerprint(
     return digest.hexdigest()[:16]
 
 
-def build_training_dataset(formatter: PromptFormatter, train_path: str | Path, max_length: int) -> datasets.Dataset:
-    frame = read_split(train_path)
-    fields = [c for c in frame.columns if c not in ("id", "label", "attribute")]
-    rows = [
-        formatter.training_features(example, int(label), max_length, example_id=str(example_id))
-        for example, label, example_id in zip(examples_of(frame, fields), frame["label"], frame["id"])
-    ]
-    return datasets.Dataset.from_list(rows)
+def build_training_dataset(
+    tokenizer, dataset_spec: Mapping, train_path: str | Path, max_length: int
+) -> tuple[datasets.Dataset, dict]:
+    """The tokenized training split (see prompts.training_features) and what max_length cut."""
+    features, report = training_features(tokenizer, dataset_spec, read_split(train_path), max_length)
+    return datasets.Dataset.from_list(features), report
 
 
 def _lora_config(model: torch.nn.Module, recipe: Mapping):
@@ -377,8 +375,7 @@ def finetune(
     if gradient_checkpointing is None:
         gradient_checkpointing = sharded
     tokenizer = load_tokenizer(base_dir)
-    formatter = formatter_for(tokenizer, dataset_spec)
-    train_set = build_training_dataset(formatter, train_path, int(hyper.get("max_length", 512)))
+    train_set, truncation = build_training_dataset(tokenizer, dataset_spec, train_path, int(hyper.get("max_length", 512)))
     device, dtype = resolve_runtime(runtime)
     losses = _LossToLog()
     started = time.time()
@@ -430,6 +427,8 @@ def finetune(
         "hyperparameters": dict(hyper),
         **recipe_info,
         "train_examples": len(train_set),
+        # Instruction data: answers cut by max_length (examples truncated, left out, tokens cut).
+        "max_length_cuts": truncation,
         "epochs": float(result.metrics.get("epoch", 0.0)),
         "final_loss": curve[-1]["loss"] if curve else None,
         "mean_train_loss": float(result.training_loss),

@@ -33,6 +33,13 @@ BASE_CELL = RESULTS + "/cells/{model}/{dataset}/base.json"
 HELDOUT_CELL = RESULTS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/{benchmark}.json"
 HELDOUT_FINETUNED = RESULTS + "/heldout/{model}/{dataset}/seed{seed}/{finetune}/finetuned/{benchmark}.json"
 HELDOUT_BASE = RESULTS + "/heldout/{model}/base/{benchmark}.json"
+# Standard benchmarks scored through lm-evaluation-harness (spectral_edit.benchmarks): one file
+# per (cell, benchmark) with lm-eval's metrics and per-sample scores; the task YAML and data of a
+# benchmark this project generates.
+BENCHMARK_CELL = RESULTS + "/benchmarks/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/{benchmark}.json"
+BENCHMARK_FINETUNED = RESULTS + "/benchmarks/{model}/{dataset}/seed{seed}/{finetune}/finetuned/{benchmark}.json"
+BENCHMARK_BASE = RESULTS + "/benchmarks/{model}/base/{benchmark}.json"
+BENCHMARK_TASK_DIR = RESULTS + "/benchmark_tasks/{benchmark}"
 # A cell taken out: the edited model (a Hugging Face directory) and the edited update (a PEFT
 # LoRA adapter on the base model); the list of Table 1's sweet-spot cells to export.
 EXPORT_DIR = RESULTS + "/export/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}"
@@ -53,17 +60,26 @@ CORE_FIGURES = ("trajectory", "retention_sweep", "method_comparison", "spectrum"
 SUBSET_METHODS = ("top_k_attention", "top_k_mlp", "top_k_first_half", "top_k_second_half")
 
 
-def figure_names(config: Mapping) -> list[str]:
-    """The figures a config produces: the core four, plus those of the methods it names."""
+def figure_names(config: Mapping, surgery_policies: Mapping[str, str] | None = None) -> list[str]:
+    """The figures a config produces: those of its label-word tasks (the core four, and those of
+    the controls and methods it names), the spectra, and those of its benchmarks.
+    ``surgery_policies`` maps grid methods to their Spectral Surgery policy."""
     from .config import resolve_method  # local import: config imports this module
 
-    names = list(CORE_FIGURES)
-    if config["grid"].get("controls"):
+    grid, datasets = config["grid"], config["datasets"]
+    label_words = any(datasets[d].get("kind", "classification") != "instruction" for d in grid["datasets"])
+    names = [n for n in CORE_FIGURES if label_words or n == "spectrum"]
+    if label_words and grid.get("controls"):
         names.append("controls_pareto")
-    if any(resolve_method(config, m)[0].name in SUBSET_METHODS for m in config["grid"]["methods"]):
+    if label_words and any(resolve_method(config, m)[0].name in SUBSET_METHODS for m in grid["methods"]):
         names.append("layer_subsets")
-    if any(config["datasets"][d].get("heldout") for d in config["grid"]["datasets"]):
+    if any(datasets[d].get("heldout") for d in grid["datasets"]):
         names.append("recovery_preservation")
+    if any(datasets[d].get("benchmarks") for d in grid["datasets"]):
+        policies = set((surgery_policies or {}).values())
+        if {"random_index", "grad_direction"} <= policies:
+            names.append("surgery_guided_vs_random")
+        names.append("surgery_reward_risk")
     return names
 
 

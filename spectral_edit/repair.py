@@ -16,47 +16,48 @@ tolerance eps (``analysis.heldout_tolerance_pp``, 1 pp):
   hm          the harmonic mean of those of the four that are defined (a partition without
               benchmarks leaves its score undefined), 0 if any of them is 0.
 All scores are in percent. The fine-tuned model scores healed 0, preserved 100; the base model
-healed 100, preserved 0.
+healed 100, preserved 0. An instruction task's retention is the mean over its own benchmarks
+(datasets.<task>.benchmarks) of clip(score_edit / score_ft, 0, 1).
+
+Held-out benchmarks are label-word datasets (their accuracy) or lm-eval benchmarks (their
+metric). Every score has a bootstrap interval over the samples of all the benchmarks involved
+(each resampled on its own, paired across the edited, fine-tuned and base models:
+spectral_edit.benchmarks.scores), with the partition held at the one the full samples give:
+the scores are conditional on it, as their name says.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from .benchmarks.scores import Compared, Scores, bootstrap
+
 SCORES = ["healed", "preserved", "non_damage", "task_retention", "hm"]
 
 
-def load_heldout(paths: Iterable[str | Path]) -> pd.DataFrame:
-    rows = []
-    for path in paths:
-        record = json.loads(Path(path).read_text())
-        cell = record["cell"]
-        rows.append(
-            {
-                "model": cell["model"],
-                "dataset": cell.get("dataset"),
-                "seed": cell.get("seed"),
-                "finetune": cell.get("finetune"),
-                "method": cell["method"],
-                "retention": cell.get("retention"),
-                "benchmark": cell["benchmark"],
-                "accuracy": record["metrics"]["accuracy"],
-            }
-        )
-    frame = pd.DataFrame(rows, columns=["model", "dataset", "seed", "finetune", "method", "retention", "benchmark", "accuracy"])
+def heldout_frame(records: Sequence[Mapping]) -> pd.DataFrame:
+    """Every model's score on each held-out benchmark (label-word accuracy or lm-eval metric)."""
+    columns = ["model", "dataset", "seed", "finetune", "method", "retention", "benchmark", "metric", "score"]
+    rows = [
+        {**{k: r["cell"].get(k) for k in columns[:7]}, "metric": r["info"]["metric"], "score": r["info"]["score"]}
+        for r in records
+    ]
+    frame = pd.DataFrame(rows, columns=columns)
     frame["retention"] = pd.to_numeric(frame["retention"], errors="coerce")
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
     return frame
 
 
-def _clip01(x: float) -> float:
-    return float(min(1.0, max(0.0, x)))
+PARTITIONS = ("damaged", "improved", "neutral")
+
+
+def partition_of(change: float, eps: float) -> str:
+    """How fine-tuning moved a benchmark: a_ft - a_base against the tolerance."""
+    return "damaged" if change < -eps else "improved" if change > eps else "neutral"
 
 
 def harmonic_mean(values: Iterable[float]) -> float:
@@ -66,6 +67,40 @@ def harmonic_mean(values: Iterable[float]) -> float:
     if any(v <= 0 for v in defined):
         return 0.0
     return len(defined) / sum(1.0 / v for v in defined)
+
+
+def partition_scores(
+    edit: Sequence[np.ndarray],
+    finetuned: Sequence[np.ndarray],
+    base: Sequence[np.ndarray],
+    partitions: Sequence[str],
+    task_ratios: Sequence[np.ndarray],
+    eps: float,
+) -> np.ndarray:
+    """healed, preserved, non_damage, task_retention, hm (stacked on axis 0) from per-benchmark
+    values (scalars or arrays of resamples) and a fixed partition of the benchmarks."""
+    shape = np.shape(edit[0]) if len(edit) else np.shape(task_ratios[0]) if len(task_ratios) else ()
+    nan = np.full(shape, np.nan)
+
+    def mean_of(parts):
+        return 100.0 * np.mean(parts, axis=0) if parts else nan
+
+    healed = [np.clip((e - f) / (b - f), 0, 1) for e, f, b, p in zip(edit, finetuned, base, partitions) if p == "damaged"]
+    preserved = [np.clip((e - b) / (f - b), 0, 1) for e, f, b, p in zip(edit, finetuned, base, partitions) if p == "improved"]
+    neutral = [
+        (e >= np.minimum(b, f) - eps).astype(float) for e, f, b, p in zip(edit, finetuned, base, partitions) if p == "neutral"
+    ]
+    retention = [np.clip(r, 0, 1) for r in task_ratios]
+    scores = [mean_of(healed), mean_of(preserved), mean_of(neutral), mean_of(retention)]
+    stacked = np.stack([np.broadcast_to(np.asarray(v, float), shape) for v in scores])
+    # Harmonic mean of the defined scores (an empty partition is undefined), 0 if any is 0.
+    defined = ~np.isnan(stacked)
+    count = defined.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse = np.where(defined, 1.0 / stacked, 0.0).sum(axis=0)
+        hm = np.where(count == 0, np.nan, count / inverse)
+    hm = np.where((defined & (stacked <= 0)).any(axis=0), 0.0, hm)
+    return np.concatenate([stacked, hm[None]], axis=0)
 
 
 def repair_scores(
@@ -78,76 +113,107 @@ def repair_scores(
 ) -> dict:
     """Scores of one edited model from per-benchmark accuracies (dicts benchmark -> accuracy)."""
     eps = tolerance_pp / 100.0
-    healed, preserved, neutral = [], [], []
-    counts = {"damaged": 0, "improved": 0, "neutral": 0}
-    for benchmark, a_edit in edit.items():
-        a_ft, a_base = finetuned[benchmark], base[benchmark]
-        change = a_ft - a_base
-        if change < -eps:
-            counts["damaged"] += 1
-            healed.append(_clip01((a_edit - a_ft) / (a_base - a_ft)))
-        elif change > eps:
-            counts["improved"] += 1
-            preserved.append(_clip01((a_edit - a_base) / (a_ft - a_base)))
-        else:
-            counts["neutral"] += 1
-            neutral.append(float(a_edit >= min(a_base, a_ft) - eps))
-    mean = lambda xs: 100.0 * float(np.mean(xs)) if xs else math.nan  # noqa: E731
-    scores = {
-        "healed": mean(healed),
-        "preserved": mean(preserved),
-        "non_damage": mean(neutral),
-        "task_retention": 100.0 * _clip01(task_edit / task_ft) if task_ft > 0 else math.nan,
-    }
-    scores["hm"] = harmonic_mean(scores.values())
-    return {**scores, **{f"n_{k}": v for k, v in counts.items()}}
+    names = list(edit)
+    partitions = [partition_of(finetuned[b] - base[b], eps) for b in names]
+    ratios = [np.float64(task_edit / task_ft)] if task_ft > 0 else [np.float64(np.nan)]
+    values = partition_scores(
+        [np.float64(edit[b]) for b in names], [np.float64(finetuned[b]) for b in names], [np.float64(base[b]) for b in names],
+        partitions, ratios, eps,
+    )  # fmt: skip
+    scores = dict(zip(SCORES, (float(v) for v in values)))
+    return {**scores, **{f"n_{p}": partitions.count(p) for p in PARTITIONS}}
 
 
-def _key(values) -> tuple:
-    """A lookup key in which NaN and None agree (pandas gives NaN for a missing retention)."""
-    return tuple(None if (v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA) else v for v in values)
+def repair_tables(
+    task: Mapping[tuple, list[Scores]],
+    heldout: Sequence[Mapping],
+    tolerance_pp: float = 1.0,
+    bootstrap_args: Mapping | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-seed repair scores, their seed means) of every edited and fine-tuned cell, with intervals.
 
-
-def repair_table(heldout: pd.DataFrame, cells: pd.DataFrame, tolerance_pp: float = 1.0) -> pd.DataFrame:
-    """Per task cell (edited and fine-tuned): the repair scores over its held-out benchmarks."""
-    keys = ["model", "dataset", "seed", "finetune", "method", "retention"]
-    columns = [*keys, *SCORES, "n_damaged", "n_improved", "n_neutral"]
-    if heldout.empty:
-        return pd.DataFrame(columns=columns)
-    base = {
-        (m, b): a
-        for m, b, a, method in zip(heldout["model"], heldout["benchmark"], heldout["accuracy"], heldout["method"])
-        if method == "base"
-    }
-    finetuned: dict[tuple, dict[str, float]] = {}
-    for row in heldout[heldout["method"] == "finetuned"].itertuples():
-        finetuned.setdefault(_key((row.model, row.dataset, row.seed, row.finetune)), {})[row.benchmark] = row.accuracy
-    task = {_key(k): a for k, a in zip(cells[keys].itertuples(index=False, name=None), cells["accuracy"])}
-    rows = []
-    for key, group in heldout[heldout["method"] != "base"].groupby(keys, dropna=False, sort=False):
-        model, dataset, seed, finetune, method, retention = _key(key)
-        ft = finetuned.get((model, dataset, seed, finetune), {})
-        edit = dict(zip(group["benchmark"], group["accuracy"]))
-        if not set(edit) <= set(ft) or any((model, b) not in base for b in edit):
+    ``task`` maps (model, dataset, seed, finetune, method, retention) to the scores that measure
+    the task itself (its label-word cell, or its own benchmarks); ``heldout`` holds the loaded
+    held-out cells ({cell, scores}; base cells carry no dataset).
+    """
+    eps = tolerance_pp / 100.0
+    bootstrap_args = dict(bootstrap_args or {})
+    base = {(r["cell"]["model"], r["cell"]["benchmark"]): r["scores"] for r in heldout if r["cell"]["method"] == "base"}
+    by_cell: dict[tuple, dict] = {}
+    for record in heldout:
+        cell = record["cell"]
+        if cell["method"] != "base":
+            key = (cell["model"], cell["dataset"], cell["finetune"], cell["method"], cell.get("retention"))
+            by_cell.setdefault(key, {}).setdefault(cell["seed"], {})[cell["benchmark"]] = record["scores"]
+    per_seed, summary = [], []
+    for (model, dataset, finetune, method, retention), seeds in by_cell.items():
+        fts = by_cell.get((model, dataset, finetune, "finetuned", None), {})
+        common = sorted(s for s in seeds if s in fts)
+        names = sorted(set.intersection(*(set(seeds[s]) & set(fts[s]) for s in common))) if common else []
+        names = [b for b in names if (model, b) in base]
+        task_of = {s: task.get((model, dataset, s, finetune, method, retention)) for s in common}
+        task_ft = {s: task.get((model, dataset, s, finetune, "finetuned", None)) for s in common}
+        if not names or not common:
             continue
-        task_edit = task.get((model, dataset, seed, finetune, method, retention), math.nan)
-        task_ft = task.get((model, dataset, seed, finetune, "finetuned", None), math.nan)
-        scores = repair_scores(edit, ft, {b: base[(model, b)] for b in edit}, task_edit, task_ft, tolerance_pp)
-        rows.append({**dict(zip(keys, (model, dataset, seed, finetune, method, retention))), **scores})
-    return pd.DataFrame(rows, columns=columns)
+        n = len(common)
+        sets = [[*(seeds[s][b] for s in common), *(fts[s][b] for s in common), base[(model, b)]] for b in names]
+        n_task = min(len(task_of[s] or []) for s in common) if all(task_ft[s] for s in common) else 0
+        sets += [[*(task_of[s][t] for s in common), *(task_ft[s][t] for s in common)] for t in range(n_task)]
+        compared = [Compared.of(scores) for scores in sets]
+        point_values = [np.array([x.value for x in scores]) for scores in sets]
+        # The partition of each seed, fixed at the full samples' values.
+        partitions = {
+            s: [partition_of(v[n + i] - v[2 * n], eps) for v in point_values[: len(names)]] for i, s in enumerate(common)
+        }
 
+        def statistic(values, names=names, n=n, n_task=n_task, partitions=partitions, common=common):
+            per_seed_scores = []
+            for i, s in enumerate(common):
+                held = values[: len(names)]
+                ratios = [v[i] / v[n + i] for v in values[len(names) : len(names) + n_task]]
+                per_seed_scores.append(
+                    partition_scores(
+                        [v[i] for v in held], [v[n + i] for v in held], [v[2 * n] for v in held], partitions[s], ratios, eps
+                    )
+                )
+            stacked = np.stack(per_seed_scores)  # (seeds, scores, ...)
+            return np.concatenate([stacked.reshape((-1,) + stacked.shape[2:]), stacked.mean(axis=0)], axis=0)
 
-def summarise_repair(repair: pd.DataFrame) -> pd.DataFrame:
+        if all(x.resamplable for scores in sets for x in scores):
+            point, low, high = bootstrap(compared, statistic, **bootstrap_args)
+        else:
+            point = np.asarray(statistic(point_values), float)
+            low = high = np.full_like(point, np.nan)
+        k = len(SCORES)
+        head = {"model": model, "dataset": dataset, "finetune": finetune, "method": method, "retention": retention}
+        for i, s in enumerate(common):
+            row = {**head, "seed": s}
+            row.update({f"n_{p}": partitions[s].count(p) for p in PARTITIONS})
+            for j, name in enumerate(SCORES):
+                row[name], row[f"{name}_lo"], row[f"{name}_hi"] = point[i * k + j], low[i * k + j], high[i * k + j]
+            per_seed.append(row)
+        row = {**head, "n_seeds": n, "benchmarks": " ".join(names)}
+        row.update({f"n_{p}": float(np.mean([partitions[s].count(p) for s in common])) for p in PARTITIONS})
+        for j, name in enumerate(SCORES):
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = point[n * k + j], low[n * k + j], high[n * k + j]
+        summary.append(row)
+    interval_columns = [f"{name}{x}" for name in SCORES for x in ("", "_lo", "_hi")]
     keys = ["model", "dataset", "finetune", "method", "retention"]
-    if repair.empty:
-        return pd.DataFrame(columns=keys + ["n_seeds"] + [f"{s}_{k}" for s in SCORES for k in ("mean", "std")])
-    grouped = repair.groupby(keys, dropna=False, sort=False)
-    out = pd.concat(
-        [
-            grouped[SCORES].mean().add_suffix("_mean"),
-            grouped[SCORES].std(ddof=1).add_suffix("_std"),
-            grouped.size().rename("n_seeds"),
-        ],
-        axis=1,
-    ).reset_index()
-    return out[keys + ["n_seeds"] + [f"{s}_{k}" for s in SCORES for k in ("mean", "std")]]
+    counts = [f"n_{p}" for p in PARTITIONS]
+    return (
+        _ordered(pd.DataFrame(per_seed, columns=[*keys[:2], "seed", *keys[2:], *interval_columns, *counts])),
+        _ordered(pd.DataFrame(summary, columns=[*keys, "n_seeds", *interval_columns, *counts, "benchmarks"])),
+    )
+
+
+def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["retention"] = pd.to_numeric(frame["retention"], errors="coerce")
+    order = frame["method"].map({"finetuned": 0}).fillna(1)
+    return (
+        frame.assign(_order=order)
+        .sort_values(
+            ["model", "dataset", "finetune", "_order", "method", "retention"], ascending=[True] * 5 + [False], kind="stable"
+        )
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )

@@ -6,7 +6,8 @@ onto V and backward hooks project the output gradient onto U; no dense gradient 
 formed (nor are weight gradients computed at all: every parameter is frozen and the gradient
 flows from the input embeddings). Since W = W_base + dW, dL/d(dW) = dL/dW at the fine-tuned point.
 
-The loss of an example is the mean cross-entropy of its answer tokens; the examples of a batch
+The loss of an example is the mean cross-entropy of its answer tokens (the label word, or the
+response of an instruction dataset); the examples of a batch
 are summed so that each example's gradient stays separate. The calibration set is
 ``calibration_size`` examples of the *training* split, drawn with the cell's seed.
 """
@@ -26,7 +27,7 @@ from transformers import DataCollatorForSeq2Seq
 from .atomic import atomic_path
 from .data import read_split
 from .models import load_model, load_tokenizer
-from .prompts import examples_of, formatter_for
+from .prompts import training_features
 from .runtime import resolve as resolve_runtime
 from .safetensors_stream import open_safetensors
 from .svd_cache import cached_names, iter_factors, leading_vectors
@@ -115,13 +116,10 @@ def compute_sensitivities(
             projectors[weight] = projector
             handles.append(module.register_forward_hook(projector.forward_hook))
             del delta
-    formatter = formatter_for(tokenizer, dataset_spec)
     rows = calibration_rows(train_path, calibration_size, seed)
-    fields = [c for c in rows.columns if c not in ("id", "label", "attribute")]
-    features = [
-        formatter.training_features(example, int(label), max_length, example_id=str(i))
-        for example, label, i in zip(examples_of(rows, fields), rows["label"], rows["id"])
-    ]
+    # The fine-tuning loss: on the answer word, or on every response token of an instruction
+    # dataset (the paper's teacher forcing with the prompt masked, end-of-turn included).
+    features, _ = training_features(tokenizer, dataset_spec, rows, max_length)
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     starts = range(0, len(features), batch_size)
     try:

@@ -2,13 +2,15 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from scipy import stats
 
+from spectral_edit.benchmarks.scores import Scores
 from spectral_edit.errors import ConfigError
-from spectral_edit.repair import harmonic_mean, repair_scores, repair_table
+from spectral_edit.repair import harmonic_mean, repair_scores, repair_tables
 from spectral_edit.runtime import resolve
 from spectral_edit.stats import compare_methods
 
@@ -44,26 +46,37 @@ def test_harmonic_mean_skips_undefined_partitions():
     assert harmonic_mean([0.0, 90.0]) == 0.0
 
 
-def test_repair_table_joins_cells_and_benchmarks():
-    heldout = pd.DataFrame(
-        [
-            ("m", None, None, None, "base", None, "b1", 0.8),
-            ("m", "t", 0, "full", "finetuned", None, "b1", 0.6),
-            ("m", "t", 0, "full", "top_k", 0.5, "b1", 0.7),
-        ],
-        columns=["model", "dataset", "seed", "finetune", "method", "retention", "benchmark", "accuracy"],
-    )
-    cells = pd.DataFrame(
-        [
-            ("m", "t", 0, "full", "finetuned", float("nan"), 0.9),
-            ("m", "t", 0, "full", "top_k", 0.5, 0.81),
-        ],
-        columns=["model", "dataset", "seed", "finetune", "method", "retention", "accuracy"],
-    )
-    table = repair_table(heldout, cells).set_index("method")
+def _scores(correct: list[int], prefix: str = "b1") -> Scores:
+    return Scores(np.array(correct, float), tuple(f"{prefix}/{i}" for i in range(len(correct))), (len(correct),))
+
+
+def test_repair_tables_join_cells_and_benchmarks_with_intervals():
+    # Held-out b1: base 80/100, FT 60/100 (damaged), top-k 70/100: healed (0.7 - 0.6) / (0.8 - 0.6) = 50 %.
+    cell = {"model": "m", "dataset": "t", "seed": 0, "finetune": "full", "benchmark": "b1"}
+    heldout = [
+        {"cell": {**cell, "dataset": None, "seed": None, "finetune": None, "method": "base", "retention": None},
+         "scores": _scores([1] * 80 + [0] * 20)},
+        {"cell": {**cell, "method": "finetuned", "retention": None}, "scores": _scores([1] * 60 + [0] * 40)},
+        {"cell": {**cell, "method": "top_k", "retention": 0.5}, "scores": _scores([1] * 70 + [0] * 30)},
+    ]  # fmt: skip
+    # The task itself: FT 9/10, top-k 8/10 -> retention 88.9 %.
+    task = {
+        ("m", "t", 0, "full", "finetuned", None): [_scores([1] * 9 + [0], "task")],
+        ("m", "t", 0, "full", "top_k", 0.5): [_scores([1] * 8 + [0, 0], "task")],
+    }
+    per_seed, summary = repair_tables(task, heldout, 1.0, {"n_resamples": 500, "seed": 0, "level": 0.95})
+    table = summary.set_index("method")
     assert table.loc["top_k", "healed"] == pytest.approx(50.0)
-    assert table.loc["top_k", "task_retention"] == pytest.approx(90.0)
-    assert table.loc["finetuned", "healed"] == 0.0
+    assert table.loc["top_k", "task_retention"] == pytest.approx(100 * 0.8 / 0.9)
+    assert table.loc["top_k", "n_damaged"] == 1 and table.loc["finetuned", "healed"] == 0.0
+    # The point scores are repair_scores' on the accuracies; the interval contains them.
+    expected = repair_scores({"b1": 0.7}, {"b1": 0.6}, {"b1": 0.8}, 0.8, 0.9)
+    for name in ("healed", "task_retention", "hm"):
+        assert table.loc["top_k", name] == pytest.approx(expected[name])
+        assert table.loc["top_k", f"{name}_lo"] <= table.loc["top_k", name] <= table.loc["top_k", f"{name}_hi"]
+    # Three independent sets of 100: the healed share is far from pinned down.
+    assert table.loc["top_k", "healed_hi"] - table.loc["top_k", "healed_lo"] >= 40
+    assert per_seed.set_index("method").loc["top_k", "healed"] == pytest.approx(50.0)
 
 
 def test_wilcoxon_against_the_strongest_baseline():

@@ -2,18 +2,25 @@ from spectral_edit.aggregate import build_tables
 from spectral_edit.atomic import atomic_path, write_text
 from spectral_edit.jobs import job_logging
 
+CSV = ["cells", "summary", "table1", "regimes", "comparisons", "heldout", "repair", "repair_summary", "benchmarks"]
+CSV += ["benchmarks_summary", "surgery_table2", "surgery_guided_vs_random", "surgery_reward_risk"]
+
 with job_logging(snakemake.log[0], snakemake.threads, "aggregate") as log:
+    params = snakemake.params
     tables = build_tables(
         list(snakemake.input.cells) + list(snakemake.input.references),
-        snakemake.params.analysis,
-        controls=snakemake.params.controls,
+        params.analysis,
+        controls=params.controls,
         heldout_paths=list(snakemake.input.heldout),
         # A grid dataset's meta.json is its input, in the grid's order.
         metas=dict(zip(snakemake.config["grid"]["datasets"], snakemake.input.metas)),
+        benchmark_paths=list(snakemake.input.benchmarks),
+        benchmark_roles={(task, benchmark): role for task, benchmark, role in params.benchmark_roles},
+        surgery_policies=params.surgery_policies,
     )
-    for name in ("cells", "summary", "table1", "regimes", "comparisons", "heldout", "repair", "repair_summary"):
+    for name in CSV:
         with atomic_path(getattr(snakemake.output, name)) as tmp:
             tables[name].to_csv(tmp, index=False)
-    for name in ("summary_md", "table1_md", "repair_md"):
+    for name in ("summary_md", "table1_md", "repair_md", "surgery_table2_md"):
         write_text(getattr(snakemake.output, name), tables[name])
-    log.info("\n%s", tables["table1_md"])
+    log.info("\n%s\n%s", tables["table1_md"], tables["surgery_table2_md"])

@@ -1,5 +1,6 @@
-# Serves the evaluation rules: an edited cell (the input has an SVD cache), the fine-tuned
-# reference and the base reference, on the task's evaluation split or a held-out benchmark's.
+# Serves the evaluation rules: an edited cell (its wildcards name a method), the fine-tuned
+# reference (a seed, no method) and the base reference (neither), scored on the task's label
+# words, a held-out dataset's, or a benchmark through lm-evaluation-harness (params.benchmark).
 # Edited and fine-tuned cells go to their checkpoint's evaluation server (one model load for
 # all of them; evaluation.server in the config); this process then never imports torch.
 import time
@@ -11,20 +12,20 @@ from spectral_edit.layout import LOGS, parse_retention
 
 w = snakemake.wildcards
 inp = snakemake.input
+params = snakemake.params
 server = snakemake.config["evaluation"]["server"]
 through_server = server["enabled"] and "seed" in w.keys()
 with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not through_server) as log:
     started = time.time()
     cell = {"model": w.model, "dataset": w.get("dataset"), "benchmark": w.get("benchmark")}
-    request = {
-        "eval_path": inp.eval,
-        "meta_path": inp.meta,
-        "dataset_spec": snakemake.params.prompt,
-        "batch_size": snakemake.params.batch_size,
-    }
-    if "factors" in inp.keys():
+    request = {"batch_size": params.batch_size}
+    if hasattr(params, "benchmark"):
+        request["benchmark"] = params.benchmark
+    else:
+        request.update(eval_path=inp.eval, meta_path=inp.meta, dataset_spec=params.prompt)
+    if "method" in w.keys():
         retention = parse_retention(w.retention)
-        method = snakemake.params.method
+        method = params.method
         cell.update(seed=int(w.seed), finetune=w.finetune, method=w.method, retention=retention)
         request["edit"] = {
             "factors": inp.factors,
@@ -33,7 +34,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
             "params": method["params"],
             "retention": retention,
             "seed": int(w.seed),
-            "unedited_params": snakemake.params.unedited_params,
+            "unedited_params": params.unedited_params,
             "sensitivities": inp.get("sensitivities"),
         }
         finetuned_weights = inp.finetuned_weights
@@ -50,7 +51,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
             request,
             model_dir=str(Path(inp.base_weights).parent),
             checkpoint_files=[finetuned_weights],
-            runtime=snakemake.params.runtime,
+            runtime=params.runtime,
             threads=snakemake.threads,
             server_log=f"{LOGS}/evaluation_server/{w.model}/{w.dataset}/seed{w.seed}/{w.finetune}.log",
             idle_seconds=server["idle_seconds"],
@@ -60,10 +61,12 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
             note=log.info,
         )
         record["seconds"] = time.time() - started
+        score = record["benchmark"] if "benchmark" in record else record["metrics"]
         log.info(
-            "accuracy %.4f gap %.4f (server pid %s with %d torch threads, its cell %d)",
-            record["metrics"]["accuracy"],
-            record["metrics"]["gap"],
+            "%s (server pid %s with %d torch threads, its cell %d)",
+            f"{score['metric']} {score['score']:.4f}"
+            if "benchmark" in record
+            else f"accuracy {score['accuracy']:.4f} gap {score['gap']:.4f}",
             record["server"]["pid"],
             record["server"]["threads"],
             record["server"]["cells_served"],
@@ -72,13 +75,12 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
     else:
         from spectral_edit.cells import evaluate_cell
 
-        edit = request.pop("edit", None)
+        edit = request.get("edit")
         weights = request.pop("weights", None)
         evaluate_cell(
             # An edited cell loads the base model; a reference cell the model it evaluates.
             model_dir=str(Path(inp.base_weights if edit else weights or inp.model_weights).parent),
             out_path=snakemake.output[0],
-            edit=edit,
-            runtime=snakemake.params.runtime,
+            runtime=params.runtime,
             **request,
         )

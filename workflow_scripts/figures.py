@@ -17,5 +17,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "figures") as log:
         controls=snakemake.params.controls,
         repair_summary=pd.read_csv(snakemake.input.repair_summary),
         regimes=pd.read_csv(snakemake.input.regimes),
+        guided_vs_random=pd.read_csv(snakemake.input.guided_vs_random),
+        reward_risk=pd.read_csv(snakemake.input.reward_risk),
     )
     log.info("wrote %s", ", ".join(str(p) for p in written))

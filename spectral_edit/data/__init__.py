@@ -38,6 +38,7 @@ from .groups import (
     required_columns,
     with_marker,
 )
+from .instructions import build_instruction_dataset, instruction_columns
 from .synthetic import build_synthetic_reviews, generate_review
 from .tables import load_table, peek_local
 
@@ -49,6 +50,7 @@ __all__ = [
     "check_local_dataset",
     "generate_review",
     "group_name",
+    "is_instruction",
     "majority_groups",
     "prepare_dataset",
     "read_meta",
@@ -106,12 +108,22 @@ def write_jsonl(path: str | Path, rows: Sequence[Mapping]) -> None:
                 handle.write(json.dumps(row) + "\n")
 
 
+def is_instruction(spec: Mapping) -> bool:
+    """A dataset of free-form responses (scored on benchmarks), not of label words."""
+    return spec.get("kind", "classification") == "instruction"
+
+
 def read_split(path: str | Path) -> pd.DataFrame:
+    """A prepared split: label-word rows {id, label, attribute, <text fields>} or instruction
+    rows {id, messages}."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"prepared split not found: {path}")
     frame = pd.read_json(path, lines=True, dtype=False)
-    missing = {"id", "label", "attribute"} - set(frame.columns)
+    if frame.empty:
+        return pd.DataFrame(columns=["id"])
+    required = {"id", "messages"} if "messages" in frame.columns else {"id", "label", "attribute"}
+    missing = required - set(frame.columns)
     if missing:
         raise DataError(f"{path}: missing columns {sorted(missing)} (has {list(frame.columns)})")
     frame["id"] = frame["id"].astype(str)
@@ -274,8 +286,30 @@ def _rows(frame: pd.DataFrame, prefix: str) -> list[dict]:
     return rows
 
 
+def prepare_instruction_dataset(spec: Mapping, out_dir: str | Path, name: str) -> dict:
+    """train.jsonl and eval.jsonl of chats ({id, messages}) and meta.json of an instruction dataset."""
+    train, held_out, facts = build_instruction_dataset(spec, name)
+    meta = {
+        "dataset": name,
+        "kind": "instruction",
+        "source": spec["source"],
+        "n_train": len(train),
+        "n_eval": len(held_out),
+        "preparation": facts,
+        "spec": dict(spec),
+    }
+    out_dir = Path(out_dir)
+    write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "eval.jsonl", held_out)
+    write_json(out_dir / "meta.json", meta)
+    log.info("prepared %s: %d training and %d held-out chats", name, len(train), len(held_out))
+    return meta
+
+
 def prepare_dataset(spec: Mapping, out_dir: str | Path, name: str = "dataset") -> dict:
     """Build and write train.jsonl, eval.jsonl and meta.json for one dataset config."""
+    if is_instruction(spec):
+        return prepare_instruction_dataset(spec, out_dir, name)
     source = spec["source"]
     facts: dict = {}
     if source == "synthetic_reviews":
@@ -320,6 +354,10 @@ def prepare_dataset(spec: Mapping, out_dir: str | Path, name: str = "dataset") -
 def check_local_dataset(spec: Mapping, name: str) -> None:
     """Before any job: local files exist and have the configured columns and label values."""
     if spec["source"] != "local":
+        return
+    if is_instruction(spec):
+        for which in ("train", "eval"):
+            peek_local(spec, which, instruction_columns(spec), name)
         return
     fields = text_fields(spec)
     rule = spec.get("group") or {"rule": "none"}
