@@ -32,7 +32,8 @@ def prompt_of(name, evaluation=False):
     """
     spec = config["datasets"][name]
     if is_instruction(spec):
-        return {"kind": "instruction"}  # the chats are in the prepared split
+        # The chats are in the prepared split; only how they are rendered is read here.
+        return {"kind": "instruction", **({"chat_template": False} if spec.get("chat_template") is False else {})}
     keys = ("prompt", "label_words", "max_text_tokens")
     prompt = {key: spec[key] for key in keys if key in spec}
     if evaluation and "eval_prompt" in spec:
@@ -79,7 +80,7 @@ def data_spec(wildcards):
     """What preparing a dataset reads: its spec without the keys only later stages use
     (evaluation prompt, benchmark lists, fine-tuning hyperparameters), so that changing those
     does not rerun the data and everything trained on it."""
-    later = ("eval_prompt", "heldout", "benchmarks", "finetune")
+    later = ("eval_prompt", "heldout", "benchmarks", "finetune", "chat_template")
     return {k: v for k, v in config["datasets"][wildcards.dataset].items() if k not in later}
 
 
@@ -311,11 +312,17 @@ def heldout_edit_inputs(wildcards):
 
 
 def export_inputs(wildcards):
-    """The edit's inputs (as its evaluation cell has them) and the three cells of the card."""
+    """The edit's inputs (as its evaluation cell has them) and the cells of the model card: the
+    label-word cell with its fine-tuned and base references, and each lm-eval benchmark's."""
     inputs = {k: v for k, v in edit_inputs(wildcards).items() if k not in ("eval",)}
-    inputs["cell"] = layout.CELL.format(**wildcards)
-    inputs["finetuned_cell"] = layout.FINETUNED_CELL.format(**wildcards)
-    inputs["base_cell"] = layout.BASE_CELL.format(model=wildcards.model, dataset=wildcards.dataset)
+    if label_word_dataset(wildcards.dataset):
+        inputs["cell"] = layout.CELL.format(**wildcards)
+        inputs["finetuned_cell"] = layout.FINETUNED_CELL.format(**wildcards)
+        inputs["base_cell"] = layout.BASE_CELL.format(model=wildcards.model, dataset=wildcards.dataset)
+    for b in benchmarks_of(wildcards.dataset):
+        inputs[f"benchmark:{b}"] = layout.BENCHMARK_CELL.format(benchmark=b, **wildcards)
+        inputs[f"benchmark_finetuned:{b}"] = layout.BENCHMARK_FINETUNED.format(benchmark=b, **wildcards)
+        inputs[f"benchmark_base:{b}"] = layout.BENCHMARK_BASE.format(benchmark=b, model=wildcards.model)
     return inputs
 
 

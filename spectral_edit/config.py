@@ -140,7 +140,7 @@ _INSTRUCTION_REQUIRED = {"synthetic_arithmetic": ("n_train",), "local": ("files"
 _CLASSIFICATION_ONLY = ("prompt", "eval_prompt", "label_words", "text_columns", "label_column", "label_values",
                         "label_threshold", "group", "n_eval_per_group", "marker", "max_text_tokens")  # fmt: skip
 _INSTRUCTION_ONLY = ("prompt_column", "response_column", "prompt_template", "response_template", "messages_column",
-                     "system_prompt", "n_eval", "operations")  # fmt: skip
+                     "system_prompt", "n_eval", "operations", "chat_template")  # fmt: skip
 _GROUP_REQUIRED = {
     "none": (),
     "columns_any": ("columns",),

@@ -302,6 +302,26 @@ def cell_statistics(cell: Mapping, finetuned: Mapping, base: Mapping, meta: Mapp
     }
 
 
+def benchmark_statistics(records: Mapping[str, Mapping[str, str | Path]], bootstrap: Mapping) -> list[dict]:
+    """Per lm-eval benchmark of the cell ({benchmark: {cell, finetuned, base: file}}): its score,
+    its change against the fine-tuned and base models with bootstrap intervals, McNemar's test
+    (as benchmarks_summary.csv has them)."""
+    from .benchmarks.scores import load_record
+    from .benchmarks.tables import compare_scores
+
+    resampling = {
+        "n_resamples": int(bootstrap.get("resamples", 2000)),
+        "seed": int(bootstrap.get("seed", 0)),
+        "level": float(bootstrap.get("level", 0.95)),
+    }
+    rows = []
+    for benchmark, paths in records.items():
+        cell, ft, base = (load_record(paths[k]) for k in ("cell", "finetuned", "base"))
+        row = compare_scores([cell["scores"]], [ft["scores"]], base["scores"], resampling)
+        rows.append({"benchmark": benchmark, "metric": cell["info"]["metric"], "level": resampling["level"], **row})
+    return rows
+
+
 def workflow_commit(directory: str | Path) -> str:
     """The git commit of the workflow checkout ("+ uncommitted changes" when dirty), or "unknown"."""
     try:
@@ -334,9 +354,18 @@ def _number(value: float, scale: float) -> str:
 
 
 def model_card(
-    *, form: str, cell: Mapping, statistics: Mapping, edit_summary: Mapping, provenance: Mapping, base_id: str | None = None
+    *,
+    form: str,
+    cell: Mapping,
+    statistics: Mapping | None,
+    edit_summary: Mapping,
+    provenance: Mapping,
+    base_id: str | None = None,
+    benchmarks: list[Mapping] = (),
 ) -> str:
-    """README.md of an exported model (``form`` "model") or adapter ("adapter")."""
+    """README.md of an exported model (``form`` "model") or adapter ("adapter"): the edit, the
+    label-word evaluation (``statistics``; None for an instruction task) and the lm-eval
+    ``benchmarks`` (rows of :func:`benchmark_statistics`)."""
     c = cell["cell"]
     retention = "none" if c.get("retention") is None else f"{100 * c['retention']:g} %"
     title = (
@@ -386,6 +415,46 @@ def model_card(
             f"| whole modules | {len(edit_summary.get('modules_to_save', []))} |",
             f"| tied embeddings | {edit_summary.get('tied_embeddings')} |",
         ]
+    if statistics is not None:
+        lines += _label_word_section(c, statistics)
+    if benchmarks:
+        lines += _benchmark_section(benchmarks)
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        f"- workflow commit: `{provenance['commit']}`",
+        f"- base model: `{provenance['base_model']}`",
+        "",
+        "The configuration that made it (base model, dataset, fine-tune recipe, method, edit and evaluation):",
+        "",
+        "```yaml",
+        yaml.safe_dump(dict(provenance["config"]), sort_keys=False).strip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _benchmark_section(benchmarks: list[Mapping]) -> list[str]:
+    level = f"{100 * benchmarks[0]['level']:g} %"
+    lines = [
+        "",
+        f"## Benchmarks (lm-evaluation-harness; {level} stratified paired bootstrap intervals over the samples)",
+        "",
+        "| benchmark | metric | score | change against the fine-tuned model | change against the base model | McNemar p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in benchmarks:
+        cells = [f"{row[k]:+.3f} [{row[k + '_lo']:+.3f}, {row[k + '_hi']:+.3f}]" for k in ("diff_ft", "diff_base")]
+        p = "" if not np.isfinite(row.get("mcnemar_p", np.nan)) else f"{row['mcnemar_p']:.3g}"
+        score = f"{row['score']:.3f} [{row['score_lo']:.3f}, {row['score_hi']:.3f}]"
+        lines.append(f"| {row['benchmark']} | {row['metric']} | {score} | {cells[0]} | {cells[1]} | {p} |")
+    return lines
+
+
+def _label_word_section(c: Mapping, statistics: Mapping) -> list[str]:
+    lines = []
     level = f"{100 * statistics.get('level', 0.95):g} %"
     lines += [
         "",
@@ -409,17 +478,5 @@ def model_card(
         f"{_number(statistics['base_accuracy'], 100)} %. McNemar's exact test against the fine-tuned model: "
         f"{mcnemar['mcnemar_b']} examples only this model gets right, {mcnemar['mcnemar_c']} only the fine-tuned one, p = "
         f"{mcnemar['mcnemar_p']:.3g}.",
-        "",
-        "## Provenance",
-        "",
-        f"- workflow commit: `{provenance['commit']}`",
-        f"- base model: `{provenance['base_model']}`",
-        "",
-        "The configuration that made it (base model, dataset, fine-tune recipe, method, edit and evaluation):",
-        "",
-        "```yaml",
-        yaml.safe_dump(dict(provenance["config"]), sort_keys=False).strip(),
-        "```",
-        "",
     ]
-    return "\n".join(lines)
+    return lines

@@ -278,6 +278,9 @@ def training_arguments(
         gradient_accumulation_steps=int(hyper.get("gradient_accumulation_steps", 1)),
         learning_rate=float(hyper["learning_rate"]),
         lr_scheduler_type=hyper.get("lr_scheduler", "linear"),
+        lr_scheduler_kwargs={"min_lr_rate": float(hyper.get("min_lr_ratio", 0.0))}
+        if hyper.get("lr_scheduler") == "cosine_with_min_lr"
+        else {},
         warmup_steps=int(hyper.get("warmup_steps", 0)),
         weight_decay=float(hyper.get("weight_decay", 0.0)),
         adam_beta1=float(hyper.get("adam_beta1", 0.9)),

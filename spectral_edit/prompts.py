@@ -92,14 +92,15 @@ class InstructionFormatter:
     end-of-turn marker (SmolLM2's ``<|im_end|>``), so the model learns to stop. The chat is cut
     into pieces at the turn boundaries (the template rendered up to each turn) and each piece is
     tokenized on its own, as :class:`PromptFormatter` tokenizes prompt and answer, so a label
-    mask never straddles a token. Without a chat template the plain format is
-    ``<user>\n<assistant><eos>`` per turn.
+    mask never straddles a token. Without a chat template, or with ``chat_template: false`` in the
+    dataset's config (a base model trained and scored without one, as in Spectral Surgery's
+    runs), the plain format is ``<user>\n<assistant><eos>`` per turn.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, chat_template: bool = True):
         self.tokenizer = tokenizer
-        self.uses_chat_template = getattr(tokenizer, "chat_template", None) is not None
-        if not self.uses_chat_template:
+        self.uses_chat_template = chat_template and getattr(tokenizer, "chat_template", None) is not None
+        if chat_template and not self.uses_chat_template:
             log.warning("tokenizer has no chat template: using the plain format '<user>\\n<assistant><eos>'")
 
     def _encode(self, text: str) -> list[int]:
@@ -163,7 +164,7 @@ def training_features(tokenizer, spec: Mapping, frame, max_length: int) -> tuple
     whole is left out; both are counted in the report (and logged), never dropped silently.
     """
     if spec.get("kind", "classification") == "instruction":
-        formatter = InstructionFormatter(tokenizer)
+        formatter = InstructionFormatter(tokenizer, bool(spec.get("chat_template", True)))
         features, report = [], {"examples": len(frame), "truncated": 0, "dropped": 0, "answer_tokens_cut": 0}
         for messages, example_id in zip(frame["messages"], frame["id"]):
             feature, cut = formatter.training_features(messages, max_length)

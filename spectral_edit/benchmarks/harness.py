@@ -12,6 +12,7 @@ intervals (spectral_edit.benchmarks.scores).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -120,32 +121,106 @@ def benchmark_record(results: Mapping, spec: Mapping, manager) -> dict:
     }
 
 
+_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
+
+
+def cut_network() -> str:
+    """Take this process off the network, as well as it can be done here: its own empty network
+    namespace (no interface but a loopback that is down) where the kernel allows one, else no
+    Internet sockets from Python (``socket.socket`` refuses AF_INET and AF_INET6; Unix sockets,
+    which multiprocessing uses to talk to its children, keep working). Returns which."""
+    import ctypes
+    import socket
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for flags in (_CLONE_NEWNET, _CLONE_NEWUSER | _CLONE_NEWNET):  # root; an unprivileged user
+            if libc.unshare(flags) == 0:
+                return "own network namespace"
+    except (OSError, AttributeError):
+        pass
+    internet = (socket.AF_INET, socket.AF_INET6)
+
+    class LocalOnly(socket.socket):
+        def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
+            if fileno is None and (family in internet or family == -1):
+                raise PermissionError("network access is disabled while generated code runs")
+            super().__init__(family, type, proto, fileno)
+
+    socket.socket = LocalOnly
+    return "Internet sockets disabled"
+
+
+@contextlib.contextmanager
+def offline_children():
+    """While a task that executes the model's code is scored: every multiprocessing child of this
+    process (HF's code_eval runs each completion in one, with its time limit) starts by cutting
+    itself off the network (:func:`cut_network`). Yields how they are cut off, found by a probe."""
+    from multiprocessing import Process, Queue
+    from multiprocessing.process import BaseProcess
+
+    original = BaseProcess.run
+
+    def run(self):
+        cut_network()
+        return original(self)
+
+    BaseProcess.run = run
+    try:
+        answer: Queue = Queue()
+        probe = Process(target=_probe_network, args=(answer,))
+        probe.start()
+        probe.join(30)
+        yield answer.get(timeout=5) if not answer.empty() else "unknown (the probe did not answer)"
+    finally:
+        BaseProcess.run = original
+
+
+def _probe_network(answer) -> None:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 9), timeout=1):
+            pass
+        answer.put("not cut off")
+    except PermissionError:
+        answer.put("Internet sockets disabled")
+    except OSError as error:  # unreachable: no interface is up in the new namespace
+        answer.put("own network namespace" if error.errno in (101, 99) else f"own network namespace? ({error})")
+
+
 def run_benchmark(model, tokenizer, spec: Mapping, batch_size: int, managers: dict) -> dict:
     """Score ``model`` as it is in memory on one benchmark (resolved config entry)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     manager = task_manager(spec, managers)
+    guard = contextlib.nullcontext("no code is executed")
     if spec.get("execute_code"):
         # The config allows running the model's code (lm-eval's opt-in, and the flag HF's
-        # code_eval metric checks); see the README on what that runs and where.
+        # code_eval metric checks); each completion runs in a child process off the network.
         os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
+        guard = offline_children()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=[spec["task"]],
-        num_fewshot=spec.get("num_fewshot"),
-        limit=spec.get("limit"),
-        task_manager=manager,
-        apply_chat_template=bool(spec.get("apply_chat_template", False)),
-        fewshot_as_multiturn=bool(spec.get("fewshot_as_multiturn", True)),
-        system_instruction=spec.get("system_instruction"),
-        gen_kwargs=dict(spec["generation"]) if spec.get("generation") else None,
-        log_samples=True,
-        bootstrap_iters=0,  # our intervals come from the samples (paired across models)
-        confirm_run_unsafe_code=bool(spec.get("execute_code", False)),
-    )
+    with guard as isolation:
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[spec["task"]],
+            num_fewshot=spec.get("num_fewshot"),
+            limit=spec.get("limit"),
+            task_manager=manager,
+            apply_chat_template=bool(spec.get("apply_chat_template", False)),
+            fewshot_as_multiturn=bool(spec.get("fewshot_as_multiturn", True)),
+            system_instruction=spec.get("system_instruction"),
+            gen_kwargs=dict(spec["generation"]) if spec.get("generation") else None,
+            log_samples=True,
+            bootstrap_iters=0,  # our intervals come from the samples (paired across models)
+            confirm_run_unsafe_code=bool(spec.get("execute_code", False)),
+        )
     record = benchmark_record(results, spec, manager)
+    if spec.get("execute_code"):
+        record["code_execution"] = {"network": isolation}
+        log.info("%s: the model's code ran in child processes with: %s", spec["name"], isolation)
     asked = spec.get("num_fewshot")
     shots = record["lm_eval"]["n_shot"]
     if asked is not None and any(int(n) != int(asked) for n in shots.values()):

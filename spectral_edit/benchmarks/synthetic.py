@@ -27,7 +27,7 @@ import yaml
 
 from ..atomic import write_text
 from ..data import write_jsonl
-from ..data.arithmetic import arithmetic_problems, check_operations
+from ..data.arithmetic import arithmetic_problem, check_operations
 from .spec import synthetic_task_name
 
 FEWSHOT_POOL = 32
@@ -44,10 +44,18 @@ ANTONYMS = [
 
 
 def arithmetic_benchmark(spec: Mapping) -> tuple[list[dict], list[dict]]:
-    """(few-shot pool, test problems): one seeded stream, the pool drawn first."""
+    """(few-shot pool, test problems): one seeded stream, the pool drawn first; no question is
+    asked twice or shown as a few-shot example of itself."""
     operations = check_operations(spec, f"benchmarks.{spec['name']}")
-    problems = arithmetic_problems(FEWSHOT_POOL + int(spec["n"]), int(spec.get("generator_seed", 0)), operations)
-    return problems[:FEWSHOT_POOL], problems[FEWSHOT_POOL:]
+    rng = random.Random(int(spec.get("generator_seed", 0)))
+    seen: set[str] = set()
+    drawn: list[dict] = []
+    while len(drawn) < FEWSHOT_POOL + int(spec["n"]):
+        problem = arithmetic_problem(rng, operations)
+        if problem["question"] not in seen:
+            seen.add(problem["question"])
+            drawn.append(problem)
+    return drawn[:FEWSHOT_POOL], drawn[FEWSHOT_POOL:]
 
 
 def antonym_benchmark(spec: Mapping) -> tuple[list[dict], list[dict]]:

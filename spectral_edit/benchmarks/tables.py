@@ -70,7 +70,8 @@ def _row_statistics(values: list[np.ndarray], n_seeds: int) -> np.ndarray:
     return np.stack([edit.mean(axis=0), (edit - ft).mean(axis=0), edit.mean(axis=0) - base])
 
 
-def _compare(edit: list[Scores], ft: list[Scores], base: Scores, bootstrap_args: Mapping) -> dict:
+def compare_scores(edit: list[Scores], ft: list[Scores], base: Scores, bootstrap_args: Mapping) -> dict:
+    """score, diff_ft and diff_base with intervals, McNemar against FT, of one model's seeds."""
     compared = Compared.of([*edit, *ft, base])
     n_seeds = len(edit)
     resamplable = all(s.resamplable for s in (*edit, *ft, base))
@@ -120,7 +121,7 @@ def benchmark_tables(
                 head = {"model": model, "dataset": dataset, "finetune": finetune, "method": method, "retention": retention}
                 tail = {"benchmark": benchmark, "role": role, "metric": info["metric"]}
                 for seed in common:
-                    row = _compare([by_seed[seed]["scores"]], [fts[seed]["scores"]], base["scores"], bootstrap_args)
+                    row = compare_scores([by_seed[seed]["scores"]], [fts[seed]["scores"]], base["scores"], bootstrap_args)
                     seed_info = by_seed[seed]["info"]
                     per_seed.append(
                         {
@@ -133,7 +134,7 @@ def benchmark_tables(
                     )
                     if method == "base":
                         break  # one row of the base model per task
-                row = _compare(
+                row = compare_scores(
                     [by_seed[s]["scores"] for s in common], [fts[s]["scores"] for s in common], base["scores"], bootstrap_args
                 )
                 summary.append({**head, **tail, **row, "n_seeds": len(common)})

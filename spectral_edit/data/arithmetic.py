@@ -43,18 +43,18 @@ def arithmetic_problem(rng: random.Random, operations: Sequence[str] = OPERATION
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     operation = rng.choice(list(operations))
     if operation == "add":
-        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        a, b = rng.randint(2, 20), rng.randint(2, 20)
         answer = a + b
         question = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
         work = f"{name} has {a} + {b} = {answer} {item} now."
     elif operation == "subtract":
-        a = rng.randint(5, 60)
+        a = rng.randint(5, 30)
         b = rng.randint(1, a - 1)
         answer = a - b
         question = f"{name} has {a} {item} and gives {b} of them away. How many {item} does {name} have left?"
         work = f"{name} has {a} - {b} = {answer} {item} left."
     elif operation == "two_step":
-        a, b = rng.randint(2, 30), rng.randint(2, 30)
+        a, b = rng.randint(2, 15), rng.randint(2, 15)
         c = rng.randint(1, a + b - 1)
         answer = a + b - c
         question = f"{name} has {a} {item}, buys {b} more and then gives {c} away. How many {item} does {name} have now?"
