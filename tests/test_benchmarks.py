@@ -295,3 +295,29 @@ def test_an_execute_code_benchmark_runs_the_code_off_the_network(tiny_base_dir, 
         record = CellEvaluator(tiny_base_dir).run(cell={}, benchmark=spec, batch_size=4)["benchmark"]
     assert record["score"] == 1.0 and record["results"]["unsafe_probe"]["ran,none"] == 1.0
     assert record["code_execution"]["network"] in ("own network namespace", "Internet sockets disabled")
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"kind": "full"},
+        {"kind": "lora", "rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        {"kind": "speclora", "rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "top_k": 2},
+    ],
+    ids=lambda r: r["kind"],
+)
+def test_every_recipe_fine_tunes_on_instruction_data(tiny_base_dir, tmp_path, recipe):
+    from safetensors.torch import load_file
+
+    from spectral_edit.finetune import finetune
+
+    prepare_dataset({"kind": "instruction", "source": "synthetic_arithmetic", "n_train": 16}, tmp_path / "data", "a")
+    hyper = {"steps": 3, "batch_size": 4, "learning_rate": 1e-2, "max_length": 140}
+    train = tmp_path / "data/train.jsonl"
+    log = finetune(tiny_base_dir, train, tmp_path / "ft", {"kind": "instruction"}, hyper, 0, False, recipe)
+    # max_length 140 cuts the longer byte-level chats: counted, not silent.
+    assert log["max_length_cuts"]["examples"] == 16 and log["max_length_cuts"]["answer_tokens_cut"] > 0
+    assert log["train_examples"] == 16 - log["max_length_cuts"]["dropped"] and len(log["loss_curve"]) == 3
+    base, tuned = load_file(tiny_base_dir / "model.safetensors"), load_file(tmp_path / "ft/model.safetensors")
+    changed = [name for name in base if not (base[name] == tuned[name]).all()]
+    assert changed and (recipe["kind"] == "full" or all("q_proj" in n or "v_proj" in n for n in changed))
