@@ -232,13 +232,18 @@ def _check_instruction_dataset(name: str, spec: Mapping, where: str, check_files
             if len(given) != 1:
                 raise ConfigError(f"{where}: give exactly one of {' and '.join(keys)} (or messages_column)")
     if check_files:
-        from .data import check_local_dataset
-        from .errors import DataError
+        _check_local_files(spec, name)
 
-        try:
-            check_local_dataset(spec, name)
-        except DataError as error:
-            raise ConfigError(f"config: {error}") from None
+
+def _check_local_files(spec: Mapping, name: str) -> None:
+    """A local dataset's files exist and have the configured columns (and label values)."""
+    from .data import check_local_dataset
+    from .errors import DataError
+
+    try:
+        check_local_dataset(spec, name)
+    except DataError as error:
+        raise ConfigError(f"config: {error}") from None
 
 
 def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: bool, benchmarks: Mapping) -> None:
@@ -311,13 +316,7 @@ def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: boo
         if group["rule"] == "marker" and isinstance(group.get("label"), str) and group["label"] not in spec["label_words"]:
             raise ConfigError(f"{where}.group.label: {group['label']!r} is not one of the label_words {spec['label_words']}")
         if check_files:
-            from .data import check_local_dataset
-            from .errors import DataError
-
-            try:
-                check_local_dataset(spec, name)
-            except DataError as error:
-                raise ConfigError(f"config: {error}") from None
+            _check_local_files(spec, name)
     _check_heldout(name, spec, datasets, benchmarks, where)
 
 

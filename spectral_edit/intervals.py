@@ -137,6 +137,16 @@ def bootstrap_intervals(
     def statistic(*per_group, axis=-1):
         return paired_statistics(per_group, design, n_seeds)
 
+    low, high = percentile_bootstrap(samples, statistic, n_resamples, seed, level, batch=max(1, 2_000_000 // edit.size))
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(STATISTICS, low, high)}
+
+
+def percentile_bootstrap(
+    samples: Sequence[np.ndarray], statistic, n_resamples: int, seed: int, level: float, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's percentile bootstrap of a vectorized ``statistic`` (k values on axis 0) over
+    ``samples`` resampled independently (each one stratum, observations on the last axis);
+    ``batch`` resamples are drawn at a time (memory, and the stream of draws). Returns (low, high)."""
     # A ratio with a zero denominator in some resample gives a NaN interval, which scipy reports
     # as degenerate data; NaN is the answer we want there ("undefined").
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -151,10 +161,10 @@ def bootstrap_intervals(
             confidence_level=level,
             method="percentile",
             rng=np.random.default_rng(seed),
-            batch=max(1, 2_000_000 // edit.size),
+            batch=batch,
         )
     low, high = result.confidence_interval
-    return {name: (float(lo), float(hi)) for name, lo, hi in zip(STATISTICS, low, high)}
+    return np.asarray(low, float), np.asarray(high, float)
 
 
 def point_statistics(edit: np.ndarray, finetuned: np.ndarray, base: np.ndarray, design: GroupDesign) -> dict[str, float]:

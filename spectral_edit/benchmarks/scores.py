@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+
+from ..intervals import mcnemar_counts, percentile_bootstrap
 
 
 @dataclass(frozen=True)
@@ -174,27 +174,11 @@ def bootstrap(
         return statistic(values_of(strata))
 
     size = sum(part.size for part in parts)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        result = stats.bootstrap(
-            parts,
-            resampled,
-            n_resamples=n_resamples,
-            axis=-1,
-            vectorized=True,
-            paired=False,
-            confidence_level=level,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-            batch=max(1, 4_000_000 // max(size, 1)),
-        )
-    low, high = result.confidence_interval
-    return point, np.asarray(low, float), np.asarray(high, float)
+    low, high = percentile_bootstrap(parts, resampled, n_resamples, seed, level, batch=max(1, 4_000_000 // max(size, 1)))
+    return point, low, high
 
 
 def mcnemar(edit: np.ndarray, finetuned: np.ndarray) -> dict:
     """Exact McNemar test of 0/1 per-sample scores (discordant counts summed over seeds' rows)."""
-    from ..intervals import mcnemar_counts
-
     edit, finetuned = np.atleast_2d(edit).astype(bool), np.atleast_2d(finetuned).astype(bool)
     return mcnemar_counts(int((edit & ~finetuned).sum()), int((~edit & finetuned).sum()))

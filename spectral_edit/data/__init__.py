@@ -298,12 +298,17 @@ def prepare_instruction_dataset(spec: Mapping, out_dir: str | Path, name: str) -
         "preparation": facts,
         "spec": dict(spec),
     }
-    out_dir = Path(out_dir)
-    write_jsonl(out_dir / "train.jsonl", train)
-    write_jsonl(out_dir / "eval.jsonl", held_out)
-    write_json(out_dir / "meta.json", meta)
+    _write_prepared(out_dir, train, held_out, meta)
     log.info("prepared %s: %d training and %d held-out chats", name, len(train), len(held_out))
     return meta
+
+
+def _write_prepared(out_dir: str | Path, train: Sequence[Mapping], evaluation: Sequence[Mapping], meta: Mapping) -> None:
+    """train.jsonl, eval.jsonl and meta.json, each written atomically (meta.json last)."""
+    out_dir = Path(out_dir)
+    write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "eval.jsonl", evaluation)
+    write_json(out_dir / "meta.json", meta)
 
 
 def prepare_dataset(spec: Mapping, out_dir: str | Path, name: str = "dataset") -> dict:
@@ -343,10 +348,7 @@ def prepare_dataset(spec: Mapping, out_dir: str | Path, name: str = "dataset") -
         "preparation": facts,
         "spec": dict(spec),
     }
-    out_dir = Path(out_dir)
-    write_jsonl(out_dir / "train.jsonl", train)
-    write_jsonl(out_dir / "eval.jsonl", evaluation)
-    write_json(out_dir / "meta.json", meta)
+    _write_prepared(out_dir, train, evaluation, meta)
     log.info("prepared %s: %d train, %d eval rows; majority groups %s", name, len(train), len(evaluation), majority)
     return meta
 
