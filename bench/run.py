@@ -32,6 +32,11 @@ It prints these figures, each measured side by side in this one run:
    predictions and the largest log-probability difference; and the FLOP rate the workflow's
    scoring achieves on the tokens it computes against a timed torch.matmul of a layer's size.
    lm-eval is a dependency of the workflow (setup.sh installs it).
+10. the same fine-tuning steps of the default three ways, each in a process of its own: the
+   workflow's (the language-model head only at the positions the loss reads), the workflow's
+   before (the Trainer's own loss) and a plain Hugging Face Trainer; seconds a step and the FLOP
+   rate of 6 x parameters x tokens against a timed matmul of the model's shape, with the
+   difference between the first two runs' loss curves and final weights.
 """
 
 from __future__ import annotations
@@ -654,6 +659,64 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
     )
 
 
+def finetuning_step_rates(paths: dict, config: dict, scratch: Path, steps: int = 12) -> None:
+    """Figure 10: the same fine-tuning steps of the default the workflow's way (head only where the
+    loss reads it), the workflow's way before (the Trainer's own loss, the head at every
+    position) and through a plain Trainer, each in a process of its own (bench/finetune_steps.py);
+    per-step time, the FLOP rate of 6 x parameters x tokens, a timed matmul of the model's shape,
+    and the difference of the first two runs' loss curves and weights."""
+    from safetensors.torch import load_file
+
+    from spectral_edit.prompts import training_features
+
+    keys = paths["keys"]
+    dataset = config["datasets"][keys["dataset"]]
+    spec = {k: dataset[k] for k in ("prompt", "label_words", "max_text_tokens") if k in dataset}
+    hyper = {**config["finetune"], "steps": steps}
+    threads = torch.get_num_threads()
+    train = paths["data"] / "train.jsonl"
+    runs = {}
+    for mode in ("trainer_loss", "answer_only", "plain"):
+        out = subprocess.run(
+            [sys.executable, str(REPO / "bench/finetune_steps.py"), mode, str(paths["base"]), str(train), json.dumps(spec),
+             json.dumps(hyper), str(threads), str(scratch / f"finetune-{mode}")],
+            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    # Tokens a step computes: the mean example length times the batch (padding left out).
+    features, _ = training_features(load_tokenizer(paths["base"]), spec, read_split(train), int(hyper.get("max_length", 512)))
+    tokens = np.mean([len(f["input_ids"]) for f in features]) * int(hyper["batch_size"])
+    model_config = json.loads((paths["base"] / "config.json").read_text())
+    parameters = sum(t.numel() for t in load_file(paths["base"] / "model.safetensors").values())
+    peak = matmul_rate(int(tokens), model_config["hidden_size"], model_config["intermediate_size"], threads)
+    seconds = {mode: float(np.median(run["steps"][1:])) for mode, run in runs.items()}  # the first allocates the optimizer
+    rate = {mode: 6 * parameters * tokens / s for mode, s in seconds.items()}
+    loss_difference = max(abs(a - b) for a, b in zip(runs["answer_only"]["loss"], runs["trainer_loss"]["loss"]))
+    new, old = load_file(runs["answer_only"]["weights"]), load_file(runs["trainer_loss"]["weights"])
+    weight_difference = max(float((new[k] - old[k]).abs().max()) for k in new)
+    described = {
+        "answer_only": "head only where the loss reads it (the workflow)",
+        "trainer_loss": "the Trainer's own loss (the workflow before)",
+        "plain": "a plain Hugging Face Trainer (foreach AdamW)",
+    }
+    print(
+        f"[10] fine-tuning steps of the default ({hyper['batch_size']} examples, {tokens:.0f} tokens, {threads} threads, "
+        f"median of {steps - 1}; 6 x {parameters / 1e6:.1f} M parameters x tokens per step against a timed "
+        f"{int(tokens)}x{model_config['hidden_size']} @ {model_config['hidden_size']}x{model_config['intermediate_size']} "
+        f"matmul at {peak / 1e9:.0f} GFLOP/s):"
+    )
+    for mode in ("answer_only", "trainer_loss", "plain"):
+        print(
+            f"    {described[mode]}: {seconds[mode]:.2f} s a step, {1 / seconds[mode]:.2f} steps/s, "
+            f"{rate[mode] / 1e9:.0f} GFLOP/s ({100 * rate[mode] / peak:.0f} % of the matmul)"
+        )
+    print(
+        f"    -> {seconds['trainer_loss'] / seconds['answer_only']:.2f}x the steps per second of before, "
+        f"{seconds['plain'] / seconds['answer_only']:.2f}x the plain Trainer's; loss curves within {loss_difference:.1e}, "
+        f"weights within {weight_difference:.1e}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO, help="where the main job wrote results/ (default: the repo)")
@@ -666,7 +729,7 @@ def main() -> None:
     )
     parser.add_argument("--retention", type=float, default=0.01)
     parser.add_argument("--examples", type=int, default=160, help="prompts in the throughput comparison")
-    parser.add_argument("--only", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8, 9], help="which figures to measure")
+    parser.add_argument("--only", type=int, nargs="+", default=list(range(1, 11)), help="which figures to measure")
     args = parser.parse_args()
     config = load_config(*args.configfile)
     paths = _paths(args.workdir, config)
@@ -683,6 +746,7 @@ def main() -> None:
             7: lambda: served_cells_vs_evaluation_pass(paths, config, scratch),
             8: lambda: cache_sizes(paths),
             9: lambda: against_lm_evaluation_harness(paths, config, args.examples, scratch),
+            10: lambda: finetuning_step_rates(paths, config, scratch),
         }
         for figure in args.only:
             figures[figure]()

@@ -385,8 +385,8 @@ def build_tables(
     tables = _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) if cell_paths else _empty_label_word_tables()
     cells = tables["cells"]
     benchmark_records = [load_record(p) for p in benchmark_paths]
-    heldout_records = [load_record(p) for p in heldout_paths]
-    heldout_records += [
+    label_word_heldout = [load_record(p) for p in heldout_paths]
+    heldout_records = label_word_heldout + [
         r for r in benchmark_records if roles.get((r["cell"].get("dataset"), r["cell"]["benchmark"])) == "heldout"
     ]
     # Base cells of a benchmark carry no task: held out for any task that names it so.
@@ -406,7 +406,9 @@ def build_tables(
     tolerance = float(analysis.get("heldout_tolerance_pp", 1.0))
     resampling = {k: bootstrap[k] for k in ("n_resamples", "seed", "level")}
     repair, repair_summary = repair_tables(task, heldout_records, tolerance, resampling)
-    per_seed, benchmark_summary = benchmark_tables(benchmark_records, roles, resampling)
+    # The label-word held-out datasets get the same rows as the benchmarks (score, changes, intervals).
+    held = {(r["cell"]["dataset"], r["cell"]["benchmark"]): "heldout" for r in label_word_heldout if r["cell"]["dataset"]}
+    per_seed, benchmark_summary = benchmark_tables(benchmark_records + label_word_heldout, roles | held, resampling)
     return {
         **tables,
         "cells": cells.drop(columns="_examples"),

@@ -510,11 +510,13 @@ def recovery_preservation(repair_summary: pd.DataFrame, out_stem: Path, formats)
     for ax, (model, dataset) in zip(axes[0], pairs):
         ax.plot(h, 80 * h / (2 * h - 80), color="black", ls=":", lw=0.8, label="HM(healed, preserved) = 80")
         here = data[(data["model"] == model) & (data["dataset"] == dataset)]
+        recipes = list(dict.fromkeys(here["finetune"]))
         for (finetune, method), group in here.groupby(["finetune", "method"], sort=False):
             colour = "black" if method == "finetuned" else _colour(method, methods)
             group = group.sort_values("retention", ascending=False)
             x, y = group["healed"].fillna(0.0), group["preserved"].fillna(100.0)
-            style = dict(marker="o", ms=4) if group["retention"].notna().any() else dict(marker="D", ms=7, ls="none")
+            marker = "oDs^v<>"[recipes.index(finetune) % 7]  # one marker per fine-tuning recipe
+            style = dict(marker=marker, ms=4) if group["retention"].notna().any() else dict(marker=marker, ms=7, ls="none")
             ax.errorbar(
                 x, y, xerr=_bars(group, "healed"), yerr=_bars(group, "preserved"), color=colour, capsize=2, elinewidth=0.7,
                 label=f"{method} ({finetune})", **style,
@@ -548,7 +550,8 @@ def surgery_guided_vs_random(points: pd.DataFrame, out_stem: Path, formats) -> l
         frame = points.iloc[[i]]
         ax.errorbar(
             frame["random"], frame["guided"], xerr=_bars(frame, "random"), yerr=_bars(frame, "guided"), marker="o", ms=6,
-            capsize=2, color=plt.get_cmap("tab10")(i % 10), label=f"{row['model']} / {row['dataset']}: {row['benchmark']}",
+            capsize=2, color=plt.get_cmap("tab10")(i % 10),
+            label=f"{row['model']} / {row['dataset']} ({row['finetune']}): {row['benchmark']}",
         )  # fmt: skip
     ax.set_xlim(-reach, reach)
     ax.set_ylim(-reach, reach)
@@ -563,11 +566,11 @@ def surgery_guided_vs_random(points: pd.DataFrame, out_stem: Path, formats) -> l
 def surgery_reward_risk(points: pd.DataFrame, out_stem: Path, formats, risk_benchmarks: Sequence[str]) -> list[Path]:
     """Spectral Surgery Fig. 4: per model and edit, the reward (mean improvement on the aligned
     target benchmarks) against the risk (the drop on the risk benchmarks, clipped at 0)."""
-    models = list(dict.fromkeys(points["model"])) or [""]
+    panels = list(dict.fromkeys(zip(points["model"], points["finetune"]))) or [("", "")]
     methods = list(dict.fromkeys(points["method"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.6 * len(models), 5.0), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        here = points[points["model"] == model]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 5.0), squeeze=False)
+    for ax, (model, finetune) in zip(axes[0], panels):
+        here = points[(points["model"] == model) & (points["finetune"] == finetune)]
         for _, row in here.iterrows():
             frame = here.loc[[row.name]]
             label = row["method"] if pd.isna(row["retention"]) else f"{row['method']} @ {row['retention']:g}"
@@ -578,7 +581,7 @@ def surgery_reward_risk(points: pd.DataFrame, out_stem: Path, formats, risk_benc
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel(f"risk: drop on {', '.join(risk_benchmarks) or 'the risk benchmarks'} (clipped at 0)")
         ax.set_ylabel("reward: mean improvement on the aligned target benchmarks")
-        ax.set_title(model, fontsize=9)
+        ax.set_title(f"{model} ({finetune})", fontsize=9)
         ax.legend(fontsize=6)
     fig.suptitle("Reward against risk of each edit (Spectral Surgery Fig. 4), bootstrap intervals", fontsize=9)
     return save_figure(fig, out_stem, formats)

@@ -57,12 +57,59 @@ class _LossToLog(TrainerCallback):
             log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
 
 
+class AnswerOnlyLossTrainer(Trainer):
+    """The Trainer with the language-model head computed only where the loss reads it.
+
+    The causal-LM loss reads the logits at the positions whose next token is a label (the
+    answer word of a label-word task: one position per example; the response of an instruction
+    chat). The model's own forward computes the head, a vocabulary-wide matrix product (SmolLM2's
+    49,152 x 576, about a fifth of a step's FLOPs), and its softmax at every position. Here the
+    forward gets ``logits_to_keep``: the positions any example of the batch reads, and the loss
+    is transformers' own (cross-entropy summed over the answer tokens, divided by the number of
+    answer tokens of the whole accumulated batch, as the Trainer passes it, else of this batch),
+    so the loss curve and the weights equal the Trainer's to float rounding (bench/run.py and
+    the tests compare them). Positions the loss does not read cost the decoder but not the head.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]  # the token each position predicts
+        positions = (targets != -100).any(dim=0).nonzero().squeeze(-1)
+        outputs = model(**inputs, logits_to_keep=positions, use_cache=False)
+        logits = outputs.logits.float()
+        read = targets[:, positions]
+        total = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), read.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        # As the Trainer's default loss: the accumulated batch's count when the model takes loss
+        # keyword arguments (the Trainer then does not divide by the accumulation steps again).
+        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        count = num_items_in_batch if scaled else (read != -100).sum()
+        loss = total / torch.as_tensor(count, device=total.device, dtype=total.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+
 def check_finite(tensors, what: str) -> None:
     """Raise at the first tensor with a NaN or infinite entry, naming it."""
     for name, tensor in tensors:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise FloatingPointError(f"{what}: tensor {name!r} has {bad} non-finite values (NaN or inf)")
+
+
+class _StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (forward, backward, clipping, optimizer, data), for the
+    log and train_log.json."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._started)
 
 
 CHECKPOINT_DIR = ".checkpoints"
@@ -352,6 +399,7 @@ def finetune(
     runtime: Mapping | None = None,
     checkpoint_every: int = 0,
     gradient_checkpointing: bool | None = None,
+    answer_only_head: bool = True,
 ) -> dict:
     """Fine-tune the base model in ``base_dir`` and save it (with train_log.json) to ``out_dir``.
 
@@ -366,7 +414,9 @@ def finetune(
     data-parallel instead, see below) and every process takes
     batch_size / world_size examples of each step, so the global batch and the loss curve are
     those of one process; only rank 0 writes the output. ``gradient_checkpointing`` defaults
-    to on when sharded.
+    to on when sharded. ``answer_only_head`` computes the language-model head only where the
+    loss reads it (:class:`AnswerOnlyLossTrainer`); False runs the Trainer's own loss (the
+    same numbers, slower: the bench and the tests compare them).
     """
     recipe = dict(recipe or {"kind": "full"})
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -404,12 +454,12 @@ def finetune(
         model = load_model(base_dir)
         model.train()
         trainable, recipe_info = _wrap_for_recipe(model, recipe)
-        trainer = Trainer(
+        trainer = (AnswerOnlyLossTrainer if answer_only_head else Trainer)(
             model=trainable,
             args=args,
             train_dataset=train_set,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-            callbacks=[losses, _MarkCheckpointComplete(fingerprint)],
+            callbacks=[losses, _MarkCheckpointComplete(fingerprint), timer := _StepTimer()],
         )
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         curve = loss_curve(trainer.state.log_history)
@@ -444,6 +494,8 @@ def finetune(
         "fsdp_units": fsdp_units,
         "gradient_checkpointing": bool(gradient_checkpointing),
         "loss_curve": curve,
+        # Steps of this process (a resumed run: since the resume); the first allocates the optimizer state.
+        "step_seconds": [round(t, 4) for t in timer.seconds],
         "resumed_from_step": int(resume_from.name.split("-")[1]) if resume_from else None,
     }
     with atomic_directory_files(out_dir, last=("model.safetensors",)) as scratch_out:

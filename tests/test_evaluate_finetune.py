@@ -173,3 +173,27 @@ def test_byte_level_tokenizer_round_trips():
     text = "Ünïcode & emoji 🎬 survive"
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
     assert len(tokenizer) == 259
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+@pytest.mark.parametrize("kind", ["label_words", "instruction"])
+def test_the_answer_only_head_trains_as_the_trainers_own_loss(tmp_path, tiny_base_dir, tiny_data_dir, kind, accumulation):
+    """The head computed only where the loss reads it: the same loss curve and weights."""
+    from spectral_edit.data import prepare_dataset
+
+    if kind == "instruction":
+        data = tmp_path / "instructions"
+        prepare_dataset({"kind": "instruction", "source": "synthetic_arithmetic", "n_train": 24}, data, "a")
+        train, spec = data / "train.jsonl", {"kind": "instruction"}
+    else:
+        train, spec = tiny_data_dir / "train.jsonl", TINY_DATASET
+    hyper = {**TINY_HYPER, "gradient_accumulation_steps": accumulation}
+    runs = {}
+    for answer_only in (True, False):
+        out = tmp_path / f"answer-only-{answer_only}"
+        runs[answer_only] = finetune(tiny_base_dir, train, out, spec, hyper, seed=0, progress=False, answer_only_head=answer_only)
+        runs[answer_only]["weights"] = load_file(out / "model.safetensors")
+    new, trainer = runs[True], runs[False]
+    assert np.allclose([e["loss"] for e in new["loss_curve"]], [e["loss"] for e in trainer["loss_curve"]], rtol=1e-5, atol=1e-6)
+    for name, tensor in trainer["weights"].items():
+        assert torch.allclose(new["weights"][name], tensor, rtol=1e-4, atol=1e-6), name
