@@ -192,3 +192,41 @@ def test_a_hub_model_that_cannot_be_reached_is_one_line_naming_the_key(monkeypat
     with pytest.raises(ConfigError, match=r"config: models.qwen.id: cannot load 'no-such-org/no-such-model'") as info:
         load_from_source({"source": "hub", "id": "no-such-org/no-such-model"}, "qwen")
     assert "\n" not in str(info.value)
+
+
+INSTRUCTION = {"kind": "instruction", "source": "synthetic_arithmetic", "n_train": 8}
+
+
+@pytest.mark.parametrize(
+    "dataset, benchmarks, culprit",
+    [
+        ({**INSTRUCTION, "label_words": ["a", "b"]}, {}, r"datasets\.t\.label_words: a key of label-word datasets"),
+        ({**INSTRUCTION, "benchmarks": ["nope"]}, {}, r"datasets\.t\.benchmarks: unknown benchmark 'nope'"),
+        ({**INSTRUCTION, "heldout": ["gsm8k"], "benchmarks": ["gsm8k"]}, {"gsm8k": {}}, "also one of the task's own benchmarks"),
+        ({**INSTRUCTION, "heldout": ["mystery"]}, {}, r"heldout: 'mystery' is neither a dataset nor a benchmark"),
+        ({**INSTRUCTION, "finetune": {"learning_rte": 1}}, {}, r"datasets\.t\.finetune: unknown key 'learning_rte'"),
+        ({"kind": "instruction", "source": "local", "files": {"train": "x.csv"}, "prompt_column": "q"}, {},
+         "give exactly one of response_column and response_template"),
+        ({"kind": "instruction", "source": "synthetic_reviews", "n_train": 8}, {}, "not a source of instruction data"),
+        ({"source": "synthetic_arithmetic", "n_train": 8, "prompt": "{text}", "label_words": ["a", "b"]}, {},
+         "makes instruction data"),
+    ],
+)  # fmt: skip
+def test_instruction_datasets_and_benchmarks_name_the_culprit(config, dataset, benchmarks, culprit):
+    config["datasets"]["t"] = dataset
+    config["benchmarks"] = benchmarks
+    config["grid"]["datasets"] = ["t"]
+    _fails(config, culprit)
+
+
+def test_a_name_may_not_be_both_a_dataset_and_a_benchmark(config):
+    config["benchmarks"] = {"reviews-marker": {}}
+    _fails(config, "'reviews-marker' names both a dataset and a benchmark")
+
+
+def test_a_grid_of_instruction_tasks_needs_no_sweet_spot_method(config):
+    config["datasets"]["t"] = {**INSTRUCTION, "benchmarks": ["b"]}
+    config["benchmarks"] = {"b": {"source": "synthetic_antonyms", "n": 10}}
+    config["grid"].update(datasets=["t"], methods=["dg_hard"])
+    validate_schema(config)
+    check_config(config, check_files=False)

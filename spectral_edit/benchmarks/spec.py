@@ -214,17 +214,7 @@ def check_benchmarks(config: Mapping) -> dict[str, str]:
     """Before any job: every benchmark the grid is scored on is defined and loadable; returns
     {benchmark: definition digest} (a rerun trigger of its cells)."""
     digests = {}
-    definitions = config.get("benchmarks") or {}
-    for dataset in config["grid"]["datasets"]:
-        spec = config["datasets"][dataset]
-        for key in ("benchmarks", "heldout"):
-            for name in spec.get(key) or []:
-                if key == "benchmarks" and name not in definitions:
-                    raise ConfigError(
-                        f"config: datasets.{dataset}.benchmarks: unknown benchmark {name!r} "
-                        f"(defined under benchmarks: {', '.join(definitions) or 'none'})"
-                    )
-    for name in grid_benchmarks(config):
+    for name in grid_benchmarks(config):  # (a name benchmarks does not define: config.check_config)
         spec = resolve_benchmark(config, name)
         where = f"config: benchmarks.{name}"
         if spec.get("source", "lm_eval") in SYNTHETIC_SOURCES:
