@@ -86,6 +86,10 @@ class AnswerOnlyLossTrainer(Trainer):
         scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
         count = num_items_in_batch if scaled else (read != -100).sum()
         loss = total / torch.as_tensor(count, device=total.device, dtype=total.dtype)
+        if scaled and self.args.average_tokens_across_devices:
+            # num_items_in_batch then counts the answer tokens of every process, and the gradients
+            # are averaged over processes: the Trainer's own loss undoes that average the same way.
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)
         return (loss, outputs) if return_outputs else loss
 
 

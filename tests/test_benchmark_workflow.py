@@ -135,7 +135,9 @@ def test_every_model_is_scored_on_every_benchmark_inside_the_server(workdir):
 
 def test_tables_give_every_benchmark_score_an_interval(workdir):
     summary = pd.read_csv(workdir / "results/tables/benchmarks_summary.csv")
-    assert set(summary["benchmark"]) == {"tiny_gen", "tiny_mc"}
+    # The label-word held-out dataset gets the benchmarks' rows too.
+    assert set(summary["benchmark"]) == {"tiny_gen", "tiny_mc", "tiny-reviews"}
+    assert set(summary.loc[summary["benchmark"] == "tiny-reviews", "role"]) == {"heldout"}
     assert set(summary["method"]) == {"base", "finetuned", "top_k", "surgery_random", "surgery_grad"}
     assert (summary["score_lo"] <= summary["score"] + 1e-12).all() and (summary["score"] <= summary["score_hi"] + 1e-12).all()
     assert summary["mcnemar_p"].between(0, 1).all()  # both benchmarks score 0/1 per sample
