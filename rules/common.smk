@@ -6,6 +6,8 @@ import functools
 import json
 from pathlib import Path
 
+import torch
+
 from spectral_edit.benchmarks.spec import dataset_benchmarks, resolve_benchmark
 from spectral_edit.config import grid_cells, grid_finetunes, recipe_for_dataset, resolve_finetune, resolve_method
 from spectral_edit.data import is_instruction
@@ -22,6 +24,23 @@ CONDA_ENV = "../envs/spectral-edit.yaml"
 # counts and what the server computes with the same. On 2 cores one server with 2 threads
 # scored 8.6 examples/s, two servers of one thread each 8.9 together: the same (README).
 EVALUATION_THREADS = min(workflow.cores, config["evaluation"].get("threads") or workflow.cores)
+
+
+def _finetune_threads():
+    """Cores of one fine-tune job. On a local CPU run the fine-tunes of the grid split the cores:
+    a step of the default takes 1.74 s on two threads and 2.75 s on one thread beside another
+    fine-tune, so two fine-tunes side by side finish in 0.79x the time of one after the other
+    (README, "Run time"). The split depends only on the config and --cores, so a rerun on the
+    same machine computes with the same thread count (the weights depend on it: README,
+    "Reproducibility"); --set-threads finetune=N overrides it. A GPU run, or a SLURM job (whose
+    cpus_per_task the resources set), keeps every core: fine-tunes there do not share a device."""
+    if not (workflow.local_exec and workflow.is_main_process):
+        return workflow.cores
+    device = config["runtime"].get("device", "auto")
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return workflow.cores
+    finetunes = len(_grid_checkpoints(grid_finetunes(config)))
+    return max(1, workflow.cores // max(1, min(finetunes, workflow.cores)))
 
 
 def prompt_of(name, evaluation=False):
@@ -343,3 +362,6 @@ def card_config(wildcards):
 def sweet_spot_exports(wildcards):
     listing = json.loads(Path(checkpoints.sweet_spots.get().output[0]).read_text())
     return [template.format(**cell) for cell in listing["cells"] for template in (layout.EXPORT_MODEL, layout.EXPORT_ADAPTER)]
+
+
+FINETUNE_THREADS = _finetune_threads()

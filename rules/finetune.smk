@@ -12,7 +12,7 @@ rule finetune:
         layout.log("finetune/{model}/{dataset}/seed{seed}/{finetune}.log"),
     conda:
         CONDA_ENV
-    threads: workflow.cores
+    threads: FINETUNE_THREADS
     resources:
         **cluster_resources("finetune", with_recipe=True),
     params:

@@ -167,7 +167,7 @@ def serve_cell(
     runtime: Mapping | None,
     threads: int,
     server_log: str | os.PathLike,
-    idle_seconds: float = 120.0,
+    idle_seconds: float = 300.0,
     resident_gb: float = 16.0,
     startup_seconds: float = 900.0,
     stall_seconds: float = 60.0,

@@ -1,5 +1,7 @@
 """Likelihood scoring, answer-only loss, and reproducible fine-tuning on a tiny model."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +199,21 @@ def test_the_answer_only_head_trains_as_the_trainers_own_loss(tmp_path, tiny_bas
     assert np.allclose([e["loss"] for e in new["loss_curve"]], [e["loss"] for e in trainer["loss_curve"]], rtol=1e-5, atol=1e-6)
     for name, tensor in trainer["weights"].items():
         assert torch.allclose(new["weights"][name], tensor, rtol=1e-4, atol=1e-6), name
+
+
+def test_training_without_filling_new_memory_gives_the_same_weights_bit_for_bit(
+    tmp_path, tiny_base_dir, tiny_data_dir, tiny_finetuned_dir, monkeypatch
+):
+    """Deterministic mode's NaN filling of new tensors is off while training (a speed-up): a
+    kernel that read memory it had not written would show here as different weights."""
+    import contextlib
+
+    import spectral_edit.finetune as ft
+
+    monkeypatch.setattr(ft, "_deterministic_without_filling", contextlib.nullcontext)
+    filled = ft.finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path, TINY_DATASET, TINY_HYPER, seed=0, progress=False)
+    unfilled = json.loads((tiny_finetuned_dir / "train_log.json").read_text())
+    assert [e["loss"] for e in filled["loss_curve"]] == [e["loss"] for e in unfilled["loss_curve"]]
+    expected = load_file(tiny_finetuned_dir / "model.safetensors")
+    for name, tensor in load_file(tmp_path / "model.safetensors").items():
+        assert torch.equal(tensor, expected[name]), name
