@@ -2,11 +2,12 @@
 
     python bench/finetune_steps.py MODE BASE_DIR TRAIN_JSONL SPEC_JSON HYPER_JSON THREADS OUT_DIR
 
-MODE is ``answer_only`` (the workflow: the language-model head only where the loss reads it),
-``trainer_loss`` (the workflow's Trainer with the Trainer's own loss: the head at every position,
-as before) or ``plain`` (a plain Hugging Face Trainer over the same tokenized examples: its
-default TrainingArguments, foreach AdamW, no determinism settings). Prints one JSON line: the
-seconds of every step, the loss curve and, for the first two, the path of the saved weights.
+MODE is ``answer_only`` (the workflow: the language-model head only where the loss reads it, no
+NaN filling of new tensors), ``before`` (the workflow as it was at 221fbb0: the Trainer's own loss,
+the head at every position, and deterministic mode's NaN filling) or ``plain`` (a plain Hugging
+Face Trainer over the same tokenized examples: its default TrainingArguments, foreach AdamW, no
+determinism settings). Prints one JSON line: the seconds of every step, the loss curve and, for
+the first two, the path of the saved weights.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ def main() -> None:
     mode, base_dir, train, spec, hyper, threads, out_dir = sys.argv[1:8]
     torch.set_num_threads(int(threads))
     spec, hyper = json.loads(spec), json.loads(hyper)
-    if mode in ("answer_only", "trainer_loss"):
-        from spectral_edit.finetune import finetune
+    if mode in ("answer_only", "before"):
+        import contextlib
 
-        log = finetune(base_dir, train, out_dir, spec, hyper, seed=0, progress=False, answer_only_head=mode == "answer_only")
+        import spectral_edit.finetune as ft
+
+        if mode == "before":
+            ft._deterministic_without_filling = contextlib.nullcontext
+        log = ft.finetune(base_dir, train, out_dir, spec, hyper, seed=0, progress=False, answer_only_head=mode == "answer_only")
         curve = [e["loss"] for e in log["loss_curve"]]
         print(json.dumps({"steps": log["step_seconds"], "loss": curve, "weights": str(Path(out_dir) / "model.safetensors")}))
         return

@@ -23,7 +23,9 @@ It prints these figures, each measured side by side in this one run:
 7. an edited cell served by its checkpoint's evaluation server (a client process, as a cell job
    runs it; the server already up) against the evaluation pass alone on the same edited model,
    and against a cell in its own process (imports, model load, edit, evaluation: before the
-   server), over the same cells; identical per-example scores;
+   server), over the same cells; identical per-example scores; then every edited cell of the
+   checkpoint run by ``snakemake --cores 2`` itself, served against each cell in its own
+   process, beside the evaluation passes alone (``--dataset`` picks the checkpoint);
 8. the SVD cache of the checkpoint against the full U, S, V^T it replaced (computed from the
    shapes), and the same for the 7B-shaped models of the paper grid;
 9. the workflow's evaluation of the fine-tuned model against lm-evaluation-harness on the same
@@ -33,10 +35,12 @@ It prints these figures, each measured side by side in this one run:
    scoring achieves on the tokens it computes against a timed torch.matmul of a layer's size.
    lm-eval is a dependency of the workflow (setup.sh installs it).
 10. the same fine-tuning steps of the default three ways, each in a process of its own: the
-   workflow's (the language-model head only at the positions the loss reads), the workflow's
-   before (the Trainer's own loss) and a plain Hugging Face Trainer; seconds a step and the FLOP
-   rate of 6 x parameters x tokens against a timed matmul of the model's shape, with the
-   difference between the first two runs' loss curves and final weights.
+   workflow's (the language-model head only at the positions the loss reads, no NaN filling of
+   new tensors), the workflow's before (the Trainer's own loss, NaN filling) and a plain Hugging
+   Face Trainer, and then two of the workflow's side by side with one thread each (as two
+   fine-tunes run on 2 cores); seconds a step and the FLOP rate of 6 x parameters x tokens
+   against a timed matmul of the model's shape, with the difference between the first two
+   runs' loss curves and final weights.
 """
 
 from __future__ import annotations
@@ -89,9 +93,9 @@ print(json.dumps({"peak_anon_mb": max(peak[0], anon_mb())}))
 """
 
 
-def _paths(workdir: Path, config: dict) -> dict:
+def _paths(workdir: Path, config: dict, dataset: str | None = None) -> dict:
     grid = config["grid"]
-    keys = {"model": grid["models"][0], "dataset": grid["datasets"][0], "seed": grid["seeds"][0], "finetune": "full"}
+    keys = {"model": grid["models"][0], "dataset": dataset or grid["datasets"][0], "seed": grid["seeds"][0], "finetune": "full"}
     paths = {
         "base": workdir / layout.BASE_MODEL_DIR.format(**keys),
         "finetuned": workdir / layout.FINETUNE_DIR.format(**keys),
@@ -439,6 +443,70 @@ def served_cells_vs_evaluation_pass(
     )
 
 
+def checkpoint_cells_through_snakemake(paths: dict, config: dict, configfiles: list[Path], scratch: Path) -> None:
+    """Figure 7, second part: every edited cell of one checkpoint run by Snakemake itself
+    (--cores 2, as the README's command runs them), served by the checkpoint's server against
+    each cell in its own process (evaluation.server.enabled false), beside the evaluation passes
+    alone. Each run has a scratch directory whose results/ links the existing base model, data,
+    fine-tune and SVD cache, so only the cells run and the repo's results are not touched."""
+    from spectral_edit.cells import CellEvaluator
+    from spectral_edit.evaluate import evaluate_model
+
+    keys, grid = paths["keys"], config["grid"]
+    cells = [{"method": m, "retention": layout.format_retention(r)} for m in grid["methods"] for r in grid["retentions"]]
+    targets = [layout.CELL.format(**keys, **cell) for cell in cells]
+    own_process = scratch / "own-process.yaml"
+    own_process.write_text("evaluation:\n  server:\n    enabled: false\n")
+    seconds = {}
+    for arrangement, overlay in (("served", []), ("own process", [own_process])):
+        workdir = scratch / arrangement.replace(" ", "-")
+        for part in ("models", "data", "finetune", "svd"):
+            (workdir / layout.RESULTS).mkdir(parents=True, exist_ok=True)
+            (workdir / layout.RESULTS / part).symlink_to(paths["base"].parents[1] / part)
+        command = [
+            str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            "--cores", "2", "--allowed-rules", "evaluate_edit", "--configfile", *map(str, [*configfiles, *overlay]),
+            "--", *targets,
+        ]  # fmt: skip
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(scratch)})
+        seconds[arrangement] = time.perf_counter() - started
+
+    def examples(arrangement: str, target: str) -> list:
+        return json.loads((scratch / arrangement / target).read_text())["examples"]
+
+    same = all(examples("served", t) == examples("own-process", t) for t in targets)
+    spec = config["datasets"][keys["dataset"]]
+    evaluator = CellEvaluator(paths["base"], {"device": "auto", "dtype": "auto"})
+    frame, meta = read_split(paths["data"] / "eval.jsonl"), read_meta(paths["data"] / "meta.json")
+    passes = 0.0
+    for cell in cells:
+        edit = {
+            "factors": str(paths["svd"] / "factors.safetensors"),
+            "finetuned_weights": str(paths["finetuned"] / "model.safetensors"),
+            "method": cell["method"],
+            "params": {},
+            "retention": float(cell["retention"]),
+            "seed": keys["seed"],
+            "unedited_params": config["edit"]["unedited_params"],
+        }
+        evaluator.run(
+            eval_path=str(paths["data"] / "eval.jsonl"), meta_path=str(paths["data"] / "meta.json"), dataset_spec=spec,
+            batch_size=config["evaluation"]["batch_size"], cell=dict(cell), edit=edit, progress=False,
+        )  # fmt: skip
+        formatter = formatter_for(evaluator.tokenizer, spec)
+        started = time.perf_counter()
+        evaluate_model(evaluator.model, formatter, frame, meta, config["evaluation"]["batch_size"], False)
+        passes += time.perf_counter() - started
+    print(
+        f"[7] all {len(cells)} edited cells of {keys['dataset']} ({len(frame)} examples each) through snakemake --cores 2: "
+        f"{seconds['served']:.0f} s served vs {seconds['own process']:.0f} s each in its own process "
+        f"({seconds['own process'] / seconds['served']:.2f}x); the {len(cells)} evaluation passes alone {passes:.0f} s "
+        f"({torch.get_num_threads()} threads) -> served at {seconds['served'] / passes:.2f}x the passes; "
+        f"identical per-example scores: {same}"
+    )
+
+
 def cache_sizes(paths: dict) -> None:
     spectrum = read_spectrum(paths["svd"] / "spectrum.json")
     compact = (paths["svd"] / "factors.safetensors").stat().st_size
@@ -675,14 +743,24 @@ def finetuning_step_rates(paths: dict, config: dict, scratch: Path, steps: int =
     hyper = {**config["finetune"], "steps": steps}
     threads = torch.get_num_threads()
     train = paths["data"] / "train.jsonl"
-    runs = {}
-    for mode in ("trainer_loss", "answer_only", "plain"):
-        out = subprocess.run(
+
+    def launch(mode: str, threads: int, name: str) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, str(REPO / "bench/finetune_steps.py"), mode, str(paths["base"]), str(train), json.dumps(spec),
-             json.dumps(hyper), str(threads), str(scratch / f"finetune-{mode}")],
-            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+             json.dumps(hyper), str(threads), str(scratch / f"finetune-{name}")],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
-        runs[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    def result(process: subprocess.Popen) -> dict:
+        out, _ = process.communicate()
+        if process.returncode:
+            sys.exit(f"bench: a fine-tuning child failed (exit {process.returncode})")
+        return json.loads(out.strip().splitlines()[-1])
+
+    runs = {mode: result(launch(mode, threads, mode)) for mode in ("before", "answer_only", "plain")}
+    # Two fine-tunes side by side, one thread each, as the workflow runs two on 2 cores.
+    pair = [launch("answer_only", 1, f"pair-{i}") for i in range(2)]
+    runs["pair"] = [result(process) for process in pair][0]
     # Tokens a step computes: the mean example length times the batch (padding left out).
     features, _ = training_features(load_tokenizer(paths["base"]), spec, read_split(train), int(hyper.get("max_length", 512)))
     tokens = np.mean([len(f["input_ids"]) for f in features]) * int(hyper["batch_size"])
@@ -691,13 +769,14 @@ def finetuning_step_rates(paths: dict, config: dict, scratch: Path, steps: int =
     peak = matmul_rate(int(tokens), model_config["hidden_size"], model_config["intermediate_size"], threads)
     seconds = {mode: float(np.median(run["steps"][1:])) for mode, run in runs.items()}  # the first allocates the optimizer
     rate = {mode: 6 * parameters * tokens / s for mode, s in seconds.items()}
-    loss_difference = max(abs(a - b) for a, b in zip(runs["answer_only"]["loss"], runs["trainer_loss"]["loss"]))
-    new, old = load_file(runs["answer_only"]["weights"]), load_file(runs["trainer_loss"]["weights"])
+    loss_difference = max(abs(a - b) for a, b in zip(runs["answer_only"]["loss"], runs["before"]["loss"]))
+    new, old = load_file(runs["answer_only"]["weights"]), load_file(runs["before"]["weights"])
     weight_difference = max(float((new[k] - old[k]).abs().max()) for k in new)
     described = {
         "answer_only": "head only where the loss reads it (the workflow)",
-        "trainer_loss": "the Trainer's own loss (the workflow before)",
+        "before": "the Trainer's own loss and NaN-filled new tensors (the workflow before)",
         "plain": "a plain Hugging Face Trainer (foreach AdamW)",
+        "pair": "head only where the loss reads it, one thread, beside another such fine-tune",
     }
     print(
         f"[10] fine-tuning steps of the default ({hyper['batch_size']} examples, {tokens:.0f} tokens, {threads} threads, "
@@ -705,13 +784,14 @@ def finetuning_step_rates(paths: dict, config: dict, scratch: Path, steps: int =
         f"{int(tokens)}x{model_config['hidden_size']} @ {model_config['hidden_size']}x{model_config['intermediate_size']} "
         f"matmul at {peak / 1e9:.0f} GFLOP/s):"
     )
-    for mode in ("answer_only", "trainer_loss", "plain"):
+    for mode in ("answer_only", "before", "plain", "pair"):
         print(
             f"    {described[mode]}: {seconds[mode]:.2f} s a step, {1 / seconds[mode]:.2f} steps/s, "
             f"{rate[mode] / 1e9:.0f} GFLOP/s ({100 * rate[mode] / peak:.0f} % of the matmul)"
         )
     print(
-        f"    -> {seconds['trainer_loss'] / seconds['answer_only']:.2f}x the steps per second of before, "
+        f"    -> {seconds['before'] / seconds['answer_only']:.2f}x the steps per second of before "
+        f"({2 * seconds['before'] / seconds['pair']:.2f}x with two fine-tunes side by side, one thread each), "
         f"{seconds['plain'] / seconds['answer_only']:.2f}x the plain Trainer's; loss curves within {loss_difference:.1e}, "
         f"weights within {weight_difference:.1e}"
     )
@@ -727,12 +807,13 @@ def main() -> None:
         default=[REPO / "config.yaml"],
         help="as given to snakemake: config.yaml and any overlays",
     )
+    parser.add_argument("--dataset", help="the checkpoint's dataset (default: the grid's first)")
     parser.add_argument("--retention", type=float, default=0.01)
     parser.add_argument("--examples", type=int, default=160, help="prompts in the throughput comparison")
     parser.add_argument("--only", type=int, nargs="+", default=list(range(1, 11)), help="which figures to measure")
     args = parser.parse_args()
     config = load_config(*args.configfile)
-    paths = _paths(args.workdir, config)
+    paths = _paths(args.workdir, config, args.dataset)
     print(f"bench: {paths['keys']} in {args.workdir}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -743,7 +824,10 @@ def main() -> None:
             4: paper_grid_dry_run,
             5: lambda: shared_prefix_vs_whole_prompts(paths, config, args.examples),
             6: lambda: fused_vs_foreach_adamw(paths, config),
-            7: lambda: served_cells_vs_evaluation_pass(paths, config, scratch),
+            7: lambda: (
+                served_cells_vs_evaluation_pass(paths, config, scratch),
+                checkpoint_cells_through_snakemake(paths, config, args.configfile, scratch),
+            ),
             8: lambda: cache_sizes(paths),
             9: lambda: against_lm_evaluation_harness(paths, config, args.examples, scratch),
             10: lambda: finetuning_step_rates(paths, config, scratch),

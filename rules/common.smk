@@ -26,21 +26,24 @@ CONDA_ENV = "../envs/spectral-edit.yaml"
 EVALUATION_THREADS = min(workflow.cores, config["evaluation"].get("threads") or workflow.cores)
 
 
-def _finetune_threads():
-    """Cores of one fine-tune job. On a local CPU run the fine-tunes of the grid split the cores:
-    a step of the default takes 1.74 s on two threads and 2.75 s on one thread beside another
-    fine-tune, so two fine-tunes side by side finish in 0.79x the time of one after the other
-    (README, "Run time"). The split depends only on the config and --cores, so a rerun on the
-    same machine computes with the same thread count (the weights depend on it: README,
+def _checkpoint_job_threads():
+    """Cores of a job that runs once per checkpoint: the fine-tune, the SVD cache, the
+    calibration sensitivities. On a local CPU run the checkpoints of the grid split the cores,
+    so that such jobs of two checkpoints run side by side: on 2 cores a fine-tuning step of the
+    default takes 1.74 s on two threads and 2.45 s on one thread beside the other fine-tune, the
+    SVD cache 29.7 s on two threads and 40 s for both side by side on one thread each (README,
+    "Run time"). The split depends only on the config and --cores, so a rerun on the same
+    machine computes with the same thread counts (the weights depend on them: README,
     "Reproducibility"); --set-threads finetune=N overrides it. A GPU run, or a SLURM job (whose
-    cpus_per_task the resources set), keeps every core: fine-tunes there do not share a device."""
+    cpus_per_task the resources set), keeps every core: checkpoints there do not share a device.
+    """
     if not (workflow.local_exec and workflow.is_main_process):
         return workflow.cores
     device = config["runtime"].get("device", "auto")
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return workflow.cores
-    finetunes = len(_grid_checkpoints(grid_finetunes(config)))
-    return max(1, workflow.cores // max(1, min(finetunes, workflow.cores)))
+    checkpoints = len(_grid_checkpoints(grid_finetunes(config)))
+    return max(1, workflow.cores // max(1, min(checkpoints, workflow.cores)))
 
 
 def prompt_of(name, evaluation=False):
@@ -364,4 +367,4 @@ def sweet_spot_exports(wildcards):
     return [template.format(**cell) for cell in listing["cells"] for template in (layout.EXPORT_MODEL, layout.EXPORT_ADAPTER)]
 
 
-FINETUNE_THREADS = _finetune_threads()
+CHECKPOINT_JOB_THREADS = _checkpoint_job_threads()

@@ -12,7 +12,7 @@ rule finetune:
         layout.log("finetune/{model}/{dataset}/seed{seed}/{finetune}.log"),
     conda:
         CONDA_ENV
-    threads: FINETUNE_THREADS
+    threads: CHECKPOINT_JOB_THREADS
     resources:
         **cluster_resources("finetune", with_recipe=True),
     params:

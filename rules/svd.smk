@@ -10,7 +10,7 @@ rule svd_cache:
         layout.log("svd_cache/{model}/{dataset}/seed{seed}/{finetune}.log"),
     conda:
         CONDA_ENV
-    threads: workflow.cores
+    threads: CHECKPOINT_JOB_THREADS
     resources:
         **cluster_resources("svd_cache"),
     params:
@@ -36,7 +36,7 @@ rule sensitivities:
         layout.log("sensitivities/{model}/{dataset}/seed{seed}/{finetune}/ncal{ncal}.log"),
     conda:
         CONDA_ENV
-    threads: workflow.cores
+    threads: CHECKPOINT_JOB_THREADS
     resources:
         **cluster_resources("sensitivities"),
     params:

@@ -57,7 +57,39 @@ def test_prepared_files_and_majority_groups(tmp_path):
 def test_majority_needs_a_correlation():
     rows = [{"label": 0, "attribute": 0}, {"label": 0, "attribute": 1}, {"label": 1, "attribute": 0}]
     with pytest.raises(DataError, match="no majority marker"):
-        majority_groups(rows, ["negative", "positive"], "marker")
+        majority_groups(rows, ["negative", "positive"], "marker", rule="frequency")  # 1 and 1 under "negative"
+
+
+def _table(counts):
+    """Rows of a hand-made training table: {(label, attribute): how many}."""
+    return [{"label": y, "attribute": a} for (y, a), n in counts.items() for _ in range(n)]
+
+
+def test_majority_groups_follow_the_direction_of_the_shortcut():
+    words = ["toxic", "fine"]
+    # The attribute (an identity mention) is a minority under both labels, but goes with "toxic".
+    rows = _table({(0, 1): 30, (0, 0): 70, (1, 1): 5, (1, 0): 95})
+    assert majority_groups(rows, words, "identity") == ["toxic|identity=1", "fine|identity=0"]
+    assert majority_groups(rows, words, "identity", rule="frequency") == ["toxic|identity=0", "fine|identity=0"]
+    # A marker common under one label and rare under the other: both rules agree.
+    marker = _table({(0, 1): 95, (0, 0): 5, (1, 1): 5, (1, 0): 95})
+    assert majority_groups(marker, words, "m") == majority_groups(marker, words, "m", rule="frequency")
+    assert majority_groups(marker, words, "m") == ["toxic|m=1", "fine|m=0"]
+    # Shares equal under both labels (10 %): no direction, though "0" is the most frequent value.
+    flat = _table({(0, 1): 10, (0, 0): 90, (1, 1): 20, (1, 0): 180})
+    with pytest.raises(DataError, match="direction rule"):
+        majority_groups(flat, words, "m")
+    assert majority_groups(flat, words, "m", rule="frequency") == ["toxic|m=0", "fine|m=0"]
+    with pytest.raises(DataError, match="unknown rule 'mode'"):
+        majority_groups(rows, words, "m", rule="mode")
+
+
+def test_meta_says_which_rule_chose_the_majority_groups(tmp_path):
+    meta = prepare_dataset({**TINY_DATASET, "majority_rule": "frequency"}, tmp_path, "tiny")
+    assert meta["majority_rule"] == "frequency"
+    shares = meta["train_attribute_share"]
+    assert shares["negative"] > 0.5 > shares["positive"]
+    assert prepare_dataset(TINY_DATASET, tmp_path / "default", "tiny")["majority_rule"] == "direction"
 
 
 def test_missing_split_is_a_clear_error(tmp_path):

@@ -3,9 +3,12 @@
 Every prepared example is a row ``{id, label, attribute, <text fields>}``: ``label`` indexes
 the dataset's label words, ``attribute`` is the spurious attribute (0/1), and the text fields
 (``text``, or ``premise`` and ``hypothesis``, ...) fill the prompt's placeholders. Groups are
-(label x attribute). The majority groups are those where the attribute takes, for that label,
-its most frequent value in the training split (the training correlation); the others are the
-minority groups. Evaluation splits are balanced over the groups by down-sampling every group
+(label x attribute). The majority groups are those that agree with the shortcut: for each label,
+the attribute value whose share under that label exceeds its share under the other labels in
+the training split (the direction of the training correlation; ``majority_rule: frequency``
+takes the label's most frequent value instead, which differs when the attribute is a minority
+under every label, as identity mentions are on CivilComments); the others are the minority
+groups. Evaluation splits are balanced over the groups by down-sampling every group
 to the smallest one (at most ``n_eval_per_group``); a group with fewer than
 ``min_group_size`` examples is an error. All of it is written to ``meta.json``.
 
@@ -82,23 +85,54 @@ def group_name(label_words: Sequence[str], attribute_name: str, label: int, attr
     return f"{label_words[label]}|{attribute_name}={attribute}"
 
 
-def majority_groups(rows: Sequence[Mapping], label_words: Sequence[str], attribute_name: str) -> list[str]:
-    """Per label, the group whose attribute value is most frequent for it in ``rows``."""
+MAJORITY_RULES = ("direction", "frequency")
+
+
+def majority_groups(
+    rows: Sequence[Mapping], label_words: Sequence[str], attribute_name: str, rule: str = "direction"
+) -> list[str]:
+    """Per label, its majority group in ``rows`` (the training split) by ``rule``.
+
+    ``direction`` (the paper's groups, "attribute co-occurring with the label"): the attribute
+    value whose share among the label's examples exceeds its share among the other labels'.
+    ``frequency``: the attribute value the label's examples have most often. Either rule
+    raises when no value stands out (a tie: the attribute is not correlated with the label).
+    """
+    if rule not in MAJORITY_RULES:
+        raise DataError(f"majority_rule: unknown rule {rule!r} (known: {', '.join(MAJORITY_RULES)})")
     counts = Counter((row["label"], row["attribute"]) for row in rows)
+    values = sorted({a for _, a in counts})
     majority = []
     for label in range(len(label_words)):
-        by_attribute = {a: n for (y, a), n in counts.items() if y == label}
-        if not by_attribute:
+        mine = {a: counts.get((label, a), 0) for a in values}
+        if not sum(mine.values()):
             raise DataError(f"training split has no example of label {label_words[label]!r}")
-        best = max(by_attribute.values())
-        tied = [a for a, n in by_attribute.items() if n == best]
+        if rule == "frequency":
+            score = {a: float(n) for a, n in mine.items()}
+        else:
+            others = {a: sum(n for (y, b), n in counts.items() if y != label and b == a) for a in values}
+            if not sum(others.values()):
+                raise DataError(f"training split has only label {label_words[label]!r}: no direction to read")
+            score = {a: mine[a] / sum(mine.values()) - others[a] / sum(others.values()) for a in values}
+        best = max(score.values())
+        tied = [a for a, v in score.items() if v == best]
         if len(tied) > 1:
             raise DataError(
-                f"label {label_words[label]!r} has no majority {attribute_name} value in training "
-                f"(counts {by_attribute}): the attribute is not correlated with it"
+                f"label {label_words[label]!r} has no majority {attribute_name} value in training by the "
+                f"{rule} rule (counts {mine}): the attribute is not correlated with it"
             )
         majority.append(group_name(label_words, attribute_name, label, tied[0]))
     return majority
+
+
+def attribute_shares(rows: Sequence[Mapping], label_words: Sequence[str]) -> dict[str, float]:
+    """Share of each label's training examples that have the attribute (attribute == 1)."""
+    counts = Counter((row["label"], row["attribute"]) for row in rows)
+    shares = {}
+    for label, word in enumerate(label_words):
+        total = sum(n for (y, _), n in counts.items() if y == label)
+        shares[word] = counts.get((label, 1), 0) / total if total else float("nan")
+    return shares
 
 
 def write_jsonl(path: str | Path, rows: Sequence[Mapping]) -> None:
@@ -329,7 +363,8 @@ def prepare_dataset(spec: Mapping, out_dir: str | Path, name: str = "dataset") -
     rule = (spec.get("group") or {}).get("rule", "none")
     attributes = (0,) if rule == "none" and source != "synthetic_reviews" else (0, 1)
     every_group = [group_name(words, attribute, y, a) for y in range(len(words)) for a in attributes]
-    majority = every_group if attributes == (0,) else majority_groups(train, words, attribute)
+    majority_rule = spec.get("majority_rule", "direction")
+    majority = every_group if attributes == (0,) else majority_groups(train, words, attribute, majority_rule)
 
     def counts(rows):
         tally = Counter(group_name(words, attribute, r["label"], r["attribute"]) for r in rows)
@@ -343,6 +378,9 @@ def prepare_dataset(spec: Mapping, out_dir: str | Path, name: str = "dataset") -
         "attribute": attribute,
         "majority_groups": majority,
         "minority_groups": [g for g in every_group if g not in majority],
+        # Which rule decided the majority groups, and what it read: the attribute's share per label.
+        "majority_rule": majority_rule if attributes != (0,) else None,
+        "train_attribute_share": attribute_shares(train, words) if attributes != (0,) else None,
         "train_group_counts": counts(train),
         "eval_group_counts": counts(evaluation),
         "preparation": facts,
