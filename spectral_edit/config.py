@@ -152,9 +152,42 @@ _GROUP_REQUIRED = {
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+# A name becomes a path component under results/ and logs/: "my/data" would be two directories,
+# ".." would leave the project, "" would be none.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAMED_SECTIONS = ("models", "datasets", "finetunes", "method_variants", "benchmarks")
+
+
+def check_names(config: Mapping) -> None:
+    """Every name a config defines is a safe path component (letters, digits, '.', '_', '-',
+    starting with a letter or digit), so it cannot be empty, '.', '..' or hold a '/'."""
+    for section in NAMED_SECTIONS:
+        for name in config.get(section) or {}:
+            if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"config: {section}: the name {name!r} is not a safe name (letters, digits, '.', '_' and '-', "
+                    "starting with a letter or digit): names are directories under results/"
+                )
+
+
+def _check_server(config: Mapping) -> None:
+    """A server sends a heartbeat every HEARTBEAT_S while it works: a stall limit within a few
+    heartbeats would take healthy cells for stuck ones."""
+    from .evaluation_client import HEARTBEAT_S  # standard library only
+
+    stall = ((config.get("evaluation") or {}).get("server") or {}).get("stall_seconds")
+    if stall is not None and float(stall) < 3 * HEARTBEAT_S:
+        raise ConfigError(
+            f"config: evaluation.server.stall_seconds: {stall:g} s is under three of the server's "
+            f"{HEARTBEAT_S:g}-s heartbeats: healthy cells would be taken for stuck ones"
+        )
+
+
 def check_config(config: dict, check_files: bool = True) -> None:
     """Check what the schema cannot: names that must exist, per-source keys, files on disk.
     (Benchmarks are checked against lm-eval by spectral_edit.benchmarks.spec.check_benchmarks.)"""
+    check_names(config)
+    _check_server(config)
     grid = config["grid"]
     clash = sorted(set(config["datasets"]) & set(config.get("benchmarks") or {}))
     if clash:

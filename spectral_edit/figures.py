@@ -203,11 +203,13 @@ def trajectory(
                     linewidths=2,
                     zorder=5,
                 )
+        # One dataset in the panel: name it (several are told apart in the legend).
+        where = f"{datasets[0]} / " if len(datasets) == 1 else ""
         if regime == "natural":
             _shade_loss_zone(ax, zone)
-            ax.set_title(f"{model} ({finetune}): parametric in retention", fontsize=9)
+            ax.set_title(f"{where}{model} ({finetune}): parametric in retention", fontsize=9)
         else:
-            ax.set_title(f"{model} ({finetune}): boundary regime, not in Table 1", fontsize=9)
+            ax.set_title(f"{where}{model} ({finetune}): boundary regime, not in Table 1", fontsize=9)
         ax.set_xlabel("accuracy loss (pp)")
         ax.set_ylabel("bias reduction (%)  (above 100: gap flipped sign)")
         ax.legend(fontsize=7, loc="best")

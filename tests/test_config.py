@@ -230,3 +230,26 @@ def test_a_grid_of_instruction_tasks_needs_no_sweet_spot_method(config):
     config["grid"].update(datasets=["t"], methods=["dg_hard"])
     validate_schema(config)
     check_config(config, check_files=False)
+
+
+@pytest.mark.parametrize("name", ["my/data", "", "..", ".", "-x", "a b", "naïve"])
+@pytest.mark.parametrize("section", ["datasets", "models"])
+def test_names_must_be_safe_path_components(config, section, name):
+    """A name is a directory under results/: one line naming it, before any job."""
+    first = next(iter(config[section]))
+    config[section][name] = config[section].pop(first)
+    config["grid"][section] = [name]
+    message = _fails(config, f"config: {section}: the name {name!r} is not a safe name")
+    assert message.startswith(f"config: {section}: the name")
+
+
+@pytest.mark.parametrize("stall", [1, 2, 5.5])
+def test_a_stall_limit_within_three_heartbeats_is_refused(config, stall):
+    config.setdefault("evaluation", {})["server"] = {"stall_seconds": stall}
+    _fails(config, rf"config: evaluation.server.stall_seconds: {stall:g} s is under three of the server's 2-s heartbeats")
+
+
+def test_a_stall_limit_of_three_heartbeats_is_accepted(config):
+    config.setdefault("evaluation", {})["server"] = {"stall_seconds": 6}
+    validate_schema(config)
+    check_config(config, check_files=False)
