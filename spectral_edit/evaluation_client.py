@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -60,29 +61,84 @@ def server_key(model_dir: str | os.PathLike, files: list, runtime: Mapping | Non
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
+# A Unix socket's path holds at most 107 bytes on Linux (103 on macOS); the key's file name
+# takes 25 and the directory's name up to 24, so the base must be short.
+SOCKET_PATH_BYTES = 107 if sys.platform.startswith("linux") else 103
+STALE_SECONDS = 86400.0
+
+
 def socket_dir() -> Path:
-    # Unix socket paths are limited to ~107 bytes: a short per-user directory, node-local on a
-    # cluster ($TMPDIR is the job's scratch there).
-    base = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
-    path = base / f"spectral-edit-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
+    """The per-user directory of the servers' sockets: under $TMPDIR (node-local on a cluster:
+    the job's scratch), or under /tmp when $TMPDIR is too long for a socket path (per-job
+    scratch paths often are). Refused, as ssh-agent refuses, unless it is a real directory of
+    this user that nobody else can enter: another user could otherwise put a socket there that
+    answers in the server's place. Lock files and sockets a day old that nothing holds are removed."""
+    name = f"spectral-edit-{os.getuid()}"
+    bases = [Path(os.environ.get("TMPDIR") or tempfile.gettempdir()), Path("/tmp")]
+    base = next((b for b in bases if len(os.fsencode(str(b / name / ("k" * 20 + ".sock")))) <= SOCKET_PATH_BYTES), None)
+    if base is None:
+        raise EvaluationServerError(f"no directory short enough for a socket path: {bases[0]} and /tmp are too long")
+    path = base / name
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise EvaluationServerError(
+            f"socket directory {path} is not a private directory of this user (owner uid {info.st_uid}, mode "
+            f"{stat.filemode(info.st_mode)}): refusing it; remove it, or set TMPDIR to a directory of your own"
+        )
+    _remove_stale(path)
     return path
 
 
-def _parent_and_command(pid: int) -> tuple[int, str]:
+def _remove_stale(directory: Path) -> None:
+    """Lock files no process holds and sockets no server answers, a day old or more."""
+    now = time.time()
+    for entry in directory.iterdir():
+        try:
+            if now - entry.lstat().st_mtime < STALE_SECONDS:
+                continue
+            if entry.suffix == ".lock":
+                with open(entry) as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if someone holds it
+                    entry.unlink()
+            elif entry.suffix == ".sock":
+                connection = _connect(entry)
+                if connection is None:
+                    entry.unlink()
+                else:
+                    connection.close()
+        except OSError:
+            continue
+
+
+def _parent_and_argv(pid: int) -> tuple[int, list[str]]:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        return parent, command
+        fields = Path(f"/proc/{pid}/stat").read_text()
+        parent = int(fields.rsplit(")", 1)[1].split()[1])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        return parent, [a for a in argv if a]
     except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         pass
-    try:  # no /proc (macOS)
+    try:  # no /proc (macOS): ps gives the arguments joined by spaces
         out = subprocess.run(["ps", "-o", "ppid=,args=", "-p", str(pid)], capture_output=True, text=True, check=True).stdout
         parent, _, command = out.strip().partition(" ")
-        return int(parent), command
+        return int(parent), command.split()
     except (subprocess.CalledProcessError, ValueError, FileNotFoundError):
-        return 0, ""
+        return 0, []
+
+
+def is_snakemake(argv: list[str]) -> bool:
+    """Whether a command line runs Snakemake itself: its console script (run directly, or by
+    the Python of its shebang) or ``python -m snakemake``. Not a wrapper script or a test
+    harness that only has "snakemake" somewhere in its arguments."""
+    if not argv:
+        return False
+    if Path(argv[0]).name == "snakemake":
+        return True
+    if Path(argv[0]).name.startswith("python") and len(argv) > 1:
+        return Path(argv[1]).name == "snakemake" or argv[1:3] == ["-m", "snakemake"]
+    return False
 
 
 def _slurm_group_snakemake(job_id: str) -> int:
@@ -95,9 +151,8 @@ def _slurm_group_snakemake(job_id: str) -> int:
         if not entry.name.isdigit():
             continue
         try:
-            if b"snakemake" not in (entry / "cmdline").read_bytes() or marker not in (entry / "environ").read_bytes().split(
-                b"\0"
-            ):
+            argv = [a for a in (entry / "cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+            if not is_snakemake(argv) or marker not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
             started = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])
         except (OSError, IndexError, ValueError):
@@ -119,8 +174,8 @@ def supervising_process() -> int:
     for _ in range(64):
         if pid <= 1:
             break
-        parent, command = _parent_and_command(pid)
-        if "snakemake" in command:
+        parent, argv = _parent_and_argv(pid)
+        if is_snakemake(argv):
             found = pid
         pid = parent
     return found or os.getppid()

@@ -218,3 +218,74 @@ def test_a_failing_cell_reports_the_servers_error_and_the_server_serves_on(check
         _serve(checkpoint, bad, tmp_path, idle_seconds=3)
     record = _serve(checkpoint, _request(checkpoint, "top_k", 0.5), tmp_path, idle_seconds=3)
     assert record["server"]["cells_served"] == 1  # the failed one did not count
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["/venv/bin/python", "/venv/bin/snakemake", "--cores", "2"], True),
+        (["/usr/bin/python3.11", "-m", "snakemake", "-s", "Snakefile"], True),
+        (["snakemake", "--profile", "slurm"], True),
+        (["bash", "run_snakemake.sh"], False),
+        (["/venv/bin/python", "-m", "pytest", "-k", "snakemake"], False),
+        (["/venv/bin/python", "/home/u/snakemake-helper.py"], False),
+        ([], False),
+    ],
+)
+def test_snakemake_is_recognised_by_its_command_not_by_a_word_in_it(argv, expected):
+    from spectral_edit.evaluation_client import is_snakemake
+
+    assert is_snakemake(argv) is expected
+
+
+def test_a_wrapper_script_does_not_keep_the_server_alive(tmp_path):
+    """The server lives no longer than Snakemake itself, not than a script that runs it."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "snakemake"  # stands for the console script: python .../bin/snakemake
+    probe = "import os; from spectral_edit.evaluation_client import supervising_process as s; print(s(), os.getppid())"
+    fake.write_text(f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {probe!r}], check=True)\n")
+    wrapper = tmp_path / "run_snakemake.sh"
+    wrapper.write_text(f"#!/bin/bash\n{sys.executable} {fake} --cores 2\n")
+    wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"}
+    out = subprocess.run([str(wrapper)], capture_output=True, text=True, check=True, env=env).stdout.split()
+    supervisor, snakemake_pid = int(out[0]), int(out[1])
+    assert supervisor == snakemake_pid  # not the wrapper's bash
+
+
+def test_a_long_tmpdir_falls_back_to_a_short_socket_directory(tmp_path, monkeypatch):
+    long = tmp_path / ("scratch-" + "x" * 120)
+    long.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long))
+    path = socket_dir()
+    assert path.parent == Path("/tmp") and len(str(path / ("k" * 20 + ".sock"))) <= 107
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="s", dir="/tmp"))
+    try:
+        monkeypatch.setenv("TMPDIR", str(short))
+        assert socket_dir().parent == short
+    finally:
+        import shutil
+
+        shutil.rmtree(short)
+
+
+def test_a_socket_directory_others_can_enter_is_refused_and_stale_files_go(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    shared = tmp_path / f"spectral-edit-{os.getuid()}"
+    shared.mkdir(mode=0o700)
+    shared.chmod(0o777)  # made beforehand, open to everyone
+    with pytest.raises(EvaluationServerError, match=r"socket directory .* is not a private directory of this user"):
+        socket_dir()
+    shared.chmod(0o700)
+    old_lock, new_lock, old_socket = shared / "a.lock", shared / "b.lock", shared / "c.sock"
+    for path in (old_lock, new_lock, old_socket):
+        path.write_text("")
+    day_ago = time.time() - 2 * 86400
+    os.utime(old_lock, (day_ago, day_ago))
+    os.utime(old_socket, (day_ago, day_ago))
+    assert socket_dir() == shared
+    assert not old_lock.exists() and not old_socket.exists() and new_lock.exists()
