@@ -183,3 +183,23 @@ def test_sst2_benchmark_has_no_attribute(prepared):
     _, metas = prepared
     meta = metas["sst2"]
     assert meta["minority_groups"] == [] and meta["eval_group_counts"] == {"negative|none=0": 40, "positive|none=0": 40}
+
+
+def test_a_data_file_given_as_an_http_address_is_read(table_file, tmp_path):
+    """files: {train: http://...} as the README documents, served here from this machine."""
+    import functools
+    import http.server
+    import threading
+
+    group = {"rule": "regex", "pattern": "dog", "fields": ["text"]}
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(table_file.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{table_file.name}"
+        meta = prepare_dataset(_spec(url, group=group), tmp_path / "out", "remote")
+    finally:
+        server.shutdown()
+    local = prepare_dataset(_spec(table_file, group=group), tmp_path / "local", "local")
+    assert meta["train_group_counts"] == local["train_group_counts"]
+    assert read_split(tmp_path / "out/eval.jsonl").equals(read_split(tmp_path / "local/eval.jsonl"))
