@@ -68,7 +68,7 @@ def test_config_check_reads_local_files_before_any_job(table_file):
     )
     config["grid"]["datasets"] = ["mine"]
     validate_schema(config)
-    with pytest.raises(ConfigError, match=r"files.train: label column 'y' has values \['bad', 'good'\]"):
+    with pytest.raises(ConfigError, match=r"files.train: label column 'y' has values \['good'\] not in label_values"):
         check_config(config)
     config["datasets"]["mine"]["label_column"] = "label"
     with pytest.raises(ConfigError, match=r"no column 'label' in reviews.csv \(it has: body, y, score\)"):
@@ -203,3 +203,63 @@ def test_a_data_file_given_as_an_http_address_is_read(table_file, tmp_path):
     local = prepare_dataset(_spec(table_file, group=group), tmp_path / "local", "local")
     assert meta["train_group_counts"] == local["train_group_counts"]
     assert read_split(tmp_path / "out/eval.jsonl").equals(read_split(tmp_path / "local/eval.jsonl"))
+
+
+def _numeric_table(tmp_path, blank_row=None):
+    rows = [
+        {"body": f"{'a fine' if i % 2 else 'a poor'} film {'with a dog' if i % 3 else ''} {i}", "y": i % 2} for i in range(80)
+    ]
+    frame = pd.DataFrame(rows).astype({"y": "float"})
+    if blank_row is not None:
+        frame.loc[blank_row, "y"] = np.nan
+    path = tmp_path / "numeric.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_numeric_labels_compare_as_numbers(tmp_path):
+    path = _numeric_table(tmp_path)  # the file holds 0.0 and 1.0
+    kept = shape_table(pd.read_csv(path), _spec(path, label_values=[0, 1]), "d", "train")
+    assert len(kept) == 80 and set(kept["label"]) == {0, 1}
+
+
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("blank label", {}, r"^datasets.d \(train\): label column 'y' is blank in 1 row\(s\) \(rows 17\): fill them"),
+        (
+            "every label dropped",
+            {"label_values": [5, 6], "drop_other_labels": True},
+            r"^datasets.d \(train\): no rows left of 80 after drop_other_labels: no label is in label_values$",
+        ),
+        (
+            "min_words drops every row",
+            {"label_values": [0, 1], "min_words": 50},
+            r"^datasets.d \(train\): no rows left of 80 after min_words: 50: no 'text' text has that many words$",
+        ),
+    ],
+)
+def test_labels_and_filters_that_leave_nothing_are_one_line(tmp_path, case, extra, message):
+    path = _numeric_table(tmp_path, blank_row=17 if case == "blank label" else None)
+    spec = _spec(path, **{"label_values": [0, 1], **extra})
+    with pytest.raises(DataError, match=message) as info:
+        shape_table(pd.read_csv(path), spec, "d", "train")
+    assert "\n" not in str(info.value)
+    if case == "blank label":  # also before any job, from the config check
+        with pytest.raises(ConfigError, match="^config: datasets.d.files.train: label column 'y' is blank in 1 row"):
+            load_config(REPO / "config.yaml", {"datasets": {"d": spec}, "grid": {"datasets": ["d"]}})
+        kept = shape_table(pd.read_csv(path), {**spec, "drop_other_labels": True}, "d", "train")
+        assert len(kept) == 79
+
+
+def test_a_file_that_is_not_utf8_names_itself_and_the_encoding_key(tmp_path):
+    path = tmp_path / "latin.csv"
+    rows = "".join(f'"caf\xe9 film {"with a dog" if i % 3 else ""} {i}",{"good" if i % 2 else "bad"}\n' for i in range(80))
+    path.write_bytes(("body,y\n" + rows).encode("latin-1"))
+    spec = _spec(path, group={"rule": "regex", "pattern": "dog", "fields": ["text"]})
+    with pytest.raises(ConfigError, match=r"latin.csv is not utf-8 text .*set datasets.d.read_options.encoding"):
+        load_config(REPO / "config.yaml", {"datasets": {"d": spec}, "grid": {"datasets": ["d"]}})
+    with pytest.raises(DataError, match=r"latin.csv is not utf-8 text .*set datasets.d.read_options.encoding"):
+        prepare_dataset(spec, tmp_path / "out", "d")
+    meta = prepare_dataset({**spec, "read_options": {"encoding": "latin-1"}}, tmp_path / "out", "d")
+    assert read_split(tmp_path / "out/train.jsonl")["text"].str.contains("café").any() and meta["dataset"] == "d"

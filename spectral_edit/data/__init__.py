@@ -188,12 +188,51 @@ def label_indices(raw: pd.Series, spec: Mapping, where: str) -> np.ndarray:
             raise DataError(f"{where}: label column {spec['label_column']!r} has non-numeric values for label_threshold")
         return (values >= float(spec["label_threshold"])).to_numpy().astype(int)
     mapping = {_key(v): i for i, v in enumerate(spec["label_values"])}
-    return np.array([mapping.get(_key(v), -1) for v in raw])
+    return np.array([mapping.get(_key(v), -1) if _key(v) is not None else -1 for v in raw])
 
 
 def _key(value):
-    """Label values compare as strings so that YAML 'true', CSV 'True' and bool True agree."""
-    return str(value).strip().lower()
+    """How a label value compares: numbers as numbers (a 0/1 column read as 0.0/1.0 because one
+    cell is blank still matches label_values [0, 1]), anything else as lower-case text (YAML
+    true, CSV 'True' and bool True agree); None for a blank cell."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip()
+    if not text or text.lower() == "nan":
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            number = float(text)
+        except ValueError:
+            pass
+        else:
+            return str(int(number)) if number.is_integer() else repr(number)
+    return text.lower()
+
+
+def blank_labels(raw: pd.Series) -> np.ndarray:
+    """Rows whose label cell is empty."""
+    return np.array([_key(v) is None for v in raw], dtype=bool)
+
+
+def _label_problem(raw: pd.Series, labels: np.ndarray, spec: Mapping, where: str) -> str | None:
+    """One line on labels that are blank or not in label_values (None when all are fine)."""
+    blank = blank_labels(raw)
+    if blank.any():
+        rows = np.flatnonzero(blank)
+        shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        return (
+            f"{where}: label column {spec['label_column']!r} is blank in {len(rows)} row(s) (rows {shown}): "
+            "fill them, or set drop_other_labels: true to drop such rows"
+        )
+    unknown = labels < 0
+    if unknown.any():
+        found = sorted({str(v) for v in raw[unknown]})
+        return (
+            f"{where}: label column {spec['label_column']!r} has values {found[:8]} not in label_values "
+            f"{list(spec['label_values'])} (set drop_other_labels: true to drop them)"
+        )
+    return None
 
 
 def shape_table(table: pd.DataFrame, spec: Mapping, name: str, which: str) -> pd.DataFrame:
@@ -207,13 +246,9 @@ def shape_table(table: pd.DataFrame, spec: Mapping, name: str, which: str) -> pd
         raise DataError(f"{where}: no column {missing[0]!r} (the table has: {', '.join(map(str, table.columns))})")
     labels = label_indices(table[spec["label_column"]], spec, where)
     unknown = labels < 0
-    if unknown.any():
-        found = sorted({str(v) for v in table.loc[unknown, spec["label_column"]]})
-        if not spec.get("drop_other_labels", False):
-            raise DataError(
-                f"{where}: label column {spec['label_column']!r} has values {found[:8]} not in label_values "
-                f"{list(spec['label_values'])} (set drop_other_labels: true to drop them)"
-            )
+    problem = _label_problem(table[spec["label_column"]].reset_index(drop=True), labels, spec, where)
+    if problem and not spec.get("drop_other_labels", False):
+        raise DataError(problem)
     frame = pd.DataFrame({field: table[column].fillna("").astype(str).to_numpy() for field, column in fields.items()})
     steps = list(spec.get("cleanup", []) or [])
     if steps:
@@ -225,8 +260,16 @@ def shape_table(table: pd.DataFrame, spec: Mapping, name: str, which: str) -> pd
     keep = ~unknown
     min_words = int(spec.get("min_words", 1))
     first = next(iter(fields))
-    keep &= frame[first].str.split().str.len().fillna(0).to_numpy() >= min_words
-    return frame[keep].reset_index(drop=True)
+    long_enough = frame[first].str.split().str.len().fillna(0).to_numpy() >= min_words
+    if len(table) and not (keep & long_enough).any():
+        # Say which filter left nothing, rather than fail later on an empty table.
+        culprit = (
+            "drop_other_labels: no label is in label_values"
+            if not keep.any()
+            else f"min_words: {min_words}: no {first!r} text has that many words"
+        )
+        raise DataError(f"{where}: no rows left of {len(table)} after {culprit}")
+    return frame[keep & long_enough].reset_index(drop=True)
 
 
 def _sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator) -> pd.DataFrame:
@@ -406,10 +449,8 @@ def check_local_dataset(spec: Mapping, name: str) -> None:
         frame = peek_local(spec, which, columns, name)
         if frame is None:
             continue
-        labels = label_indices(frame[spec["label_column"]], spec, f"datasets.{name}.files.{which}")
-        if (labels < 0).any() and not spec.get("drop_other_labels", False):
-            found = sorted({str(v) for v in frame[spec["label_column"]].unique()})
-            raise DataError(
-                f"datasets.{name}.files.{which}: label column {spec['label_column']!r} has values {found[:8]}, "
-                f"label_values is {list(spec['label_values'])} (or set drop_other_labels: true)"
-            )
+        where = f"datasets.{name}.files.{which}"
+        labels = label_indices(frame[spec["label_column"]], spec, where)
+        problem = _label_problem(frame[spec["label_column"]].reset_index(drop=True), labels, spec, where)
+        if problem and not spec.get("drop_other_labels", False):
+            raise DataError(problem)

@@ -58,7 +58,11 @@ def load_table(spec: Mapping, which: str, name: str = "dataset") -> pd.DataFrame
         if not is_url(spec, which) and not path.is_file():
             raise DataError(f"{where}.files.{which}: file not found: {path}")
         builder, defaults = file_format(path, f"{where}.files.{which}")
-        table = datasets.load_dataset(builder, data_files={"data": location}, split="data", **{**defaults, **options})
+        try:
+            table = datasets.load_dataset(builder, data_files={"data": location}, split="data", **{**defaults, **options})
+        except Exception as error:  # datasets wraps the reader's error in its own
+            _raise_if_undecodable(error, f"{where}.files.{which}", location, name)
+            raise
     elif spec["source"] == "hub":
         hub = spec["hub"]
         split = hub.get(f"{which}_split")
@@ -71,6 +75,17 @@ def load_table(spec: Mapping, which: str, name: str = "dataset") -> pd.DataFrame
     return table.to_pandas()
 
 
+def _raise_if_undecodable(error: BaseException, where: str, location, name: str) -> None:
+    """A file in another encoding than the reader's: one line naming the file and the key to set."""
+    while error is not None and not isinstance(error, UnicodeDecodeError):
+        error = error.__cause__ or error.__context__
+    if isinstance(error, UnicodeDecodeError):
+        raise DataError(
+            f"{where}: {location} is not {error.encoding} text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}): set datasets.{name}.read_options.encoding to the file's encoding (e.g. latin-1)"
+        ) from None
+
+
 def peek_local(spec: Mapping, which: str, columns: list[str], name: str) -> pd.DataFrame | None:
     """The named columns of a local file, read with pandas: a cheap check before any job."""
     path = local_path(spec, which)
@@ -80,15 +95,19 @@ def peek_local(spec: Mapping, which: str, columns: list[str], name: str) -> pd.D
     if not path.is_file():
         raise DataError(f"{where}: file not found: {path}")
     builder, defaults = file_format(path, where)
-    if builder == "parquet":
-        frame = pd.read_parquet(path)
-    elif builder == "json":
-        frame = pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
-    else:
-        options = {**defaults, **(spec.get("read_options", {}) or {})}
-        frame = pd.read_csv(
-            path, sep=options.pop("delimiter", ","), **{k: v for k, v in options.items() if k in ("quoting", "encoding")}
-        )
+    options = {**defaults, **(spec.get("read_options", {}) or {})}
+    try:
+        if builder == "parquet":
+            frame = pd.read_parquet(path)
+        elif builder == "json":
+            frame = pd.read_json(path, lines=path.suffix.lower() == ".jsonl", encoding=options.get("encoding", "utf-8"))
+        else:
+            frame = pd.read_csv(
+                path, sep=options.pop("delimiter", ","), **{k: v for k, v in options.items() if k in ("quoting", "encoding")}
+            )
+    except UnicodeDecodeError as error:
+        _raise_if_undecodable(error, where, path, name)
+        raise
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{where}: no column {missing[0]!r} in {path.name} (it has: {', '.join(map(str, frame.columns))})")
