@@ -367,4 +367,13 @@ def sweet_spot_exports(wildcards):
     return [template.format(**cell) for cell in listing["cells"] for template in (layout.EXPORT_MODEL, layout.EXPORT_ADAPTER)]
 
 
+def _check_local_device():
+    """A CUDA device asked for where a local run has none: one line before any job (on a
+    cluster the login node plans and the jobs' nodes have the GPUs, so it is not checked)."""
+    device = config["runtime"].get("device", "auto")
+    if workflow.local_exec and workflow.is_main_process and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config: runtime.device is {device!r} but this machine has no CUDA device")
+
+
+_check_local_device()
 CHECKPOINT_JOB_THREADS = _checkpoint_job_threads()

@@ -170,6 +170,45 @@ def check_names(config: Mapping) -> None:
                 )
 
 
+def _check_batch(config: Mapping, recipe: Mapping, name: str, dataset: str) -> None:
+    """A batch larger than the training split would silently train on the split (a smaller
+    batch than the config says): refused where the split's size is in the config."""
+    n_train = config["datasets"][dataset].get("n_train")
+    batch = int(recipe["hyper"]["batch_size"])
+    if n_train is not None and batch > int(n_train):
+        raise ConfigError(
+            f"config: finetune.batch_size: {batch} (recipe {name!r}) is larger than the {n_train} training "
+            f"examples of datasets.{dataset} (n_train)"
+        )
+
+
+def _check_analysis(config: Mapping) -> None:
+    """Analysis keys that name datasets or recipes name ones the config has."""
+    analysis, grid = config["analysis"], config["grid"]
+    for dataset in analysis.get("regimes") or {}:
+        if dataset not in config["datasets"]:
+            raise ConfigError(f"config: analysis.regimes: unknown dataset {dataset!r} (defined: {', '.join(config['datasets'])})")
+    reference = analysis.get("reference_finetune", "full")
+    finetunes = grid.get("finetunes", ["full"])
+    if grid.get("controls") and reference not in finetunes:
+        raise ConfigError(
+            f"config: analysis.reference_finetune: {reference!r} is not in grid.finetunes ({', '.join(finetunes)}): "
+            "the controls would have nothing to be compared with"
+        )
+
+
+def _check_architecture(name: str, architecture: Mapping) -> None:
+    """What a random model's transformer would refuse only once the job builds it."""
+    hidden, heads = architecture.get("hidden_size"), architecture.get("num_attention_heads")
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+        raise ConfigError(f"config: models.{name}.architecture: num_attention_heads {heads} does not divide hidden_size {hidden}")
+    groups = architecture.get("num_key_value_heads")
+    if isinstance(groups, int) and isinstance(heads, int) and groups > 0 and heads % groups:
+        raise ConfigError(
+            f"config: models.{name}.architecture: num_key_value_heads {groups} does not divide num_attention_heads {heads}"
+        )
+
+
 def _check_server(config: Mapping) -> None:
     """A server sends a heartbeat every HEARTBEAT_S while it works: a stall limit within a few
     heartbeats would take healthy cells for stuck ones."""
@@ -208,7 +247,8 @@ def check_config(config: dict, check_files: bool = True) -> None:
         for name in grid.get(key, ["full"] if key == "finetunes" else []):
             resolve_finetune(config, name, where=f"config: grid.{key}")
             for dataset in grid["datasets"]:
-                recipe_for_dataset(config, name, dataset)
+                _check_batch(config, recipe_for_dataset(config, name, dataset), name, dataset)
+    _check_analysis(config)
     for name in grid["methods"]:
         resolve_method(config, name)
     for name in config.get("method_variants", {}):
@@ -232,6 +272,8 @@ def _check_model(name: str, spec: Mapping, check_files: bool) -> None:
     for key in _MODEL_REQUIRED[source]:
         if key not in spec:
             raise ConfigError(f"config: models.{name}: source {source!r} needs the key {key!r}")
+    if source == "random":
+        _check_architecture(name, spec.get("architecture") or {})
     if not check_files:
         return
     if source == "gguf_package":

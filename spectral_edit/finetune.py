@@ -459,6 +459,9 @@ def finetune(
         gradient_checkpointing = sharded
     tokenizer = load_tokenizer(base_dir)
     train_set, truncation = build_training_dataset(tokenizer, dataset_spec, train_path, int(hyper.get("max_length", 512)))
+    if batch_size > len(train_set):
+        # The Trainer would silently take the whole split as each batch.
+        raise ConfigError(f"config: finetune.batch_size: {batch_size} is larger than the {len(train_set)} training examples")
     device, dtype = resolve_runtime(runtime)
     losses = _LossToLog()
     started = time.time()

@@ -253,3 +253,34 @@ def test_a_stall_limit_of_three_heartbeats_is_accepted(config):
     config.setdefault("evaluation", {})["server"] = {"stall_seconds": 6}
     validate_schema(config)
     check_config(config, check_files=False)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"finetune": {"batch_size": 1000}}, r"config: finetune.batch_size: 1000 \(recipe 'full'\) is larger than the 512"),
+        ({"analysis": {"regimes": {"imdb": "natural"}}}, r"config: analysis.regimes: unknown dataset 'imdb'"),
+        (
+            {
+                "grid": {"controls": ["lora-r16"]},
+                "finetunes": {"lora-r16": {"kind": "lora", "rank": 16}},
+                "analysis": {"reference_finetune": "lora"},
+            },
+            r"config: analysis.reference_finetune: 'lora' is not in grid.finetunes",
+        ),
+        ({"grid": {"seeds": [2**32]}}, r"config: grid.seeds\[0\]: 4294967296 is greater than the maximum"),
+        ({"runtime": {"device": "gpu"}}, r"config: runtime.device: 'gpu' does not match"),
+        (
+            {"datasets": {"reviews-marker": {"n_train": 5_000_000}}},
+            r"config: datasets.reviews-marker.n_train: 5000000 is greater than",
+        ),
+        (
+            {"models": {"smollm2-135m": {"source": "random", "architecture": {"hidden_size": 64, "num_attention_heads": 3}}}},
+            r"config: models.smollm2-135m.architecture: num_attention_heads 3 does not divide hidden_size 64",
+        ),
+    ],
+)
+def test_what_would_fail_later_or_pass_silently_stops_at_planning(config, change, message):
+    from spectral_edit.config import deep_merge
+
+    _fails(deep_merge(config, change), message)

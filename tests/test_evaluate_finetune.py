@@ -217,3 +217,9 @@ def test_training_without_filling_new_memory_gives_the_same_weights_bit_for_bit(
     expected = load_file(tiny_finetuned_dir / "model.safetensors")
     for name, tensor in load_file(tmp_path / "model.safetensors").items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(tmp_path, tiny_base_dir, tiny_data_dir):
+    with pytest.raises(ConfigError, match=r"^config: finetune.batch_size: 1000 is larger than the 48 training examples$"):
+        finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path, TINY_DATASET, {**TINY_HYPER, "batch_size": 1000}, seed=0)
+    assert not (tmp_path / "model.safetensors").exists()
