@@ -81,8 +81,16 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_random_model(spec: Mapping) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+def build_random_model(spec: Mapping, name: str = "model") -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     tokenizer = byte_level_tokenizer()
+    # LlamaConfig stores any keyword it does not know as is: a misspelt field would be copied
+    # into config.json and silently ignored. Known ones are consumed (rope_theta goes into
+    # rope_parameters) or are among the defaults' fields.
+    known = set(LlamaConfig().to_dict())
+    stored = set(LlamaConfig(**dict(spec["architecture"])).to_dict())
+    unknown = sorted(set(spec["architecture"]) & (stored - known))
+    if unknown:
+        raise ConfigError(f"config: models.{name}.architecture: {unknown[0]!r} is not a LlamaConfig field (a typo?)")
     fields = {"tie_word_embeddings": True, **dict(spec["architecture"])}
     fields.update(
         vocab_size=len(tokenizer),
@@ -123,7 +131,7 @@ def load_from_source(spec: Mapping, name: str = "model") -> tuple[torch.nn.Modul
         return load_model(spec["path"]), load_tokenizer(spec["path"])
     if source == "random":
         log.info("building a random model %s", dict(spec["architecture"]))
-        return build_random_model(spec)
+        return build_random_model(spec, name)
     raise ConfigError(f"models.{name}.source: unknown source {source!r}")
 
 

@@ -223,3 +223,13 @@ def test_a_batch_larger_than_the_training_split_is_refused(tmp_path, tiny_base_d
     with pytest.raises(ConfigError, match=r"^config: finetune.batch_size: 1000 is larger than the 48 training examples$"):
         finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path, TINY_DATASET, {**TINY_HYPER, "batch_size": 1000}, seed=0)
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_a_misspelt_architecture_field_is_named():
+    from conftest import TINY_ARCHITECTURE
+    from spectral_edit.models import build_random_model
+
+    with pytest.raises(ConfigError, match=r"^config: models.tiny.architecture: 'hidden_sizee' is not a LlamaConfig field"):
+        build_random_model({"architecture": {**TINY_ARCHITECTURE, "hidden_sizee": 48}}, "tiny")
+    model, _ = build_random_model({"architecture": {**TINY_ARCHITECTURE, "rope_theta": 5000.0}}, "tiny")  # consumed: fine
+    assert model.config.hidden_size == TINY_ARCHITECTURE["hidden_size"]

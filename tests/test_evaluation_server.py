@@ -289,3 +289,13 @@ def test_a_socket_directory_others_can_enter_is_refused_and_stale_files_go(tmp_p
     os.utime(old_socket, (day_ago, day_ago))
     assert socket_dir() == shared
     assert not old_lock.exists() and not old_socket.exists() and new_lock.exists()
+
+
+def test_a_cell_is_served_under_a_130_character_tmpdir(checkpoint, tmp_path, monkeypatch):
+    scratch = tmp_path / ("job-scratch-" + "x" * 200)
+    scratch = Path(str(scratch)[:130])
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    assert len(os.environ["TMPDIR"]) == 130
+    record = _serve(checkpoint, _request(checkpoint, "top_k", 0.5), tmp_path, idle_seconds=2)
+    assert record["server"]["cells_served"] == 1 and 0 <= record["metrics"]["accuracy"] <= 1
