@@ -271,6 +271,10 @@ def test_a_stall_limit_of_three_heartbeats_is_accepted(config):
         ({"grid": {"seeds": [2**32]}}, r"config: grid.seeds\[0\]: 4294967296 is greater than the maximum"),
         ({"runtime": {"device": "gpu"}}, r"config: runtime.device: 'gpu' does not match"),
         (
+            {"datasets": {"reviews-marker": {"label_words": ["negative", " "]}}},
+            r"config: datasets.reviews-marker.label_words\[1\]: ' '",
+        ),
+        (
             {"datasets": {"reviews-marker": {"n_train": 5_000_000}}},
             r"config: datasets.reviews-marker.n_train: 5000000 is greater than",
         ),
