@@ -30,9 +30,9 @@ def _checkpoint_job_threads():
     """Cores of a job that runs once per checkpoint: the fine-tune, the SVD cache, the
     calibration sensitivities. On a local CPU run the checkpoints of the grid split the cores,
     so that such jobs of two checkpoints run side by side: on 2 cores a fine-tuning step of the
-    default takes 1.74 s on two threads and 2.45 s on one thread beside the other fine-tune, the
-    SVD cache 29.7 s on two threads and 40 s for both side by side on one thread each (README,
-    "Run time"). The split depends only on the config and --cores, so a rerun on the same
+    default takes about 1.8 s on two threads and 2.5-2.8 s on one thread beside the other
+    fine-tune (1.34x the machine's steps per second: bench figure 10), the SVD cache 29.7 s on
+    two threads and 40 s for both side by side on one thread each (README, "Run time"). The split depends only on the config and --cores, so a rerun on the same
     machine computes with the same thread counts (the weights depend on them: README,
     "Reproducibility"); --set-threads finetune=N overrides it. A GPU run, or a SLURM job (whose
     cpus_per_task the resources set), keeps every core: checkpoints there do not share a device.
