@@ -107,15 +107,39 @@ def canonical(value):
     return value
 
 
-def load_config(path: str | Path, *overlays: str | Path | Mapping) -> dict:
-    """Load a config file, apply overlays (files or dicts), validate and check it."""
+def read_config_file(path: str | Path) -> dict:
+    """A config file's mapping; a missing, binary, non-UTF-8 or non-YAML file is one line naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    config = yaml.safe_load(path.read_text()) or {}
+    data = path.read_bytes()
+    zero = data.find(b"\0")
+    if zero >= 0:
+        raise ConfigError(f"config file {path}: a binary file (byte 0 at offset {zero}), not YAML")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"config file {path}: not valid YAML{at} ({problem})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"config file {path}: holds a {type(loaded).__name__}, not a mapping of keys")
+    return dict(loaded)
+
+
+def load_config(path: str | Path, *overlays: str | Path | Mapping) -> dict:
+    """Load a config file, apply overlays (files or dicts), validate and check it."""
+    config = read_config_file(path)
     for overlay in overlays:
         if not isinstance(overlay, Mapping):
-            overlay = yaml.safe_load(Path(overlay).read_text()) or {}
+            overlay = read_config_file(overlay)
         config = deep_merge(config, overlay)
     validate_schema(config)
     check_config(config)
@@ -150,6 +174,7 @@ _GROUP_REQUIRED = {
     "marker": ("marker",),
 }
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SPACED_PLACEHOLDER = re.compile(r"\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}")
 
 
 # A name becomes a path component under results/ and logs/: "my/data" would be two directories,
@@ -256,6 +281,7 @@ def check_config(config: dict, check_files: bool = True) -> None:
     retention_names = [format_retention(r) for r in grid["retentions"]]
     if len(set(retention_names)) != len(retention_names):
         raise ConfigError(f"config: grid.retentions: duplicate values {grid['retentions']}")
+    _check_distinct_k(grid["retentions"])
     from .data import is_instruction  # local import: data pulls in datasets and pandas
 
     sweet = config["analysis"].get("sweet_spot_method", "top_k")
@@ -265,6 +291,27 @@ def check_config(config: dict, check_files: bool = True) -> None:
         raise ConfigError(f"config: analysis.sweet_spot_method: {sweet!r} is not in grid.methods ({', '.join(grid['methods'])})")
     if not resolve_method(config, sweet)[0].uses_retention:
         raise ConfigError(f"config: analysis.sweet_spot_method: {sweet!r} has no retention to sweep")
+
+
+# Ranks up to this bound cover the matrices of every model this workflow edits (a 70B model's
+# hidden size is 8192); two retentions giving the same k on all of them are one cell twice.
+_LARGEST_RANK = 65536
+
+
+def _check_distinct_k(retentions) -> None:
+    """Retentions that differ only past k's rounding (0.3 and 0.30000000000000004): one line."""
+    from .methods import kept_count
+
+    ordered = sorted(float(r) for r in retentions)
+    for low, high in zip(ordered, ordered[1:]):
+        # Retentions further apart than 1/rank differ at that rank; only near-equal ones need the scan.
+        if high - low < 1 / _LARGEST_RANK and all(
+            kept_count(rank, low) == kept_count(rank, high) for rank in range(1, _LARGEST_RANK + 1)
+        ):
+            raise ConfigError(
+                f"config: grid.retentions: {low!r} and {high!r} keep the same k = ceil(retention x rank) "
+                f"for every rank up to {_LARGEST_RANK}: one cell twice; keep one"
+            )
 
 
 def _check_model(name: str, spec: Mapping, check_files: bool) -> None:
@@ -352,6 +399,10 @@ def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: boo
     for key in ("prompt", "eval_prompt"):
         if key not in spec:
             continue
+        spaced = [m for m in _SPACED_PLACEHOLDER.findall(spec[key]) if not _PLACEHOLDER.fullmatch(m)]
+        if spaced:
+            # The prompt is filled by replacing "{field}" exactly: "{ text }" would stay in the prompt.
+            raise ConfigError(f"{where}.{key}: {spaced[0]!r} is not filled in; write {{{spaced[0].strip('{} ')}}} without spaces")
         placeholders = set(_PLACEHOLDER.findall(spec[key]))
         if not placeholders & fields:
             raise ConfigError(

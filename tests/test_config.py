@@ -1,6 +1,7 @@
 """Configuration errors are one line and name the culprit; the shipped config is valid."""
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -282,9 +283,42 @@ def test_a_stall_limit_of_three_heartbeats_is_accepted(config):
             {"models": {"smollm2-135m": {"source": "random", "architecture": {"hidden_size": 64, "num_attention_heads": 3}}}},
             r"config: models.smollm2-135m.architecture: num_attention_heads 3 does not divide hidden_size 64",
         ),
+        (
+            {"method_variants": {"rk2": {"method": "random_k", "seed_offset": "x"}}},
+            r"config: method_variants.rk2.seed_offset: 'x' is not an integer \(method 'random_k'\)$",
+        ),
+        (
+            {"method_variants": {"dg2": {"method": "dg_hard", "scale": True}}},
+            r"config: method_variants.dg2.scale: True is not a number \(method 'dg_hard'\)$",
+        ),
+        (
+            {"grid": {"retentions": [0.3, 0.30000000000000004]}},
+            r"config: grid.retentions: 0.3 and 0.30000000000000004 keep the same k = ceil\(retention x rank\) for every rank",
+        ),
+        (
+            {"datasets": {"reviews-marker": {"prompt": "Review: { text }\nSentiment:"}}},
+            r"config: datasets.reviews-marker.prompt: '\{ text \}' is not filled in; write \{text\} without spaces$",
+        ),
     ],
 )
 def test_what_would_fail_later_or_pass_silently_stops_at_planning(config, change, message):
     from spectral_edit.config import deep_merge
 
     _fails(deep_merge(config, change), message)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x7fELF\x02\x01\x01\x00\x00", r"a binary file \(byte 0 at offset 7\), not YAML$"),
+        ("grid:\n  seeds: [1]\n# caf\xe9\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 at offset 24\)$"),
+        (b"grid: [\n", r"not valid YAML at line 2, column 1 \(expected the node content"),
+        (b"- a\n- b\n", r"holds a list, not a mapping of keys$"),
+    ],
+    ids=["binary", "latin-1", "unclosed list", "a list"],
+)
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: ") + message):
+        load_config(REPO / "config.yaml", path)

@@ -223,33 +223,68 @@ def test_numeric_labels_compare_as_numbers(tmp_path):
     assert len(kept) == 80 and set(kept["label"]) == {0, 1}
 
 
-@pytest.mark.parametrize(
-    "case, extra, message",
-    [
-        ("blank label", {}, r"^datasets.d \(train\): label column 'y' is blank in 1 row\(s\) \(rows 17\): fill them"),
-        (
-            "every label dropped",
-            {"label_values": [5, 6], "drop_other_labels": True},
-            r"^datasets.d \(train\): no rows left of 80 after drop_other_labels: no label is in label_values$",
-        ),
-        (
-            "min_words drops every row",
-            {"label_values": [0, 1], "min_words": 50},
-            r"^datasets.d \(train\): no rows left of 80 after min_words: 50: no 'text' text has that many words$",
-        ),
-    ],
-)
-def test_labels_and_filters_that_leave_nothing_are_one_line(tmp_path, case, extra, message):
-    path = _numeric_table(tmp_path, blank_row=17 if case == "blank label" else None)
+def _one_label_table(tmp_path):
+    path = tmp_path / "one-label.csv"
+    pd.DataFrame({"body": [f"a film {i}" for i in range(40)], "y": [0.0] * 40}).to_csv(path, index=False)
+    return path
+
+
+# (case, table, spec keys, first line of the message): each stops at planning (the config check
+# runs the dataset job's preparation on the files read with pandas) with the job's own line.
+DATA_CASES = [
+    ("blank label", "blank", {}, r"datasets.d.files.train: label column 'y' is blank in 1 row\(s\) \(rows 17\): fill them"),
+    (
+        "every label dropped",
+        "numeric",
+        {"label_values": [5, 6], "drop_other_labels": True},
+        r"datasets.d.files.train: no rows left of 80 after drop_other_labels: no label is in label_values$",
+    ),
+    (
+        "min_words drops every row",
+        "numeric",
+        {"min_words": 50},
+        r"datasets.d.files.train: no rows left of 80 after min_words: 50: no 'text' text has that many words$",
+    ),
+    (
+        "one label in the file",
+        "one label",
+        {},
+        r"datasets.d: the training split \(20 rows\) has no example labelled 'positive'; every label word needs",
+    ),
+    (
+        "an empty evaluation group",
+        "numeric",
+        {"group": {"rule": "regex", "pattern": "poor film with", "fields": ["text"]}},
+        r"datasets.d: evaluation group 'positive\|mention=1' has 0 examples, fewer than min_group_size=2",
+    ),
+    (
+        "a training split over the bound, no n_train",
+        "numeric",
+        {"max_train": 30},
+        r"datasets.d: the training split has 40 rows and n_train is not set; .* set n_train \(at most 30\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("case, table, extra, message", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_data_that_would_fail_in_the_dataset_job_stops_at_planning(tmp_path, monkeypatch, case, table, extra, message):
+    from spectral_edit.data import tables
+
+    extra = dict(extra)
+    monkeypatch.setattr(tables, "MAX_TRAIN_EXAMPLES", extra.pop("max_train", tables.MAX_TRAIN_EXAMPLES))
+    path = _one_label_table(tmp_path) if table == "one label" else _numeric_table(tmp_path, 17 if table == "blank" else None)
     spec = _spec(path, **{"label_values": [0, 1], **extra})
-    with pytest.raises(DataError, match=message) as info:
-        shape_table(pd.read_csv(path), spec, "d", "train")
-    assert "\n" not in str(info.value)
-    if case == "blank label":  # also before any job, from the config check
-        with pytest.raises(ConfigError, match="^config: datasets.d.files.train: label column 'y' is blank in 1 row"):
-            load_config(REPO / "config.yaml", {"datasets": {"d": spec}, "grid": {"datasets": ["d"]}})
-        kept = shape_table(pd.read_csv(path), {**spec, "drop_other_labels": True}, "d", "train")
-        assert len(kept) == 79
+    with pytest.raises(DataError, match="^" + message) as info:  # in the dataset job
+        prepare_dataset(spec, tmp_path / "out", "d")
+    assert "\n" not in str(info.value) and not (tmp_path / "out" / "meta.json").exists()
+    with pytest.raises(ConfigError, match="^config: " + message):  # and before any job
+        load_config(REPO / "config.yaml", {"datasets": {"d": spec}, "grid": {"datasets": ["d"]}})
+
+
+def test_blank_labels_are_dropped_when_asked(tmp_path):
+    path = _numeric_table(tmp_path, blank_row=17)
+    kept = shape_table(pd.read_csv(path), _spec(path, label_values=[0, 1], drop_other_labels=True), "d", "train")
+    assert len(kept) == 79
 
 
 def test_a_file_that_is_not_utf8_names_itself_and_the_encoding_key(tmp_path):

@@ -43,7 +43,7 @@ from .groups import (
 )
 from .instructions import build_instruction_dataset, instruction_columns
 from .synthetic import build_synthetic_reviews, generate_review
-from .tables import load_table, peek_local
+from .tables import check_training_size, is_url, load_table, peek_local
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def _label_problem(raw: pd.Series, labels: np.ndarray, spec: Mapping, where: str
 
 def shape_table(table: pd.DataFrame, spec: Mapping, name: str, which: str) -> pd.DataFrame:
     """Select the text fields, map labels, clean texts and drop what the config drops."""
-    where = f"datasets.{name} ({which})"
+    where = f"datasets.{name}.files.{which}" if spec["source"] == "local" else f"datasets.{name} ({which} split)"
     fields = text_fields(spec)
     rule = spec.get("group") or {"rule": "none"}
     needed = list(fields.values()) + [spec["label_column"]] + required_columns(rule)
@@ -300,14 +300,15 @@ def _balanced(
     return pd.concat(chosen, ignore_index=True), {"available": available, "per_group": per_group}
 
 
-def build_table_dataset(spec: Mapping, name: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Training and balanced evaluation frames of a hub or local dataset, and facts for meta."""
+def build_table_dataset(spec: Mapping, name: str, load=load_table) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Training and balanced evaluation frames of a hub or local dataset, and facts for meta.
+    ``load(spec, which, name)`` reads a raw table (planning passes a cheap pandas reader)."""
     rng = np.random.default_rng(int(spec.get("split_seed", 0)))
-    train_raw = load_table(spec, "train", name)
+    train_raw = load(spec, "train", name)
     if train_raw is None:
         raise DataError(f"datasets.{name}: no training table configured (files.train or hub.train_split)")
     train_pool = shape_table(train_raw, spec, name, "train")
-    eval_raw = load_table(spec, "eval", name)
+    eval_raw = load(spec, "eval", name)
     if eval_raw is None:
         fraction = float(spec.get("eval_fraction", 0.2))
         order = rng.permutation(len(train_pool))
@@ -315,11 +316,19 @@ def build_table_dataset(spec: Mapping, name: str) -> tuple[pd.DataFrame, pd.Data
         eval_pool, train_pool = train_pool.iloc[order[:cut]], train_pool.iloc[order[cut:]]
     else:
         eval_pool = shape_table(eval_raw, spec, name, "eval")
+    check_training_size(spec, len(train_pool), name)
     words = list(spec["label_words"])
     attribute = attribute_name(spec)
     rule = dict(spec.get("group") or {"rule": "none"})
     facts: dict = {"rule": rule}
     train = _sample(train_pool, spec.get("n_train"), rng)
+    absent = [word for y, word in enumerate(words) if not (train["label"] == y).any()]
+    if absent:
+        # One label only: the fine-tune would learn to give one answer, whatever the text.
+        raise DataError(
+            f"datasets.{name}: the training split ({len(train)} rows) has no example labelled {absent[0]!r}; "
+            f"every label word needs training examples"
+        )
     if rule["rule"] == "marker":
         field = rule.get("field") or next(iter(text_fields(spec)))
         target = words.index(rule["label"]) if isinstance(rule.get("label"), str) else int(rule.get("label", 0))
@@ -445,12 +454,9 @@ def check_local_dataset(spec: Mapping, name: str) -> None:
     fields = text_fields(spec)
     rule = spec.get("group") or {"rule": "none"}
     columns = list(dict.fromkeys([*fields.values(), spec["label_column"], *required_columns(rule)]))
-    for which in ("train", "eval"):
-        frame = peek_local(spec, which, columns, name)
-        if frame is None:
-            continue
-        where = f"datasets.{name}.files.{which}"
-        labels = label_indices(frame[spec["label_column"]], spec, where)
-        problem = _label_problem(frame[spec["label_column"]].reset_index(drop=True), labels, spec, where)
-        if problem and not spec.get("drop_other_labels", False):
-            raise DataError(problem)
+    frames = {which: peek_local(spec, which, columns, name) for which in ("train", "eval")}
+    if any(is_url(spec, which) for which in frames):
+        return  # read by the dataset job (offline here, perhaps)
+    # The dataset job's own preparation, on the files read with pandas: one label only, an empty
+    # evaluation group, a filter that leaves nothing stop here with the job's message.
+    build_table_dataset(spec, name, load=lambda spec, which, name: frames[which])

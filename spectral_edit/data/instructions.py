@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..errors import DataError
 from .arithmetic import build_arithmetic_corpus
-from .tables import load_table
+from .tables import check_training_size, load_table
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def build_instruction_dataset(spec: Mapping, name: str) -> tuple[list[dict], lis
         held_out, order = [chats[i] for i in order[:cut]], order[cut:]
     else:
         held_out = shape_instructions(eval_raw, spec, name, "eval")
+    check_training_size(spec, len(order), name)
     n_train = int(spec.get("n_train") or len(order))
     train = [chats[i] for i in np.sort(order[:n_train])]
     if not train:

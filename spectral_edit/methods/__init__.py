@@ -72,6 +72,7 @@ class SpectralMethod:
     needs: tuple[str, ...] = ()  # extra inputs, e.g. ("sensitivities",)
     check: Callable[[Mapping[str, object]], None] | None = None  # raises ValueError on bad params
     paper: str = ""  # where the method comes from, as the README's method table cites it
+    param_types: Mapping[str, tuple[type, ...]] = field(default_factory=dict)  # where the default's type is not the rule
 
     @property
     def source_digest(self) -> str:
@@ -89,6 +90,10 @@ class SpectralMethod:
                 f"{where}: unknown parameter {unknown[0]!r} for method {self.name!r} "
                 f"(known: {', '.join(sorted(self.defaults)) or 'none'})"
             )
+        for key, value in sorted(given.items()):
+            problem = _type_problem(value, self.param_types.get(key) or _types_of(self.defaults[key]))
+            if problem:
+                raise ConfigError(f"{where}.{key}: {value!r} is not {problem} (method {self.name!r})")
         params = {**self.defaults, **given}
         if self.check is not None:
             try:
@@ -96,6 +101,33 @@ class SpectralMethod:
             except ValueError as error:
                 raise ConfigError(f"{where}: {error}") from None
         return params
+
+
+def _types_of(default: object) -> tuple[type, ...]:
+    """The types a parameter takes: its default's (an int default takes ints, a float one any
+    number); a None default says nothing (the method's check decides)."""
+    if default is None:
+        return ()
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, float):
+        return (int, float)
+    return (type(default),)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list", type(None): "null"}
+
+
+def _type_problem(value: object, types: tuple[type, ...]) -> str | None:
+    """What ``value`` should have been, or None when it is one of ``types`` (bool is no number)."""
+    if not types:
+        return None
+    if isinstance(value, bool) and bool not in types:
+        pass
+    elif isinstance(value, types):
+        return None
+    names = [_TYPE_NAMES.get(t, t.__name__) for t in types if not (t is int and float in types)]
+    return " or ".join(names)
 
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # spectral_edit/
@@ -168,6 +200,7 @@ def register(
     summary: str | None = None,
     check: Callable[[Mapping[str, object]], None] | None = None,
     paper: str,
+    param_types: Mapping[str, tuple[type, ...]] | None = None,
 ):
     """Decorator that registers an edit function under ``name``; ``paper`` cites its source
     (the README's method table must agree: tests/test_methods.py)."""
@@ -176,7 +209,9 @@ def register(
         if name in _REGISTRY:
             raise RuntimeError(f"spectral method {name!r} registered twice")
         text = summary or ((function.__doc__ or "").strip().splitlines() or [""])[0]
-        _REGISTRY[name] = SpectralMethod(name, function, uses_retention, dict(defaults or {}), text, tuple(needs), check, paper)
+        _REGISTRY[name] = SpectralMethod(
+            name, function, uses_retention, dict(defaults or {}), text, tuple(needs), check, paper, dict(param_types or {})
+        )
         return function
 
     return decorate

@@ -28,6 +28,7 @@ def check_params(p) -> None:
     uses_retention=False,
     defaults={"scale": 1.0, "noise_sigma": None},
     check=check_params,
+    param_types={"noise_sigma": (int, float, type(None))},
     paper="Spectral Unforgetting (arXiv 2605.20296)",
 )
 def dg_hard(singular_values: torch.Tensor, context: MatrixContext):

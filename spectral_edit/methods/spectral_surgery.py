@@ -177,6 +177,7 @@ def check_params(p) -> None:
     defaults=DEFAULTS,
     needs=("sensitivities",),
     check=check_params,
+    param_types={"modules": (str, list), "preserve_energy": (str, type(None))},
     paper="Spectral Surgery (arXiv 2603.03995), Sec. 3.3–3.4, App. A",
 )
 def spectral_surgery(singular_values: torch.Tensor, context: MatrixContext):
