@@ -314,6 +314,10 @@ def _check_distinct_k(retentions) -> None:
             )
 
 
+# What transformers' from_pretrained reads a local model's weights from.
+_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+
+
 def _check_model(name: str, spec: Mapping, check_files: bool) -> None:
     source = spec["source"]
     for key in _MODEL_REQUIRED[source]:
@@ -327,8 +331,12 @@ def _check_model(name: str, spec: Mapping, check_files: bool) -> None:
         from .models import find_packaged_file  # local import: models pulls in torch
 
         find_packaged_file(spec["package"], spec["file"], where=f"config: models.{name}")
-    elif source == "local" and not (Path(spec["path"]) / "config.json").is_file():
-        raise ConfigError(f"config: models.{name}.path: no config.json in {spec['path']!r}")
+    elif source == "local":
+        path = Path(spec["path"])
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"config: models.{name}.path: no config.json in {spec['path']!r}")
+        if not any(next(path.glob(pattern), None) for pattern in _WEIGHT_FILES):
+            raise ConfigError(f"config: models.{name}.path: no weights in {spec['path']!r} ({', '.join(_WEIGHT_FILES)})")
 
 
 def _check_instruction_dataset(name: str, spec: Mapping, where: str, check_files: bool) -> None:

@@ -91,6 +91,21 @@ def test_missing_packaged_model_file(config):
         check_config(config)
 
 
+@pytest.mark.parametrize(
+    "files, message",
+    [([], r"no config.json in '.+'$"), (["config.json"], r"no weights in '.+' \(\*.safetensors, pytorch_model\*.bin")],
+)
+def test_a_local_model_directory_without_config_or_weights_is_refused(config, tmp_path, files, message):
+    for name in files:
+        (tmp_path / name).write_text("{}")
+    config["models"]["smollm2-135m"] = {"source": "local", "path": str(tmp_path)}
+    with pytest.raises(ConfigError, match="^config: models.smollm2-135m.path: " + message):
+        check_config(validate_schema(config))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    check_config(validate_schema(config))
+
+
 def test_method_variants_resolve_with_params(config):
     config["method_variants"] = {"random_k_b": {"method": "random_k", "seed_offset": 7}}
     config["grid"]["methods"].append("random_k_b")
