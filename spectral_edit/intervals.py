@@ -6,10 +6,16 @@ split's group-balanced design; this is ``scipy.stats.bootstrap`` with one sample
 (it resamples each sample on its own, which is a stratified bootstrap). Each sample holds, per
 example, the correctness of every model being compared: the edited cell (one row per seed),
 its fine-tuned model (FT, one row per seed) and the base model. One resample draws the same
-examples for all of them, so differences (accuracy loss, bias reduction) are paired: the
-interval reflects which examples the evaluation set happened to contain, not seed-to-seed
-variation (the ``_std`` columns show that). With several seeds, the statistic is the mean
-over seeds of the per-seed measure, as in the tables. Percentile intervals rather than BCa:
+examples for all of them, so differences (accuracy loss, bias reduction) are paired.
+
+With several seeds the statistic is the mean over seeds of the per-seed measure, as in the
+tables, and the bootstrap has two levels: each resample also draws the seeds (S of them, with
+replacement; scipy resamples the seed numbers as one more sample), so the interval covers both
+which examples the evaluation set happened to contain and which fine-tuning runs the seeds
+happened to give. Seeds and examples are crossed, not nested (every seed is scored on the same
+split), so one draw of examples serves every drawn seed: with no variation between seeds this
+is the one-level interval, and with examples that all score alike it is the interval of a
+bootstrap over seeds alone. One seed: the one-level interval. Percentile intervals rather than BCa:
 the statistics are discrete and often degenerate (an edit that changes no prediction), where
 BCa is undefined. A ratio whose denominator is 0 in some resample has no interval (NaN).
 
@@ -93,10 +99,14 @@ def group_summaries(per_group: Sequence[np.ndarray], design: GroupDesign) -> dic
 
 
 def paired_statistics(per_group: Sequence[np.ndarray], design: GroupDesign, n_seeds: int) -> np.ndarray:
-    """Every statistic in STATISTICS (stacked on axis 0), from rows [edit x S, FT x S, base].
+    """Every statistic in STATISTICS (stacked on axis 0), from rows [edit x S, FT x S, base]:
+    per seed the edit is compared with that seed's FT; the result is the mean over seeds."""
+    return per_seed_statistics(per_group, design, n_seeds).mean(axis=1)
 
-    Per seed the edit is compared with that seed's FT; the result is the mean over seeds.
-    """
+
+def per_seed_statistics(per_group: Sequence[np.ndarray], design: GroupDesign, n_seeds: int) -> np.ndarray:
+    """Every statistic in STATISTICS for each seed: shape (statistics, seeds, ...), from rows
+    [edit x S, FT x S, base] (any trailing axes of the groups' arrays are kept)."""
     summary = group_summaries(per_group, design)
     edit, ft, base = (slice(0, n_seeds), slice(n_seeds, 2 * n_seeds), slice(2 * n_seeds, 2 * n_seeds + 1))
     acc_e, acc_f, acc_b = (summary["accuracy"][rows] for rows in (edit, ft, base))
@@ -111,7 +121,18 @@ def paired_statistics(per_group: Sequence[np.ndarray], design: GroupDesign, n_se
         "acc_ft_to_base": _ratio(acc_e - acc_f, acc_b - acc_f),
         "gap_ft_to_base": _ratio(gap_e - gap_f, gap_b - gap_f),
     }
-    return np.stack([values[name].mean(axis=0) for name in STATISTICS], axis=0)
+    return np.stack([values[name] for name in STATISTICS], axis=0)
+
+
+def seed_mean(per_seed: np.ndarray, drawn: np.ndarray | None) -> np.ndarray:
+    """The mean over seeds (axis 0) of per-seed values: of every seed (``drawn`` None, the data
+    as they are), or, per resample b (the last axis), of the seeds resample b drew
+    (``drawn[b]``, S seed positions, with repeats)."""
+    if drawn is None:
+        return per_seed.mean(axis=0)
+    drawn = np.asarray(drawn)
+    index = drawn.T.reshape((drawn.shape[1],) + (1,) * (per_seed.ndim - 2) + (drawn.shape[0],))
+    return np.take_along_axis(per_seed, index, axis=0).mean(axis=0)
 
 
 def bootstrap_intervals(
@@ -133,9 +154,22 @@ def bootstrap_intervals(
         raise ValueError(f"correctness arrays do not match: edit {edit.shape}, FT {finetuned.shape}, base {len(base)}")
     n_seeds = edit.shape[0]
     samples = design.split(np.vstack([edit, finetuned, np.asarray(base)[None, :]]))
+    if n_seeds == 1:
 
-    def statistic(*per_group, axis=-1):
-        return paired_statistics(per_group, design, n_seeds)
+        def statistic(*per_group, axis=-1):
+            return paired_statistics(per_group, design, n_seeds)
+
+    else:
+        # The seeds are one more sample: scipy draws S of them per resample, after the examples.
+        samples = (*samples, np.arange(n_seeds))
+
+        def statistic(*parts, axis=-1):
+            *per_group, seeds = parts
+            while seeds.ndim > per_group[0].ndim - 1:  # scipy broadcast it to the groups' leading axes
+                seeds = seeds[0]
+            values = per_seed_statistics(per_group, design, n_seeds)  # (statistics, S, resamples...)
+            # Resample b takes the seeds it drew, each scored on resample b's examples.
+            return seed_mean(np.moveaxis(values, 1, 0), None if seeds.ndim == 1 else seeds)
 
     low, high = percentile_bootstrap(samples, statistic, n_resamples, seed, level, batch=max(1, 2_000_000 // edit.size))
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(STATISTICS, low, high)}

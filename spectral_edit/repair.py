@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .benchmarks.scores import Compared, Scores, bootstrap
+from .intervals import seed_mean
 
 SCORES = ["healed", "preserved", "non_damage", "task_retention", "hm"]
 
@@ -166,7 +167,7 @@ def repair_tables(
             s: [partition_of(v[n + i] - v[2 * n], eps) for v in point_values[: len(names)]] for i, s in enumerate(common)
         }
 
-        def statistic(values, names=names, n=n, n_task=n_task, partitions=partitions, common=common):
+        def statistic(values, drawn=None, names=names, n=n, n_task=n_task, partitions=partitions, common=common):
             per_seed_scores = []
             for i, s in enumerate(common):
                 held = values[: len(names)]
@@ -177,10 +178,11 @@ def repair_tables(
                     )
                 )
             stacked = np.stack(per_seed_scores)  # (seeds, scores, ...)
-            return np.concatenate([stacked.reshape((-1,) + stacked.shape[2:]), stacked.mean(axis=0)], axis=0)
+            # Each seed's own scores over the samples; their mean over the seeds drawn as well.
+            return np.concatenate([stacked.reshape((-1,) + stacked.shape[2:]), seed_mean(stacked, drawn)], axis=0)
 
         if all(x.resamplable for scores in sets for x in scores):
-            point, low, high = bootstrap(compared, statistic, **bootstrap_args)
+            point, low, high = bootstrap(compared, statistic, n_seeds=n, **bootstrap_args)
         else:
             point = np.asarray(statistic(point_values), float)
             low = high = np.full_like(point, np.nan)

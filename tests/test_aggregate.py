@@ -155,6 +155,51 @@ def test_an_edit_that_changes_nothing_has_a_zero_width_paired_interval():
     assert point_statistics(ft[None], ft[None], ft, design)["accuracy_loss"] == 0.0
 
 
+def _random_scores(seed=3):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(GROUPS, 30)
+    design = GroupDesign.from_examples(groups, MAJORITY, MINORITY)
+    scores = [(rng.random(len(groups)) < p).astype(float) for p in (0.7, 0.8, 0.5)]
+    return design, *scores
+
+
+def test_seeds_that_do_not_differ_give_the_one_seed_interval():
+    design, edit, ft, base = _random_scores()
+    one = bootstrap_intervals(edit[None], ft[None], base, design, n_resamples=4000, seed=2)
+    three = bootstrap_intervals(np.tile(edit, (3, 1)), np.tile(ft, (3, 1)), base, design, n_resamples=4000, seed=2)
+    for name in ("accuracy", "gap", "accuracy_loss", "worst_group_accuracy", "acc_ft_to_base"):
+        # The draws of examples do not depend on the seeds drawn, so no Monte Carlo error either.
+        assert three[name] == pytest.approx(one[name], abs=1e-9), name
+
+
+def test_examples_that_score_alike_give_the_interval_of_the_seeds_alone():
+    # Every example of a seed scores the same (all right or all wrong within each group), so
+    # resampling examples changes nothing; the seeds' accuracies are 0.5, 0.75 and 1.0.
+    groups = np.repeat(GROUPS, 10)
+    design = GroupDesign.from_examples(groups, MAJORITY, MINORITY)
+    right_groups = [2, 3, 4]
+    edit = np.array([np.repeat([g < k for g in range(4)], 10) for k in right_groups], float)
+    ft = np.ones_like(edit)
+    got = bootstrap_intervals(edit, ft, np.ones(len(groups)), design, n_resamples=4000, seed=0)
+    # The seed-only bootstrap of the mean of (0.5, 0.75, 1.0): its 2.5 % and 97.5 % quantiles are
+    # the means of the draws {0.5, 0.5, 0.5} and {1, 1, 1} (each has probability 1/27 > 2.5 %).
+    assert got["accuracy"] == pytest.approx((0.5, 1.0))
+    assert got["accuracy_loss"] == pytest.approx((0.0, 50.0))
+    one_seed = bootstrap_intervals(edit[1:2], ft[1:2], np.ones(len(groups)), design, n_resamples=500)
+    assert one_seed["accuracy"] == (0.75, 0.75)  # and one seed alone has no spread at all
+
+
+def test_two_level_interval_is_wider_than_either_level():
+    design, edit, ft, base = _random_scores()
+    rng = np.random.default_rng(5)
+    edits = np.array([np.where(rng.random(len(edit)) < 0.15, 1 - edit, edit) for _ in range(4)])
+    both = bootstrap_intervals(edits, np.tile(ft, (4, 1)), base, design, n_resamples=4000, seed=1)
+    width = lambda i: i["accuracy"][1] - i["accuracy"][0]  # noqa: E731
+    examples_only = bootstrap_intervals(np.tile(edits.mean(0), (1, 1)), ft[None], base, design, n_resamples=4000, seed=1)
+    assert width(both) > width(examples_only)
+    assert both["accuracy"][0] <= edits.mean() <= both["accuracy"][1]
+
+
 def test_mcnemar_exact_by_hand():
     # 8 examples only the edit gets right, 2 only the FT: p = 2 * P(X <= 2 | 10, 1/2) = 2 * 56 / 1024.
     edit = [True] * 8 + [False] * 2 + [True] * 5 + [False] * 3

@@ -139,6 +139,27 @@ def test_benchmark_bootstrap_is_paired_and_stratified():
     assert (high[0] - low[0]) / 2 < independent
 
 
+def test_benchmark_seed_means_resample_the_seeds_too():
+    from spectral_edit.benchmarks.scores import Scores
+    from spectral_edit.benchmarks.tables import compare_scores
+
+    ids = tuple(f"s{i}" for i in range(40))
+
+    def scores(values):
+        return Scores(np.asarray(values, float), ids, (20, 20))
+
+    # Two seeds: one edit gets every sample right, the other none; every FT gets half (one
+    # stratum right, one wrong). Within a seed the samples of a stratum score alike, so only the
+    # seeds vary: the seed mean's interval is that of the mean of (1, 0) resampled, [0, 1].
+    half = [1.0] * 20 + [0.0] * 20
+    edit, ft = [scores([1.0] * 40), scores([0.0] * 40)], [scores(half), scores(half)]
+    row = compare_scores(edit, ft, scores(half), {"n_resamples": 2000, "seed": 0})
+    assert row["score"] == pytest.approx(0.5) and (row["score_lo"], row["score_hi"]) == pytest.approx((0.0, 1.0))
+    assert (row["diff_ft_lo"], row["diff_ft_hi"]) == pytest.approx((-0.5, 0.5))
+    one = compare_scores(edit[:1], ft[:1], scores(half), {"n_resamples": 500, "seed": 0})
+    assert (one["score_lo"], one["score_hi"]) == (1.0, 1.0)  # one seed: the samples' interval alone
+
+
 def test_synthetic_benchmarks_are_seeded_and_disjoint_from_their_few_shot_pool():
     spec = {"name": "arith", "n": 30, "generator_seed": 5}
     pool, test = arithmetic_benchmark(spec)

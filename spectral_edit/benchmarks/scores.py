@@ -136,15 +136,20 @@ class Compared:
 
 def bootstrap(
     compared: Sequence[Compared],
-    statistic: Callable[[list[np.ndarray]], np.ndarray],
+    statistic: Callable[..., np.ndarray],
     n_resamples: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    n_seeds: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point values and percentile intervals of ``statistic``.
 
     ``statistic`` maps the benchmarks' values, one array (models, ...) per entry of ``compared``
     (any trailing axes are resamples, as scipy passes them), to k statistics stacked on axis 0.
+    With ``n_seeds`` > 1 the seeds are resampled too (the second level, as in
+    spectral_edit.intervals): ``statistic(values, drawn)`` then gets the seed positions each
+    resample drew ((resamples, S); None for the data as they are) and averages its per-seed
+    values over them with :func:`~spectral_edit.intervals.seed_mean`.
     Returns (point, low, high), each of length k; NaN intervals when a benchmark cannot be
     resampled.
     """
@@ -166,12 +171,20 @@ def bootstrap(
             out.append(combine(means, entry.sizes, entry.weight_by_size)[: entry.matrix.shape[0]])
         return out
 
-    point = np.asarray(statistic(values_of(parts)), float)
+    seeded = n_seeds > 1
+    point = np.asarray(statistic(values_of(parts), None) if seeded else statistic(values_of(parts)), float)
     if any(part.shape[-1] < 2 for part in parts):
         return point, np.full_like(point, np.nan), np.full_like(point, np.nan)
+    if seeded:
+        parts.append(np.arange(n_seeds))  # resampled after the strata, as one more sample
 
     def resampled(*strata, axis=-1):
-        return statistic(values_of(strata))
+        if not seeded:
+            return statistic(values_of(strata))
+        *strata, drawn = strata
+        while drawn.ndim > 2:  # scipy broadcast it to the strata's leading axes
+            drawn = drawn[0]
+        return statistic(values_of(strata), drawn)
 
     size = sum(part.size for part in parts)
     low, high = percentile_bootstrap(parts, resampled, n_resamples, seed, level, batch=max(1, 4_000_000 // max(size, 1)))

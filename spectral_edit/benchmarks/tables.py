@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..intervals import seed_mean
 from .scores import Compared, Scores, bootstrap, mcnemar
 
 KEYS = ["model", "dataset", "seed", "finetune", "method", "retention"]
@@ -63,11 +64,13 @@ def _variants(records: Sequence[Mapping], model: str, dataset: str, finetune: st
     return out
 
 
-def _row_statistics(values: list[np.ndarray], n_seeds: int) -> np.ndarray:
-    """score, diff_ft and diff_base of rows [edit x S, FT x S, base] (means over seeds)."""
+def _row_statistics(values: list[np.ndarray], n_seeds: int, drawn=None) -> np.ndarray:
+    """score, diff_ft and diff_base of rows [edit x S, FT x S, base] (means over the seeds, or
+    over the seeds a resample ``drawn``)."""
     v = values[0]
     edit, ft, base = v[:n_seeds], v[n_seeds : 2 * n_seeds], v[2 * n_seeds]
-    return np.stack([edit.mean(axis=0), (edit - ft).mean(axis=0), edit.mean(axis=0) - base])
+    score = seed_mean(edit, drawn)
+    return np.stack([score, seed_mean(edit - ft, drawn), score - base])
 
 
 def compare_scores(edit: list[Scores], ft: list[Scores], base: Scores, bootstrap_args: Mapping) -> dict:
@@ -76,7 +79,9 @@ def compare_scores(edit: list[Scores], ft: list[Scores], base: Scores, bootstrap
     n_seeds = len(edit)
     resamplable = all(s.resamplable for s in (*edit, *ft, base))
     if resamplable:
-        point, low, high = bootstrap([compared], lambda v: _row_statistics(v, n_seeds), **bootstrap_args)
+        point, low, high = bootstrap(
+            [compared], lambda v, drawn=None: _row_statistics(v, n_seeds, drawn), n_seeds=n_seeds, **bootstrap_args
+        )
     else:
         point = np.array([np.mean([s.value for s in edit]), np.mean([e.value - f.value for e, f in zip(edit, ft)]), 0.0], float)
         point[2] = point[0] - base.value
@@ -279,14 +284,18 @@ def reward_risk(
         if not compared or all(roles):
             continue
 
-        def statistic(values, roles=roles, seeds_of=seeds_of):
-            gains = [(v[:n] - v[n : 2 * n]).mean(axis=0) for v, n in zip(values, seeds_of)]
+        # The seeds are resampled when every pair has the same number of them (the same draw of
+        # seed positions serves each pair); otherwise the interval is over the samples only.
+        n_seeds = seeds_of[0] if len(set(seeds_of)) == 1 else 1
+
+        def statistic(values, drawn=None, roles=roles, seeds_of=seeds_of):
+            gains = [seed_mean(v[:n] - v[n : 2 * n], drawn) for v, n in zip(values, seeds_of)]
             reward = np.mean([g for g, risky in zip(gains, roles) if not risky], axis=0)
             risky = [np.maximum(-g, 0.0) for g, r in zip(gains, roles) if r]
             risk = np.mean(risky, axis=0) if risky else np.full_like(reward, np.nan)
             return np.stack([reward, risk])
 
-        point, low, high = bootstrap(compared, statistic, **bootstrap_args)
+        point, low, high = bootstrap(compared, statistic, n_seeds=n_seeds, **bootstrap_args)
         rows.append(
             {
                 "model": model, "finetune": finetune, "method": method, "retention": retention,
