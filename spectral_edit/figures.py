@@ -166,6 +166,18 @@ def trajectory(
             style = styles[datasets.index(dataset) % len(styles)]
             x, y = curve["accuracy_loss_mean"].to_numpy(), curve["bias_reduction_mean"].to_numpy()
             label = method if len(datasets) == 1 else f"{dataset} / {method}"
+            spot = (
+                table1[
+                    (table1["model"] == model)
+                    & (table1["dataset"] == dataset)
+                    & (table1["finetune"] == finetune)
+                    & (table1["method"] == method)
+                ]
+                if len(table1)
+                else table1
+            )
+            if regime == "natural" and len(spot) and str(spot.iloc[0].get("sweet_spot", "")).startswith("none: every"):
+                label += " (no sweet spot: widens the gap in the zone)"
             ax.errorbar(
                 x,
                 y,
@@ -182,16 +194,6 @@ def trajectory(
             )
             for xi, yi, r in zip(x, y, curve["retention"]):
                 ax.annotate(f"{100 * r:g}%", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
-            spot = (
-                table1[
-                    (table1["model"] == model)
-                    & (table1["dataset"] == dataset)
-                    & (table1["finetune"] == finetune)
-                    & (table1["method"] == method)
-                ]
-                if len(table1)
-                else table1
-            )
             if regime == "natural" and len(spot) and not math.isnan(spot.iloc[0]["r_star"]):
                 ring = curve[np.isclose(curve["retention"], spot.iloc[0]["r_star"])]
                 ax.scatter(

@@ -19,6 +19,9 @@ sweet spots are <= 100 %, so such retentions are listed, not chosen. Bias reduct
 undefined (n/a) when the interval of the FT gap includes 0: there is no gap to reduce. A sweet
 spot whose accuracy-loss interval reaches outside the zone is *not resolved* by the
 evaluation set: the set cannot tell it from an edit that costs more than the zone allows.
+A method whose best in-zone retention does not narrow the gap (seed-mean bias reduction at
+most 0) has *no sweet spot*: r* is left empty and the row says so (``sweet_spot``), with the
+numbers of that best in-zone retention (``best_in_zone_retention``) for the reader to see.
 """
 
 from __future__ import annotations
@@ -132,6 +135,8 @@ def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFr
             },
             "bias_reduction_defined": bool(regime["gap_ft_defined"]),
             "r_star": math.nan,
+            "best_in_zone_retention": math.nan,
+            "sweet_spot": "",
             "resolved": False,
             "over_correction": "",
         }
@@ -143,14 +148,22 @@ def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFr
         over = in_zone[in_zone["bias_reduction_mean"] > 100]
         row["over_correction"] = ", ".join(f"{100 * r:g}%" for r in over["retention"])
         candidates = in_zone[(in_zone["bias_reduction_mean"] <= 100) & in_zone["bias_reduction_mean"].notna()]
-        if row["bias_reduction_defined"] and len(candidates):
+        if not row["bias_reduction_defined"]:
+            row["sweet_spot"] = "n/a: no fine-tuned gap to reduce"
+        elif not len(candidates):
+            row["sweet_spot"] = "none: no retention in the no-cost zone"
+        else:
             candidates = candidates.sort_values("retention", ascending=False)
             best = candidates.loc[candidates["bias_reduction_mean"].idxmax()]
-            row.update({"r_star": float(best["retention"]), "mcnemar_p": best["mcnemar_p"]})
+            row.update({"best_in_zone_retention": float(best["retention"]), "mcnemar_p": best["mcnemar_p"]})
             for column in ("bias_reduction", "accuracy_loss"):
                 for suffix in ("_mean", "_std", "_lo", "_hi"):
                     row[column + suffix] = float(best[column + suffix])
-            row["resolved"] = zone.contains_interval(best["accuracy_loss_lo"], best["accuracy_loss_hi"])
+            if best["bias_reduction_mean"] > 0:
+                row.update(r_star=float(best["retention"]), sweet_spot="r*")
+                row["resolved"] = zone.contains_interval(best["accuracy_loss_lo"], best["accuracy_loss_hi"])
+            else:
+                row["sweet_spot"] = "none: every in-zone retention widens the gap or leaves it"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -177,7 +190,9 @@ def table1_markdown(
         f"(at most 100 %) among the retentions in the no-cost zone ({zone.describe()}), with its {pct} "
         "bootstrap interval. n/a: no retention in the zone, or the FT gap's interval includes 0 (no gap "
         "to reduce). †: the accuracy-loss interval at r* reaches outside the zone, so the evaluation set "
-        "does not resolve it as a no-cost edit. Datasets in the boundary regime are listed below, not here.",
+        "does not resolve it as a no-cost edit. ‡ none: no sweet spot, since the method's best in-zone "
+        "retention does not narrow the gap (its bias reduction is at most 0). Datasets in the boundary regime "
+        "are listed below, not here.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -202,6 +217,8 @@ def table1_markdown(
             value = _with_interval(row["bias_reduction_mean"], row["bias_reduction_lo"], row["bias_reduction_hi"])
             if not math.isnan(row["r_star"]):
                 value += f" ({100 * row['r_star']:g}%)" + ("" if row["resolved"] else " †")
+            elif not math.isnan(row["best_in_zone_retention"]):
+                value = f"none: best in zone {value} at {100 * row['best_in_zone_retention']:g}% ‡"
             cells.append(value)
         lines.append("| " + " | ".join(cells) + " |")
     if natural.empty:
@@ -253,7 +270,8 @@ def sweet_spot_cells(table1: pd.DataFrame, seeds, methods) -> tuple[list[dict], 
             without.append(f"{where}: {row['regime']} regime, kept out of Table 1's rows")
             continue
         if not np.isfinite(row["r_star"]):
-            without.append(f"{where}: no sweet spot (no retention in the no-cost zone, or the FT gap's interval includes 0)")
+            reason = row.get("sweet_spot") or "no retention in the no-cost zone, or the FT gap's interval includes 0"
+            without.append(f"{where}: no sweet spot ({reason})")
             continue
         for seed in seeds:
             cells.append(

@@ -255,7 +255,7 @@ def test_the_sweet_spot_cells_to_export_are_table1s_r_star_for_every_seed(natura
     assert without == []
     cells, without = sweet_spot_cells(table1, seeds=[0], methods=["top_k", "bottom_k"])
     assert len(cells) == 1 and without == [
-        "m / d / full / bottom_k: no sweet spot (no retention in the no-cost zone, or the FT gap's interval includes 0)"
+        "m / d / full / bottom_k: no sweet spot (none: no retention in the no-cost zone)"
     ]
     boundary = _tables(natural, regimes={"d": "boundary"})["table1"]
     cells, without = sweet_spot_cells(boundary, seeds=[0], methods=["top_k"])
@@ -286,6 +286,25 @@ def test_over_100_percent_is_listed_not_chosen(tmp_path):
     row = _tables(paths)["table1"].set_index("method").loc["top_k"]
     assert row["r_star"] == 0.5 and row["bias_reduction_mean"] == pytest.approx(60.0)
     assert row["over_correction"] == "20%"
+
+
+def test_a_method_that_widens_the_gap_in_the_zone_has_no_sweet_spot(tmp_path):
+    paths = [
+        _cell(tmp_path, "base", None, None, (14, 14, 14, 14)),
+        _cell(tmp_path, "finetuned", 0, None, (25, 25, 15, 15)),  # gap 0.40
+        _cell(tmp_path, "top_k", 0, 0.5, (22, 22, 18, 18)),  # gap 0.16: 60 %, loss 0 pp
+        _cell(tmp_path, "uniform_shrink", 0, 0.5, (25, 25, 13, 13)),  # gap 0.48: -20 %, loss 4 pp: out
+        _cell(tmp_path, "uniform_shrink", 0, 0.2, (25, 25, 15, 14)),  # gap 0.42: -5 %, loss 1 pp: in
+    ]
+    tables = _tables(paths)
+    table1 = tables["table1"].set_index("method")
+    shrink = table1.loc["uniform_shrink"]
+    assert math.isnan(shrink["r_star"]) and shrink["best_in_zone_retention"] == 0.2
+    assert shrink["bias_reduction_mean"] == pytest.approx(-5.0) and shrink["sweet_spot"].startswith("none: every")
+    assert table1.loc["top_k", "r_star"] == 0.5 and table1.loc["top_k", "sweet_spot"] == "r*"
+    assert "none: best in zone -5.0 [" in tables["table1_md"] and "at 20% ‡" in tables["table1_md"]
+    _, without = sweet_spot_cells(tables["table1"], seeds=[0], methods=["uniform_shrink"])
+    assert without == ["m / d / full / uniform_shrink: no sweet spot (none: every in-zone retention widens the gap or leaves it)"]
 
 
 def test_boundary_regime_is_decided_from_the_measured_numbers(tmp_path):
