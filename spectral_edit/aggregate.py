@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import STATISTICS, GroupDesign, align, bootstrap_intervals, mcnemar_counts, mcnemar_exact
+from .metrics import top_answer
 from .table1 import NoCostZone, regimes, sweet_spots, table1_markdown
 
 KEYS = ["model", "dataset", "seed", "finetune", "method", "retention"]
@@ -45,6 +46,8 @@ def load_cells(paths: Iterable[str | Path]) -> pd.DataFrame:
             row[key] = edit.get(key)
         row["n_eval"] = metrics["n"]
         row["_examples"] = record.get("examples")
+        if row["_examples"]:
+            row["top_answer"], row["top_answer_share"] = top_answer([e["prediction"] for e in row["_examples"]])
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame["retention"] = pd.to_numeric(frame["retention"], errors="coerce")
@@ -191,7 +194,7 @@ def summarise(cells: pd.DataFrame, scores: _Scores | None = None, bootstrap: Map
     """Mean and std over seeds of every metric, per (model, dataset, finetune, method, retention),
     with bootstrap intervals of the seed means and, for FT rows, of FT accuracy minus base
     accuracy (``ft_gain``, pp) that decides the regime."""
-    columns = METRICS + DERIVED + ["acc_ft", "gap_ft", "acc_base", "gap_base", "energy_kept_fraction"]
+    columns = METRICS + DERIVED + ["acc_ft", "gap_ft", "acc_base", "gap_base", "energy_kept_fraction", "top_answer_share"]
     columns = [c for c in columns if c in cells]
     keys = ["model", "dataset", "finetune", "reference", "method", "retention"]
     grouped = cells.groupby(keys, dropna=False, sort=False)
@@ -335,7 +338,7 @@ def _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) -> dict
     cells = add_cell_intervals(cells, scores, bootstrap)
     summary = summarise(cells, scores, bootstrap)
     zone = NoCostZone.from_analysis(analysis)
-    regime_table = regimes(summary, analysis)
+    regime_table = regimes(summary, analysis, cells, metas)
     table1 = sweet_spots(summary, zone, regime_table)
     headline = analysis.get("sweet_spot_method", "top_k")
     trajectories = summary[summary["method"].isin([headline, "finetuned", "base"])]

@@ -162,7 +162,8 @@ _DATASET_REQUIRED = {
 _INSTRUCTION_REQUIRED = {"synthetic_arithmetic": ("n_train",), "local": ("files",), "hub": ("hub",)}
 # Keys of a label-word dataset that an instruction dataset does not take, and the reverse.
 _CLASSIFICATION_ONLY = ("prompt", "eval_prompt", "label_words", "text_columns", "label_column", "label_values",
-                        "label_threshold", "group", "n_eval_per_group", "marker", "max_text_tokens")  # fmt: skip
+                        "label_threshold", "group", "n_eval_per_group", "marker", "max_text_tokens",
+                        "balance_labels")  # fmt: skip
 _INSTRUCTION_ONLY = ("prompt_column", "response_column", "prompt_template", "response_template", "messages_column",
                      "system_prompt", "n_eval", "operations", "chat_template")  # fmt: skip
 _GROUP_REQUIRED = {
@@ -420,6 +421,8 @@ def _check_dataset(name: str, spec: Mapping, datasets: Mapping, check_files: boo
         if unknown:
             raise ConfigError(f"{where}.{key}: placeholder {{{unknown[0]}}} is not a text field ({', '.join(sorted(fields))})")
     if source == "synthetic_reviews":
+        if "balance_labels" in spec:
+            raise ConfigError(f"{where}.balance_labels: synthetic_reviews makes every label equally often already")
         if len(spec["label_words"]) != 2:
             raise ConfigError(
                 f"{where}.label_words: synthetic_reviews has 2 labels (negative, positive), got {len(spec['label_words'])}"

@@ -105,11 +105,13 @@ def _boundary(regimes: pd.DataFrame | None) -> set[tuple[str, str, str]]:
 
 
 def _no_gap(regimes: pd.DataFrame | None) -> set[tuple[str, str, str]]:
-    """Checkpoints whose fine-tuned gap is not resolved from 0: their bias reductions and
-    normalised gaps are ratios of noise (Table 1 says n/a), so the figures leave them out."""
+    """Checkpoints whose fine-tuned gap is not resolved from 0 (their bias reductions and
+    normalised gaps are ratios of noise: Table 1 says n/a), or that learned only the label
+    prior (no task to keep): the figures leave them out."""
     if regimes is None or regimes.empty:
         return set()
-    rows = regimes[~regimes["gap_ft_defined"].astype(bool)]
+    prior = regimes["regime"] == "label prior" if "regime" in regimes else False
+    rows = regimes[~regimes["gap_ft_defined"].astype(bool) | prior]
     return set(zip(rows["model"], rows["dataset"], rows["finetune"]))
 
 

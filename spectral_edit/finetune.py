@@ -38,7 +38,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
 from .atomic import atomic_directory_files, write_json
-from .data import read_split
+from .data import SKEWED_LABEL_SHARE, label_shares, read_split
 from .errors import ConfigError
 from .models import load_model, load_tokenizer
 from .prompts import training_features
@@ -417,6 +417,25 @@ def loss_curve(log_history: list[dict]) -> list[dict]:
     ]
 
 
+def _log_label_shares(dataset_spec: Mapping, train_path) -> dict | None:
+    """The training split's label shares (label-word datasets), logged; a skewed split is named
+    with what to change, since a fine-tune on it may learn only the label prior."""
+    if "label_words" not in dataset_spec:
+        return None
+    shares = label_shares(read_split(train_path)["label"], dataset_spec["label_words"])
+    log.info("training labels: %s", ", ".join(f"{word} {100 * share:.0f} %" for word, share in shares.items()))
+    word, top = max(shares.items(), key=lambda item: item[1])
+    if top > SKEWED_LABEL_SHARE:
+        log.warning(
+            "%.0f %% of the training examples are labelled %r: the fine-tune may learn to answer %r whatever the "
+            "text (the label prior); set balance_labels: true on the dataset or train longer",
+            100 * top,
+            word,
+            word,
+        )
+    return shares
+
+
 def finetune(
     base_dir: str | Path,
     train_path: str | Path,
@@ -462,6 +481,7 @@ def finetune(
     if batch_size > len(train_set):
         # The Trainer would silently take the whole split as each batch.
         raise ConfigError(f"config: finetune.batch_size: {batch_size} is larger than the {len(train_set)} training examples")
+    label_share = _log_label_shares(dataset_spec, train_path)
     device, dtype = resolve_runtime(runtime)
     losses = _LossToLog()
     started = time.time()
@@ -514,6 +534,7 @@ def finetune(
         "hyperparameters": dict(hyper),
         **recipe_info,
         "train_examples": len(train_set),
+        "train_label_shares": label_share,
         # Instruction data: answers cut by max_length (examples truncated, left out, tokens cut).
         "max_length_cuts": truncation,
         "epochs": float(result.metrics.get("epoch", 0.0)),

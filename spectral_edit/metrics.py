@@ -53,3 +53,23 @@ def group_metrics(
         "group_accuracy": group_accuracy,
         "group_size": {g: int((groups == g).sum()) for g in present},
     }
+
+
+# A fine-tuned model that gives one answer for at least this share of a label-balanced
+# evaluation split has learned the label prior, not the task (nor only the shortcut).
+LABEL_PRIOR_SHARE = 0.95
+
+
+def top_answer(predictions: Sequence[int]) -> tuple[int, float]:
+    """The most common prediction (a label index; the smaller on a tie) and its share."""
+    counts = np.bincount(np.asarray(predictions, int))
+    return int(counts.argmax()), float(counts.max() / counts.sum())
+
+
+def label_prior_note(word: str, share: float, train_shares: dict | None, dataset: str) -> str:
+    """What a fine-tune that learned only the label prior did, and what to change."""
+    trained = f" (training labels: {', '.join(f'{w} {100 * s:.0f} %' for w, s in train_shares.items())})" if train_shares else ""
+    return (
+        f"the fine-tuned model answers {word!r} for {100 * share:.0f} % of the evaluation examples: it learned the "
+        f"label prior, not the task{trained}; balance the labels (datasets.{dataset}.balance_labels: true) or train longer"
+    )

@@ -9,7 +9,11 @@ more accurate than the base on the balanced evaluation: the lower end of the int
 acc_ft - acc_base is not above 0 (the IMDB-marker construction, where fine-tuning learns only
 the marker). Such datasets are kept out of Table 1's rows and reported beside it with their
 trajectory, as the paper's App. A does; ``analysis.regimes`` can set a dataset's regime.
-Every other dataset is in the *natural* regime.
+A fine-tuned model that gives one answer for nearly every evaluation example (every seed at
+least metrics.LABEL_PRIOR_SHARE of a label-balanced split) learned the *label prior*: not the
+boundary regime (a model that learned the shortcut alone has a gap near 1, this one a gap of
+0), so it is its own regime, named with the answer, the training split's label shares and
+what to change. Every other dataset is in the *natural* regime.
 
 Sweet spot r*: per (model, dataset, recipe) and method with a retention, among the retentions
 whose seed-mean accuracy loss is in the zone and whose seed-mean bias reduction is at most
@@ -32,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from .metrics import LABEL_PRIOR_SHARE, label_prior_note
 
 REFERENCE_METHODS = ("base", "finetuned")
 
@@ -64,11 +70,15 @@ class NoCostZone:
         return f"{self.from_pp:g} pp ≤ accuracy loss < {self.below_pp:g} pp"
 
 
-def regimes(summary: pd.DataFrame, analysis: Mapping) -> pd.DataFrame:
+def regimes(
+    summary: pd.DataFrame, analysis: Mapping, cells: pd.DataFrame | None = None, metas: Mapping | None = None
+) -> pd.DataFrame:
     """Per (model, dataset, finetune) of an edited recipe: the regime and what decided it.
 
     ``summary`` needs the base rows (compared with each recipe's FT through
-    ``acc_gain_*``, see aggregate.finetune_vs_base) and the FT rows with their gap intervals.
+    ``acc_gain_*``, see aggregate.finetune_vs_base) and the FT rows with their gap intervals;
+    ``cells`` (per-seed rows with ``top_answer``/``top_answer_share``) and ``metas`` (label
+    words, training label shares) find the fine-tunes that learned only the label prior.
     """
     overrides = analysis.get("regimes") or {}
     rows = []
@@ -76,6 +86,10 @@ def regimes(summary: pd.DataFrame, analysis: Mapping) -> pd.DataFrame:
     for _, ft in finetuned.iterrows():
         gain_low = ft.get("ft_gain_lo", math.nan)
         measured = "natural" if gain_low > 0 else "boundary"
+        note = ""
+        prior = _label_prior(cells, metas, ft)
+        if prior is not None:
+            measured, note = "label prior", prior
         chosen = overrides.get(ft["dataset"], "auto")
         rows.append(
             {
@@ -88,6 +102,7 @@ def regimes(summary: pd.DataFrame, analysis: Mapping) -> pd.DataFrame:
                 "ft_gain_lo": gain_low,
                 "ft_gain_hi": ft.get("ft_gain_hi", math.nan),
                 "gap_ft_defined": bool(ft["gap_lo"] > 0 or ft["gap_hi"] < 0),
+                "note": note,
             }
         )
     return pd.DataFrame(
@@ -102,8 +117,29 @@ def regimes(summary: pd.DataFrame, analysis: Mapping) -> pd.DataFrame:
             "ft_gain_lo",
             "ft_gain_hi",
             "gap_ft_defined",
+            "note",
         ],
     )
+
+
+def _label_prior(cells: pd.DataFrame | None, metas: Mapping | None, ft: pd.Series) -> str | None:
+    """The note on a fine-tune whose every seed gives one answer to (nearly) every example."""
+    if cells is None or "top_answer_share" not in cells:
+        return None
+    seeds = cells[
+        (cells["method"] == "finetuned")
+        & (cells["model"] == ft["model"])
+        & (cells["dataset"] == ft["dataset"])
+        & (cells["finetune"] == ft["finetune"])
+    ]
+    if seeds.empty or not (seeds["top_answer_share"] >= LABEL_PRIOR_SHARE).all():
+        return None
+    meta = (metas or {}).get(ft["dataset"], {})
+    words = meta.get("label_words") or []
+    answers = sorted(set(int(a) for a in seeds["top_answer"]))
+    word = " / ".join(words[a] if a < len(words) else str(a) for a in answers)
+    note = label_prior_note(word, float(seeds["top_answer_share"].min()), meta.get("train_label_shares"), ft["dataset"])
+    return note.replace("the fine-tuned model answers", f"the fine-tuned model ({len(seeds)} seed(s)) answers", 1)
 
 
 def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFrame) -> pd.DataFrame:
@@ -124,6 +160,7 @@ def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFr
             "method": method,
             "regime": regime["regime"],
             "regime_source": regime["regime_source"],
+            "regime_note": regime.get("note", ""),
             "n_seeds": int(curve["n_seeds"].max()),
             **{f"{name}_ft{suffix}": ft[f"{name}{suffix}"] for name in ("accuracy", "gap") for suffix in ("_mean", "_lo", "_hi")},
             **{
@@ -224,6 +261,12 @@ def table1_markdown(
     if natural.empty:
         lines.append("| " + " | ".join(["(no dataset in the natural regime)"] + [""] * (len(header) - 1)) + " |")
     lines += ["", _boundary_markdown(table1, trajectories, headline_method, pct)]
+    prior = table1[table1["regime"] == "label prior"] if len(table1) else table1
+    if len(prior):
+        lines += ["Label prior, kept out of Table 1 (no task and no shortcut to edit):", ""]
+        for (model, dataset, finetune), group in prior.groupby(["model", "dataset", "finetune"], sort=False):
+            lines.append(f"- {model} / {dataset} / {finetune}: {group.iloc[0]['regime_note']}")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -254,9 +254,7 @@ def test_the_sweet_spot_cells_to_export_are_table1s_r_star_for_every_seed(natura
     ]
     assert without == []
     cells, without = sweet_spot_cells(table1, seeds=[0], methods=["top_k", "bottom_k"])
-    assert len(cells) == 1 and without == [
-        "m / d / full / bottom_k: no sweet spot (none: no retention in the no-cost zone)"
-    ]
+    assert len(cells) == 1 and without == ["m / d / full / bottom_k: no sweet spot (none: no retention in the no-cost zone)"]
     boundary = _tables(natural, regimes={"d": "boundary"})["table1"]
     cells, without = sweet_spot_cells(boundary, seeds=[0], methods=["top_k"])
     assert cells == [] and "boundary regime" in without[0]
@@ -305,6 +303,29 @@ def test_a_method_that_widens_the_gap_in_the_zone_has_no_sweet_spot(tmp_path):
     assert "none: best in zone -5.0 [" in tables["table1_md"] and "at 20% ‡" in tables["table1_md"]
     _, without = sweet_spot_cells(tables["table1"], seeds=[0], methods=["uniform_shrink"])
     assert without == ["m / d / full / uniform_shrink: no sweet spot (none: every in-zone retention widens the gap or leaves it)"]
+
+
+def test_a_finetune_that_learned_only_the_label_prior_is_named_as_such(tmp_path):
+    # Every seed answers "positive" (label 1) for every example: right on the positive groups
+    # (the 2nd and 4th), wrong on the negative ones; accuracy 0.5, gap 0.
+    paths = [
+        _cell(tmp_path, "base", None, None, (14, 14, 14, 14)),
+        _cell(tmp_path, "finetuned", 0, None, (0, 25, 0, 25)),
+        _cell(tmp_path, "finetuned", 1, None, (0, 25, 0, 25)),
+        _cell(tmp_path, "top_k", 0, 0.5, (0, 25, 0, 25)),
+        _cell(tmp_path, "top_k", 1, 0.5, (1, 25, 0, 25)),
+    ]
+    meta = {**META, "label_words": ["negative", "positive"], "train_label_shares": {"negative": 0.18, "positive": 0.82}}
+    tables = build_tables(paths, {"sweet_spot_method": "top_k", "bootstrap": {"resamples": 500}}, metas={"d": meta})
+    row = tables["regimes"].iloc[0]
+    assert row["regime"] == "label prior" and row["regime_source"] == "measured"
+    assert row["note"].startswith("the fine-tuned model (2 seed(s)) answers 'positive' for 100 % of the evaluation examples")
+    assert "training labels: negative 18 %, positive 82 %" in row["note"] and "balance_labels: true" in row["note"]
+    table1_rows, beside = tables["table1_md"].split("Label prior, kept out of Table 1")
+    assert "| m | d |" not in table1_rows and "- m / d / full: the fine-tuned model (2 seed(s)) answers 'positive'" in beside
+    # One seed that learned something is not the label prior.
+    paths[2] = _cell(tmp_path, "finetuned", 1, None, (20, 25, 10, 25))
+    assert _tables(paths)["regimes"].iloc[0]["regime"] != "label prior"
 
 
 def test_boundary_regime_is_decided_from_the_measured_numbers(tmp_path):

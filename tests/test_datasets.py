@@ -298,3 +298,20 @@ def test_a_file_that_is_not_utf8_names_itself_and_the_encoding_key(tmp_path):
         prepare_dataset(spec, tmp_path / "out", "d")
     meta = prepare_dataset({**spec, "read_options": {"encoding": "latin-1"}}, tmp_path / "out", "d")
     assert read_split(tmp_path / "out/train.jsonl")["text"].str.contains("café").any() and meta["dataset"] == "d"
+
+
+def test_balance_labels_samples_every_label_equally_and_meta_says_the_shares(tmp_path):
+    path = tmp_path / "skewed.csv"
+    labels = [1] * 82 + [0] * 18
+    pd.DataFrame({"body": [f"a film number {i}" for i in range(100)], "y": labels}).to_csv(path, index=False)
+    spec = _spec(path, label_values=[0, 1], eval_fraction=0.2, min_group_size=1)
+    skewed = prepare_dataset(spec, tmp_path / "skewed", "d")
+    assert skewed["train_label_shares"]["positive"] > 0.7
+    balanced = prepare_dataset({**spec, "balance_labels": True}, tmp_path / "balanced", "d")
+    train = read_split(tmp_path / "balanced" / "train.jsonl")
+    counts = train["label"].value_counts()
+    assert counts[0] == counts[1] >= 10  # every negative of the training pool, as many positives
+    assert balanced["train_label_shares"] == {"negative": 0.5, "positive": 0.5}
+    prepare_dataset({**spec, "balance_labels": True, "n_train": 10}, tmp_path / "capped", "d")
+    capped = read_split(tmp_path / "capped" / "train.jsonl")
+    assert len(capped) == 10 and set(capped["label"].value_counts()) == {5}

@@ -233,3 +233,18 @@ def test_a_misspelt_architecture_field_is_named():
         build_random_model({"architecture": {**TINY_ARCHITECTURE, "hidden_sizee": 48}}, "tiny")
     model, _ = build_random_model({"architecture": {**TINY_ARCHITECTURE, "rope_theta": 5000.0}}, "tiny")  # consumed: fine
     assert model.config.hidden_size == TINY_ARCHITECTURE["hidden_size"]
+
+
+def test_a_skewed_training_split_is_named_in_the_finetune_log(tmp_path, caplog):
+    from spectral_edit.data import write_jsonl
+    from spectral_edit.finetune import _log_label_shares
+
+    rows = [{"id": f"t{i}", "text": "x", "label": int(i < 82), "attribute": 0} for i in range(100)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    spec = {"label_words": ["negative", "positive"]}
+    with caplog.at_level("INFO", logger="spectral_edit.finetune"):
+        shares = _log_label_shares(spec, tmp_path / "train.jsonl")
+    assert shares == {"negative": 0.18, "positive": 0.82}
+    assert "training labels: negative 18 %, positive 82 %" in caplog.text
+    assert "82 % of the training examples are labelled 'positive'" in caplog.text and "balance_labels: true" in caplog.text
+    assert _log_label_shares({"messages_column": "m"}, tmp_path / "train.jsonl") is None  # instruction data: no labels

@@ -84,3 +84,14 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
             runtime=params.runtime,
             **request,
         )
+    if cell.get("method") == "finetuned" and cell["benchmark"] is None:
+        # A fine-tune that learned only the label prior is named here, in its own cell's log.
+        import json
+
+        from spectral_edit.data import read_meta
+        from spectral_edit.metrics import LABEL_PRIOR_SHARE, label_prior_note, top_answer
+
+        meta = read_meta(inp.meta)
+        answer, share = top_answer([e["prediction"] for e in json.loads(Path(snakemake.output[0]).read_text())["examples"]])
+        if share >= LABEL_PRIOR_SHARE:
+            log.warning(label_prior_note(meta["label_words"][answer], share, meta.get("train_label_shares"), w.dataset))

@@ -135,6 +135,18 @@ def attribute_shares(rows: Sequence[Mapping], label_words: Sequence[str]) -> dic
     return shares
 
 
+def label_shares(labels: Sequence[int], label_words: Sequence[str]) -> dict[str, float]:
+    """Share of each label word among ``labels`` (label indices)."""
+    counts = Counter(int(y) for y in labels)
+    total = sum(counts.values())
+    return {word: counts.get(y, 0) / total if total else float("nan") for y, word in enumerate(label_words)}
+
+
+# A training split with one label above this share is named in the fine-tune's log: a fine-tune
+# on it may learn to give that answer whatever the text (the label prior).
+SKEWED_LABEL_SHARE = 0.7
+
+
 def write_jsonl(path: str | Path, rows: Sequence[Mapping]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as handle:
@@ -278,6 +290,16 @@ def _sample(frame: pd.DataFrame, n: int | None, rng: np.random.Generator) -> pd.
     return frame.iloc[np.sort(rng.choice(len(frame), size=n, replace=False))].reset_index(drop=True)
 
 
+def _sample_by_label(frame: pd.DataFrame, n: int | None, labels: int, rng: np.random.Generator) -> pd.DataFrame:
+    """As many examples of every label (the rarest label's count, at most n / labels), in random order."""
+    per_label = min(int((frame["label"] == y).sum()) for y in range(labels))
+    if n is not None:
+        per_label = min(per_label, int(n) // labels)
+    chosen = [np.flatnonzero(frame["label"].to_numpy() == y) for y in range(labels)]
+    picked = np.concatenate([np.sort(rng.choice(rows, size=per_label, replace=False)) for rows in chosen])
+    return frame.iloc[rng.permutation(np.sort(picked))].reset_index(drop=True)
+
+
 def _balanced(
     frame: pd.DataFrame, spec: Mapping, words: Sequence[str], attribute: str, rng, where: str
 ) -> tuple[pd.DataFrame, dict]:
@@ -321,7 +343,11 @@ def build_table_dataset(spec: Mapping, name: str, load=load_table) -> tuple[pd.D
     attribute = attribute_name(spec)
     rule = dict(spec.get("group") or {"rule": "none"})
     facts: dict = {"rule": rule}
-    train = _sample(train_pool, spec.get("n_train"), rng)
+    absent = [word for y, word in enumerate(words) if not (train_pool["label"] == y).any()]
+    if spec.get("balance_labels") and not absent:
+        train = _sample_by_label(train_pool, spec.get("n_train"), len(words), rng)
+    else:
+        train = _sample(train_pool, spec.get("n_train"), rng)
     absent = [word for y, word in enumerate(words) if not (train["label"] == y).any()]
     if absent:
         # One label only: the fine-tune would learn to give one answer, whatever the text.
@@ -434,6 +460,7 @@ def prepare_dataset(spec: Mapping, out_dir: str | Path, name: str = "dataset") -
         "majority_rule": majority_rule if attributes != (0,) else None,
         "train_attribute_share": attribute_shares(train, words) if attributes != (0,) else None,
         "train_group_counts": counts(train),
+        "train_label_shares": label_shares([r["label"] for r in train], words),
         "eval_group_counts": counts(evaluation),
         "preparation": facts,
         "spec": dict(spec),
