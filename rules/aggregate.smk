@@ -14,6 +14,10 @@ rule aggregate:
         table1_md=f"{layout.TABLES_DIR}/table1.md",
         regimes=f"{layout.TABLES_DIR}/regimes.csv",
         comparisons=report(f"{layout.TABLES_DIR}/comparisons.csv", caption="captions/comparisons.rst", category="Tables"),
+        cell_comparison=f"{layout.TABLES_DIR}/cell_comparison.csv",
+        cell_comparison_tests=report(
+            f"{layout.TABLES_DIR}/cell_comparison_tests.csv", caption="captions/cell_comparison_tests.rst", category="Tables"
+        ),
         heldout=f"{layout.TABLES_DIR}/heldout.csv",
         repair=f"{layout.TABLES_DIR}/repair.csv",
         repair_summary=report(f"{layout.TABLES_DIR}/repair_summary.csv", caption="captions/repair.rst", category="Tables"),
@@ -49,6 +53,7 @@ rule figures:
         repair_summary=rules.aggregate.output.repair_summary,
         guided_vs_random=rules.aggregate.output.surgery_guided_vs_random,
         reward_risk=rules.aggregate.output.surgery_reward_risk,
+        cell_comparison=rules.aggregate.output.cell_comparison,
         spectra=[entry["path"] for entry in all_spectra()],
     output:
         figure_targets(),  # the PNGs are in the report, each with the caption of its name

@@ -25,6 +25,7 @@ import pandas as pd
 
 from .intervals import STATISTICS, GroupDesign, align, bootstrap_intervals, mcnemar_counts, mcnemar_exact
 from .metrics import top_answer
+from .stats import CELL_COLUMNS, TEST_COLUMNS
 from .table1 import NoCostZone, regimes, sweet_spots, table1_markdown
 
 KEYS = ["model", "dataset", "seed", "finetune", "method", "retention"]
@@ -330,7 +331,14 @@ def _bootstrap_settings(analysis: Mapping) -> dict:
 
 def _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) -> dict:
     """The Shortcuts-in-the-Tail tables of the label-word cells."""
-    from .stats import compare_methods, comparisons_markdown, method_scores
+    from .stats import (
+        best_in_zone_per_cell,
+        cell_comparison_markdown,
+        compare_methods,
+        comparisons_markdown,
+        method_scores,
+        paired_against,
+    )
 
     reference = analysis.get("reference_finetune", "full")
     cells = add_reference_columns(load_cells(cell_paths), controls, reference)
@@ -345,6 +353,8 @@ def _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) -> dict
     # Scored where Table 1 has a number: the natural regime, with a gap to reduce.
     natural = regime_table[(regime_table["regime"] == "natural") & regime_table["gap_ft_defined"]]
     comparisons = compare_methods(method_scores(cells, table1, zone, controls, natural), headline)
+    cell_best = best_in_zone_per_cell(cells, zone, natural)
+    cell_tests = paired_against(cell_best, headline, bootstrap)
     return {
         "cells": cells,
         "summary": summary,
@@ -353,8 +363,12 @@ def _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) -> dict
         "regimes": regime_table,
         "table1_md": table1_markdown(table1, trajectories, zone, headline, bootstrap["level"])
         + "\n"
-        + comparisons_markdown(comparisons, headline),
+        + comparisons_markdown(comparisons, headline)
+        + "\n"
+        + cell_comparison_markdown(cell_best, cell_tests, headline, bootstrap["level"]),
         "comparisons": comparisons,
+        "cell_comparison": cell_best,
+        "cell_comparison_tests": cell_tests,
     }
 
 
@@ -446,4 +460,6 @@ def _empty_label_word_tables() -> dict:
         "regimes": pd.DataFrame(columns=["model", "dataset", "finetune", "regime", "gap_ft_defined"]),
         "table1_md": "No label-word task in the grid, so there is no Table 1 (benchmarks: surgery_table2.md, repair.md).\n",
         "comparisons": pd.DataFrame(columns=["method", "n", "score_mean", "score_std", "baseline"]),
+        "cell_comparison": pd.DataFrame(columns=CELL_COLUMNS),
+        "cell_comparison_tests": pd.DataFrame(columns=TEST_COLUMNS),
     }

@@ -7,6 +7,8 @@ retention_sweep     accuracy and gap vs retention, rescaled FT -> base (Fig. 3/6
 method_comparison   every method side by side: normalised gap vs retention (methods without a
                     retention as horizontal lines), and accuracy vs gap with the fixed-setting
                     methods and the training-time controls as points (Fig. 4/7)
+cell_comparison     one point per (dataset, seed) cell and method: its best in-zone point in that
+                    cell, accuracy loss against bias reduction (the comparison of issue 22)
 spectrum            singular-value decay of dW on representative MLP matrices, and the
                     fraction of components holding 90% of the energy (Fig. 10)
 controls_pareto     (with controls) the top-k trajectory and the LoRA / SpecLoRA points in the
@@ -220,6 +222,50 @@ def trajectory(
     left_out = sorted({d for (_, d, _) in no_gap})
     note = f"; left out, no fine-tuned gap to reduce: {', '.join(left_out)}" if left_out else ""
     fig.suptitle(f"Bias vs accuracy trajectories (rings: sweet spot r*; bars: bootstrap intervals{note})", fontsize=10)
+    return save_figure(fig, out_stem, formats)
+
+
+def cell_comparison_figure(best: pd.DataFrame | None, analysis: Mapping, out_stem: Path, formats) -> list[Path]:
+    """One point per (model, dataset, seed) cell and method: the method's best in-zone point in
+    that cell (stats.best_in_zone_per_cell), accuracy loss against bias reduction, with the
+    cell's intervals over the examples."""
+    zone = NoCostZone.from_analysis(analysis)
+    best = best if best is not None else pd.DataFrame(columns=["method", "dataset"])
+    methods = list(dict.fromkeys(best["method"]))
+    datasets = list(dict.fromkeys(best["dataset"]))
+    markers = ["o", "s", "^", "D", "v", "P"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.axhline(0, color="black", lw=0.6)
+    ax.axvline(0, color="black", lw=0.6)
+    for (dataset, method), points in best.groupby(["dataset", "method"], sort=False):
+        x, y = points["accuracy_loss"].to_numpy(float), points["bias_reduction"].to_numpy(float)
+        ax.errorbar(
+            x,
+            y,
+            xerr=[x - points["accuracy_loss_lo"], points["accuracy_loss_hi"] - x],
+            yerr=[y - points["bias_reduction_lo"], points["bias_reduction_hi"] - y],
+            ls="none",
+            marker=markers[datasets.index(dataset) % len(markers)],
+            ms=6,
+            color=_colour(method, methods),
+            elinewidth=0.6,
+            capsize=2,
+            alpha=0.85,
+            label=f"{dataset} / {method}",
+        )
+    left, right = ax.get_xlim()
+    left = min(left, zone.below_pp - 1, zone.from_pp if zone.from_pp is not None else left)
+    right = max(right, zone.below_pp + 0.5)
+    ax.set_xlim(left, right)
+    start = left if zone.from_pp is None else zone.from_pp  # a gain is inside the zone unless from_pp says otherwise
+    ax.axvspan(start, zone.below_pp, color=ZONE_COLOUR, alpha=0.12, label=f"no-cost zone ({zone.describe()})")
+    if best.empty:
+        ax.text(0.5, 0.5, "no in-zone point in any natural-regime cell", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("accuracy loss at the cell's best in-zone retention (pp)")
+    ax.set_ylabel("best in-zone bias reduction (%)")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"Each method's best in-zone point per (dataset, seed) cell ({zone.describe()})", fontsize=9)
+    fig.tight_layout()
     return save_figure(fig, out_stem, formats)
 
 
@@ -680,6 +726,7 @@ def draw_all(
     regimes: pd.DataFrame | None = None,
     guided_vs_random: pd.DataFrame | None = None,
     reward_risk: pd.DataFrame | None = None,
+    cell_comparison: pd.DataFrame | None = None,
 ) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -687,6 +734,7 @@ def draw_all(
         "trajectory": lambda stem: trajectory(summary, table1, analysis, stem, formats, regimes),
         "retention_sweep": lambda stem: retention_sweep(summary, analysis, stem, formats, regimes),
         "method_comparison": lambda stem: method_comparison(summary, analysis, stem, formats, regimes),
+        "cell_comparison": lambda stem: cell_comparison_figure(cell_comparison, analysis, stem, formats),
         "spectrum": lambda stem: spectrum(spectra, stem, formats),
         "controls_pareto": lambda stem: controls_pareto(summary, analysis, controls or {}, stem, formats),
         "layer_subsets": lambda stem: layer_subsets(summary, stem, formats),

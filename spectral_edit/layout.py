@@ -56,7 +56,7 @@ NO_RETENTION = "none"
 FIGURE_FORMATS = ("png", "pdf")
 # The figures (spectral_edit/figures.py draws them). Named here, not there, so that planning
 # does not import matplotlib and pandas to know them.
-CORE_FIGURES = ("trajectory", "retention_sweep", "method_comparison", "spectrum")
+CORE_FIGURES = ("trajectory", "retention_sweep", "method_comparison", "cell_comparison", "spectrum")
 SUBSET_METHODS = ("top_k_attention", "top_k_mlp", "top_k_first_half", "top_k_second_half")
 
 

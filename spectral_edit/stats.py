@@ -109,3 +109,114 @@ def comparisons_markdown(table: pd.DataFrame, headline: str) -> str:
         p = "baseline" if row["method"] == baseline else ("n/a" if math.isnan(row["wilcoxon_p"]) else f"{row['wilcoxon_p']:.3g}")
         lines.append(f"| {row['method']} | {row['n']} | {row['score_mean']:.1f}{std} | {row['n_pairs']} | {diff} | {p} |")
     return "\n".join(lines) + "\n"
+
+
+# --- top-k against each control, cell by cell (issue 22: the comparison the papers leave open) ---
+
+CELL_COLUMNS = KEYS + ["method", "retention", "bias_reduction", "bias_reduction_lo", "bias_reduction_hi"]
+CELL_COLUMNS += ["accuracy_loss", "accuracy_loss_lo", "accuracy_loss_hi", "in_zone_retentions"]
+
+
+def best_in_zone_per_cell(cells: pd.DataFrame, zone, natural: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (model, dataset, seed, finetune) cell and edit method: the method's best in-zone
+    point in that cell alone, by Table 1's rule (the largest bias reduction at most 100 % among
+    the retentions whose accuracy loss is in ``zone``; ties: the larger retention), with its
+    accuracy loss and the cell's intervals (over the examples). A method with no in-zone
+    retention in a cell has no row there. Each cell picks its own best on its own evaluation
+    set, which flatters every method alike (one pick among its retentions)."""
+    edited = cells[~cells["method"].isin(["base", "finetuned"]) & (cells["finetune"] == cells["reference"])]
+    if natural is not None:
+        keep = set(zip(natural["model"], natural["dataset"], natural["finetune"]))
+        edited = edited[[k in keep for k in zip(edited["model"], edited["dataset"], edited["finetune"])]]
+    rows = []
+    for key, group in edited.groupby(KEYS + ["method"], sort=False):
+        inside = group[zone.contains(group["accuracy_loss"]) & (group["bias_reduction"] <= 100) & group["bias_reduction"].notna()]
+        if inside.empty:
+            continue
+        inside = inside.sort_values("retention", ascending=False, na_position="last")
+        best = inside.loc[inside["bias_reduction"].idxmax()]
+        row = dict(zip(KEYS + ["method"], key))
+        row.update({column: best.get(column, math.nan) for column in CELL_COLUMNS if column not in row})
+        row["in_zone_retentions"] = len(inside)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+TEST_COLUMNS = ["method", "against", "n_pairs", "wins", "ties", "losses", "mean_difference"]
+TEST_COLUMNS += ["mean_difference_lo", "mean_difference_hi", "wilcoxon_p"]
+
+
+def paired_against(best: pd.DataFrame, headline: str, bootstrap: dict | None = None) -> pd.DataFrame:
+    """``headline``'s best in-zone bias reduction against each other method's, over the cells
+    both have: wins / ties / losses, the mean difference (headline minus the other, pp of bias
+    reduction) with a percentile bootstrap interval over the cells, and the two-sided Wilcoxon
+    signed-rank p (SciPy; zero differences dropped)."""
+    bootstrap = {"n_resamples": 2000, "seed": 0, "level": 0.95, **(bootstrap or {})}
+    wide = best.pivot_table(index=KEYS, columns="method", values="bias_reduction")
+    rows = []
+    for other in [m for m in wide.columns if m != headline]:
+        entry = dict.fromkeys(TEST_COLUMNS, math.nan)
+        entry.update(method=headline, against=other, n_pairs=0, wins=0, ties=0, losses=0)
+        if headline in wide:
+            pairs = wide[[headline, other]].dropna()
+            difference = (pairs[headline] - pairs[other]).to_numpy(float)
+            entry.update(
+                n_pairs=len(difference),
+                wins=int((difference > 0).sum()),
+                ties=int((difference == 0).sum()),
+                losses=int((difference < 0).sum()),
+            )
+            if len(difference):
+                entry["mean_difference"] = float(difference.mean())
+            if len(difference) >= 2 and np.ptp(difference) > 0:
+                interval = stats.bootstrap(
+                    (difference,),
+                    np.mean,
+                    n_resamples=int(bootstrap["n_resamples"]),
+                    confidence_level=float(bootstrap["level"]),
+                    method="percentile",
+                    rng=np.random.default_rng(int(bootstrap["seed"])),
+                ).confidence_interval
+                entry.update(mean_difference_lo=float(interval.low), mean_difference_hi=float(interval.high))
+            if (difference != 0).any():
+                entry["wilcoxon_p"] = float(stats.wilcoxon(difference).pvalue)
+        rows.append(entry)
+    return pd.DataFrame(rows, columns=TEST_COLUMNS)
+
+
+def cell_comparison_markdown(best: pd.DataFrame, tests: pd.DataFrame, headline: str, level: float) -> str:
+    if best.empty:
+        return "Cell by cell: no method has an in-zone retention in any natural-regime cell.\n"
+    per_method = best.groupby("method").agg(
+        cells=("bias_reduction", "size"), reduction=("bias_reduction", "mean"), loss=("accuracy_loss", "mean")
+    )
+    lines = [
+        f"Cell by cell: each method's best in-zone point in every (model, dataset, seed) cell of the natural "
+        f"regime (its largest bias reduction ≤ 100 % among the retentions in the zone, picked per cell), and "
+        f"{headline} against each other method over the cells both have: mean difference of bias reduction "
+        f"({headline} minus the other, pp) with a {100 * level:g} % bootstrap interval over the cells, and the "
+        f"two-sided Wilcoxon signed-rank p.",
+        "",
+        "| method | cells with an in-zone point | mean best bias reduction % | mean accuracy loss pp | "
+        f"{headline} wins / ties / losses | mean difference | Wilcoxon p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_other = tests.set_index("against") if len(tests) else tests
+    for method, row in per_method.sort_values("reduction", ascending=False).iterrows():
+        if method != headline and method in by_other.index:
+            test = by_other.loc[method]
+            record = f"{test['wins']} / {test['ties']} / {test['losses']}"
+            mean = test["mean_difference"]
+            interval = (
+                ""
+                if math.isnan(test["mean_difference_lo"])
+                else f" [{test['mean_difference_lo']:+.1f}, {test['mean_difference_hi']:+.1f}]"
+            )
+            difference = "n/a" if math.isnan(mean) else f"{mean:+.1f}{interval}"
+            p = "n/a" if math.isnan(test["wilcoxon_p"]) else f"{test['wilcoxon_p']:.3g}"
+        else:
+            record, difference, p = ("(headline)", "", "") if method == headline else ("", "", "")
+        lines.append(
+            f"| {method} | {int(row['cells'])} | {row['reduction']:.1f} | {row['loss']:.2f} | {record} | {difference} | {p} |"
+        )
+    return "\n".join(lines) + "\n"

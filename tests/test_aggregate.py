@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from spectral_edit.aggregate import build_tables
 from spectral_edit.intervals import GroupDesign, bootstrap_intervals, mcnemar_exact, point_statistics, resolvable_difference_pp
@@ -377,3 +378,47 @@ def test_zero_finetuned_gap_gives_nan_not_infinity(tmp_path):
     cells = _tables(paths)["cells"]
     assert cells["bias_reduction"].isna().sum() == 3
     assert cells["bias_reduction_lo"].isna().all()
+
+
+def _cell_rows(points):
+    """Hand-made cell rows: (seed, method, retention, bias reduction %, accuracy loss pp)."""
+    rows = []
+    for seed, method, retention, reduction, loss in points:
+        rows.append(
+            {
+                "model": "m", "dataset": "d", "seed": seed, "finetune": "full", "reference": "full",
+                "method": method, "retention": retention, "bias_reduction": reduction, "accuracy_loss": loss,
+                "bias_reduction_lo": reduction - 10, "bias_reduction_hi": reduction + 10,
+                "accuracy_loss_lo": loss - 1, "accuracy_loss_hi": loss + 1,
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_each_cell_picks_each_methods_best_in_zone_point_and_top_k_is_tested_against_every_control():
+    from spectral_edit.stats import best_in_zone_per_cell, paired_against
+
+    cells = _cell_rows(
+        [
+            (0, "top_k", 0.5, 40.0, 1.0), (0, "top_k", 0.1, 70.0, 3.0),   # 0.1 is out of the zone
+            (1, "top_k", 0.5, 30.0, 0.5), (1, "top_k", 0.1, 30.0, 1.0),   # a tie: the larger retention
+            (2, "top_k", 0.5, 10.0, 0.0), (2, "top_k", 0.1, 120.0, 1.0),  # over 100 %: listed, not chosen
+            (0, "random_k", 0.5, 20.0, 0.0), (0, "random_k", 0.1, 50.0, 1.5),
+            (1, "random_k", 0.5, 5.0, 0.0), (1, "random_k", 0.1, 60.0, 4.0),
+            (2, "random_k", 0.5, 25.0, 0.2),
+            (0, "bottom_k", 0.5, 0.0, 9.0), (1, "bottom_k", 0.5, 0.0, 9.0),  # never in the zone
+        ]
+    )  # fmt: skip
+    best = best_in_zone_per_cell(cells, NoCostZone(below_pp=2.0)).set_index(["seed", "method"])
+    assert best.loc[(0, "top_k"), ["retention", "bias_reduction"]].tolist() == [0.5, 40.0]
+    assert best.loc[(1, "top_k"), "retention"] == 0.5 and best.loc[(2, "top_k"), "bias_reduction"] == 10.0
+    assert best.loc[(0, "random_k"), ["retention", "bias_reduction", "accuracy_loss"]].tolist() == [0.1, 50.0, 1.5]
+    assert best.loc[(2, "top_k"), "in_zone_retentions"] == 1 and "bottom_k" not in best.index.get_level_values("method")
+    tests = paired_against(best.reset_index(), "top_k", {"n_resamples": 1000}).set_index("against")
+    # top_k minus random_k per seed: 40 - 50, 30 - 5, 10 - 25 = -10, +25, -15.
+    row = tests.loc["random_k"]
+    assert (row["n_pairs"], row["wins"], row["ties"], row["losses"]) == (3, 1, 0, 2)
+    assert row["mean_difference"] == pytest.approx(0.0)
+    assert row["mean_difference_lo"] < 0 < row["mean_difference_hi"]
+    assert row["wilcoxon_p"] == pytest.approx(scipy_stats.wilcoxon([-10.0, 25.0, -15.0]).pvalue)
+    assert "bottom_k" not in tests.index  # no in-zone point in any cell: nothing to pair

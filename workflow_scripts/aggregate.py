@@ -4,6 +4,7 @@ from spectral_edit.jobs import job_logging
 
 CSV = ["cells", "summary", "table1", "regimes", "comparisons", "heldout", "repair", "repair_summary", "benchmarks"]
 CSV += ["benchmarks_summary", "surgery_table2", "surgery_guided_vs_random", "surgery_reward_risk"]
+CSV += ["cell_comparison", "cell_comparison_tests"]
 
 with job_logging(snakemake.log[0], snakemake.threads, "aggregate") as log:
     params = snakemake.params

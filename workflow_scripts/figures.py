@@ -19,5 +19,6 @@ with job_logging(snakemake.log[0], snakemake.threads, "figures") as log:
         regimes=pd.read_csv(snakemake.input.regimes),
         guided_vs_random=pd.read_csv(snakemake.input.guided_vs_random),
         reward_risk=pd.read_csv(snakemake.input.reward_risk),
+        cell_comparison=pd.read_csv(snakemake.input.cell_comparison),
     )
     log.info("wrote %s", ", ".join(str(p) for p in written))
