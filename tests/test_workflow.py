@@ -73,8 +73,9 @@ def test_full_run_writes_every_artifact(workdir):
     edited = cells[~cells["method"].isin(["base", "finetuned"])]
     assert edited["mcnemar_p"].between(0, 1).all() and (edited["accuracy_lo"] <= edited["accuracy"]).all()
     regimes = pd.read_csv(workdir / "results/tables/regimes.csv")
-    assert set(regimes["regime"]) <= {"natural", "boundary"} and len(regimes) == 1
-    for figure in ("trajectory", "retention_sweep", "method_comparison", "spectrum"):
+    assert set(regimes["regime"]) <= {"natural", "boundary", "label prior"} and len(regimes) == 1
+    assert {"method", "against", "n_pairs", "wilcoxon_p"} <= set(pd.read_csv(workdir / "results/tables/cell_comparison_tests.csv"))
+    for figure in ("trajectory", "retention_sweep", "method_comparison", "cell_comparison", "spectrum"):
         for ext in ("png", "pdf"):
             assert (workdir / f"results/figures/{figure}.{ext}").stat().st_size > 1000
     assert (workdir / "results/svd/tiny/tiny-reviews/seed0/full/factors.safetensors").is_file()
