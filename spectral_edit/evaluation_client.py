@@ -12,10 +12,15 @@ output; the first cell of a checkpoint starts the server, later ones reuse it.
 Lifetime: the server watches the outermost Snakemake process above the cell that started it
 (in a SLURM job: the group job's Snakemake in the batch step, since the cells run in ``srun``
 steps beside it) and exits within a second of it, and exits on its own after ``idle_seconds``
-without a request. A cell never hangs on it: the server sends a
-heartbeat line every ``HEARTBEAT_S`` while it works or queues a request, and the client gives
-up with a one-line error after ``stall_seconds`` of silence, at once if the server dies, and
-after ``startup_seconds`` if it cannot load.
+without a request. In a SLURM job step the server is a job step of its own (``srun --overlap``,
+with the job's GPUs): under proctrack/cgroup, every process a step starts dies when the step
+ends, detached or not, so a server started as a child of the first cell would die with it.
+The ``srun`` that launches the step starts with SIGTERM, SIGINT and SIGHUP ignored: SLURM
+signals it when the cell's step ends, and an ``srun`` that heeds the signal cancels its step.
+A cell never hangs on it: the server sends a heartbeat line every ``HEARTBEAT_S`` while it
+works or queues a request, and the client gives up with a one-line error after
+``stall_seconds`` of silence, at once if the server dies, and after ``startup_seconds`` if it
+cannot load.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -191,15 +197,38 @@ def _connect(path: Path) -> socket.socket | None:
         return None
 
 
+def in_slurm_step() -> bool:
+    """Whether this process runs in a SLURM job step (``srun``), not the batch script."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and os.environ.get("SLURM_STEP_ID", "") not in ("", "batch", "extern")
+
+
+def slurm_step_command(command: list[str], log_path: Path, threads: int) -> tuple[list[str], dict]:
+    """``command`` as a job step of its own in this job: ``srun --overlap`` on this node with the
+    cell's cores, the job's memory and GPUs; launched with the terminating signals ignored."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_MEM_PER_CPU", "SLURM_MEM_PER_GPU")}
+    srun = ["srun", "--overlap", "--ntasks=1", "--nodes=1", f"--cpus-per-task={max(1, int(threads))}", "--mem=0"]
+    gpus = os.environ.get("SLURM_GPUS_ON_NODE", "")
+    if gpus.isdigit() and int(gpus) > 0:
+        srun.append(f"--gpus={gpus}")  # the job's GPUs; --overlap shares them with the cells' steps
+    srun += ["--job-name=evaluation-server", f"--output={log_path}", "--open-mode=append", "--input=none"]
+    # sh sets the ignored signals, which srun keeps across exec; "$@" passes the words as they are.
+    return ["sh", "-c", 'trap "" TERM INT HUP; exec "$@"', "sh", *srun, *command], env
+
+
 def _start_server(path: Path, spec: Mapping, log_path: Path, startup_seconds: float) -> socket.socket:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "spectral_edit.evaluation_server", "--socket", str(path), "--spec", json.dumps(spec)]
+    env = os.environ.copy()
+    as_step = in_slurm_step() and shutil.which("srun") is not None
+    if as_step:
+        command, env = slurm_step_command([*command, "--log", str(log_path)], log_path, int(spec["threads"]))
     with open(log_path, "a") as log:
-        log.write(f"--- started by pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        how = " as a SLURM job step (srun --overlap)" if as_step else ""
+        log.write(f"--- started by pid {os.getpid()}{how} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         log.flush()
         # Its own session: a signal to the cell job that started it does not reach it.
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
     deadline = time.monotonic() + startup_seconds
     while time.monotonic() < deadline:

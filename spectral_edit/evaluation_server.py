@@ -150,7 +150,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--spec", required=True, help="JSON: model_dir, runtime, threads, idle_seconds, watch_pid")
+    parser.add_argument("--log", type=Path, help="append stdout and stderr to this file (a server launched by srun)")
     args = parser.parse_args()
+    if args.log is not None:
+        # Written by this process itself: srun's own output path would end with the srun client
+        # that launched the step, which SLURM kills with the cell's step.
+        handle = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(handle, 1)
+        os.dup2(handle, 2)
+        os.close(handle)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     server = Server(args.socket, json.loads(args.spec))
     signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())

@@ -4,8 +4,11 @@ tests/slurm/start.sh installs (Debian packages) and starts munge, slurmctld and 
 localhost; the workflow then runs with ``--profile profiles/slurm`` and only test-only
 overrides (the partition, small memory and time requests for a 2-core node, and squeue as the
 status command since this SLURM has no accounting database). The test checks that every job
-went through sbatch, that evaluation cells were grouped into one SLURM job, and that the
-results equal a local run's. The daemons are stopped afterwards.
+went through sbatch, that evaluation cells were grouped into one SLURM job whose one
+evaluation server (a job step of its own) loaded the model once, and that the results equal a
+local run's. It runs under both process trackings: proctrack/linuxproc, and proctrack/cgroup,
+the usual production setting, under which a step's processes die with the step. The daemons
+are stopped afterwards.
 """
 
 from __future__ import annotations
@@ -46,18 +49,26 @@ SLURM_OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def slurm():
+@pytest.fixture(scope="module", params=["linuxproc", "cgroup"])
+def slurm(request):
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
         pytest.skip("no SLURM and no apt-get to install it")
-    started = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
+    started = subprocess.run(["bash", str(START), request.param], capture_output=True, text=True, timeout=600)
     if started.returncode == 77:
         pytest.skip(started.stderr.strip())
     assert started.returncode == 0, started.stdout + started.stderr
     try:
-        yield
+        yield request.param
     finally:
         subprocess.run(["bash", str(STOP)], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The same workflow run locally, once for both process trackings."""
+    local = tmp_path_factory.mktemp("local")
+    _run(local, "--cores", "2")
+    return local
 
 
 def _run(workdir: Path, *extra: str, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -72,10 +83,9 @@ def _cells(workdir: Path) -> dict[str, dict]:
     return {str(p.relative_to(workdir)): json.loads(p.read_text()) for p in sorted((workdir / "results/cells").rglob("*.json"))}
 
 
-def test_workflow_through_slurm_equals_a_local_run(slurm, tmp_path):
-    local, cluster = tmp_path / "local", tmp_path / "slurm"
-    local.mkdir(), cluster.mkdir()
-    _run(local, "--cores", "2")
+def test_workflow_through_slurm_equals_a_local_run(slurm, local_run, tmp_path):
+    local, cluster = local_run, tmp_path / "slurm"
+    cluster.mkdir()
     before = set(re.findall(r"JobId=(\d+)", JOBCOMP.read_text())) if JOBCOMP.exists() else set()
     result = _run(cluster, "--profile", str(REPO / "profiles/slurm"), *SLURM_OVERRIDES)
 
@@ -98,7 +108,11 @@ def test_workflow_through_slurm_equals_a_local_run(slurm, tmp_path):
     servers = {(cell["server"]["host"], cell["server"]["pid"]) for path, cell in cluster_cells.items() if "/seed0/" in path}
     assert len(servers) == 1
     served = sorted(cell["server"]["cells_served"] for path, cell in cluster_cells.items() if "/seed0/" in path)
-    assert served == list(range(1, len(seed_cells) + 1))
+    assert served == list(range(1, len(seed_cells) + 1)), f"proctrack/{slurm}: {served}"
+    # It ran as a job step of its own, so the end of the first cell's step did not take it along.
+    server_log = next((cluster / "logs/evaluation_server").rglob("*.log")).read_text()
+    assert server_log.count("--- started by pid") == 1 and "as a SLURM job step (srun --overlap)" in server_log
+    assert not subprocess.run(["pgrep", "-f", "spectral_edit.evaluation_server"], capture_output=True).stdout
     assert len(ours) < len(cluster_cells) + 5  # far fewer jobs than one per cell and per step
 
     # Same numbers as the local run: metrics and every per-example score.

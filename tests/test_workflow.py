@@ -74,7 +74,8 @@ def test_full_run_writes_every_artifact(workdir):
     assert edited["mcnemar_p"].between(0, 1).all() and (edited["accuracy_lo"] <= edited["accuracy"]).all()
     regimes = pd.read_csv(workdir / "results/tables/regimes.csv")
     assert set(regimes["regime"]) <= {"natural", "boundary", "label prior"} and len(regimes) == 1
-    assert {"method", "against", "n_pairs", "wilcoxon_p"} <= set(pd.read_csv(workdir / "results/tables/cell_comparison_tests.csv"))
+    tests = pd.read_csv(workdir / "results/tables/cell_comparison_tests.csv")
+    assert {"method", "against", "n_pairs", "wilcoxon_p"} <= set(tests.columns)
     for figure in ("trajectory", "retention_sweep", "method_comparison", "cell_comparison", "spectrum"):
         for ext in ("png", "pdf"):
             assert (workdir / f"results/figures/{figure}.{ext}").stat().st_size > 1000

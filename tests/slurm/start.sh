@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
 # Start a single-node SLURM on localhost for the integration test (idempotent).
+#   bash tests/slurm/start.sh [linuxproc|cgroup]      (process tracking; default linuxproc)
 # Installs Debian's munge and SLURM daemons when they are missing (needs root and the Debian
 # package registry), writes a slurm.conf for this machine's CPUs and memory, starts munged,
 # slurmctld and slurmd, and waits until the node is idle. tests/slurm/stop.sh undoes it.
-# Exit status 77 means "cannot run here" (not root, or no apt-get): the test skips.
+# cgroup: ProctrackType=proctrack/cgroup with a cgroup.conf for the v1 hierarchies this machine
+# mounts (the usual production setting: a job step's processes die with the step). Daemons
+# already running with the other tracking are stopped and started again.
+# Exit status 77 means "cannot run here" (not root, or no apt-get, or no cgroup v1 freezer for
+# cgroup): the test skips.
 set -euo pipefail
+TRACKING=${1:-linuxproc}
 STATE=${SLURM_TEST_STATE:-/var/lib/slurm}
 LOGS=/var/log/slurm
 RUN=/run/slurm
+HERE=$(cd "$(dirname "$0")" && pwd)
+case "$TRACKING" in
+  linuxproc) ;;
+  cgroup) [ -d /sys/fs/cgroup/freezer ] || { echo "start.sh: no cgroup v1 freezer hierarchy for proctrack/cgroup" >&2; exit 77; } ;;
+  *) echo "start.sh: process tracking must be linuxproc or cgroup, not '$TRACKING'" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" != 0 ]; then echo "start.sh: needs root to run the SLURM daemons" >&2; exit 77; fi
 
@@ -37,6 +49,11 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 
 mkdir -p "$STATE" "$LOGS" "$RUN" /etc/slurm
+# Running with the other tracking: stop, so the daemons read the new configuration.
+if [ -s "$RUN/slurmctld.pid" ] && kill -0 "$(cat "$RUN/slurmctld.pid")" 2>/dev/null \
+   && ! grep -qx "ProctrackType=proctrack/$TRACKING" /etc/slurm/slurm.conf 2>/dev/null; then
+  bash "$HERE/stop.sh" --keep-munge
+fi
 chown slurm:slurm "$STATE" "$LOGS" "$RUN" 2>/dev/null || true
 cpus=$(nproc)
 FAKE_GPUS=2
@@ -54,7 +71,7 @@ SlurmctldPidFile=$RUN/slurmctld.pid
 SlurmdPidFile=$RUN/slurmd.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
 SlurmdLogFile=$LOGS/slurmd.log
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/$TRACKING
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
 SelectType=select/cons_tres
@@ -70,6 +87,18 @@ GresTypes=gpu
 NodeName=localhost CPUs=$cpus RealMemory=$mem_mb Gres=gpu:$FAKE_GPUS State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
+if [ "$TRACKING" = cgroup ]; then
+  # The v1 hierarchies are mounted already; constrain nothing (the placeholder GPUs below are
+  # plain files, not devices, so ConstrainDevices could not be tested here).
+  cat > /etc/slurm/cgroup.conf <<CGROUP
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+CgroupAutomount=no
+ConstrainCores=no
+ConstrainRAMSpace=no
+ConstrainDevices=no
+CGROUP
+fi
 # Placeholder GPUs, so that rules asking for GPUs are scheduled on this CPU-only node (their
 # code then finds no CUDA device and runs on the CPU, the same path as a laptop run).
 mkdir -p "$STATE/fakegpu"
@@ -87,7 +116,7 @@ fi
 for _ in $(seq 150); do
   state=$(sinfo -h -N -n localhost -o %T 2>/dev/null || true)
   case "$state" in
-    idle*|mixed*|allocated*) echo "start.sh: SLURM up ($cpus CPUs, $mem_mb MB)"; exit 0 ;;
+    idle*|mixed*|allocated*) echo "start.sh: SLURM up ($cpus CPUs, $mem_mb MB, proctrack/$TRACKING)"; exit 0 ;;
     down*|drain*) scontrol update NodeName=localhost State=RESUME 2>/dev/null || true ;;
   esac
   sleep 0.2

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stop the test SLURM started by start.sh: cancel its jobs, then the daemons by their pid files.
+# Stop the test SLURM started by start.sh: cancel its jobs, then the daemons by their pid files
+# (munged too, unless --keep-munge: start.sh restarting with another process tracking).
 set -uo pipefail
 RUN=/run/slurm
 command -v scancel >/dev/null && scancel --user="$(id -un)" 2>/dev/null
@@ -12,7 +13,7 @@ for pidfile in "$RUN/slurmd.pid" "$RUN/slurmctld.pid"; do
     rm -f "$pidfile"
   fi
 done
-if [ -s /run/munge/munged.pid ]; then
+if [ "${1:-}" != --keep-munge ] && [ -s /run/munge/munged.pid ]; then
   kill "$(cat /run/munge/munged.pid)" 2>/dev/null
 fi
 exit 0
