@@ -66,10 +66,11 @@ def top_answer(predictions: Sequence[int]) -> tuple[int, float]:
     return int(counts.argmax()), float(counts.max() / counts.sum())
 
 
-def label_prior_note(word: str, share: float, train_shares: dict | None, dataset: str) -> str:
+def label_prior_note(word: str, share: float, train_shares: dict | None, dataset: str, seeds: int | None = None) -> str:
     """What a fine-tune that learned only the label prior did, and what to change."""
     trained = f" (training labels: {', '.join(f'{w} {100 * s:.0f} %' for w, s in train_shares.items())})" if train_shares else ""
+    counted = "" if seeds is None else f" ({seeds} seed(s))"
     return (
-        f"the fine-tuned model answers {word!r} for {100 * share:.0f} % of the evaluation examples: it learned the "
+        f"the fine-tuned model{counted} answers {word!r} for {100 * share:.0f} % of the evaluation examples: it learned the "
         f"label prior, not the task{trained}; balance the labels (datasets.{dataset}.balance_labels: true) or train longer"
     )

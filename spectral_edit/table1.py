@@ -138,8 +138,8 @@ def _label_prior(cells: pd.DataFrame | None, metas: Mapping | None, ft: pd.Serie
     words = meta.get("label_words") or []
     answers = sorted(set(int(a) for a in seeds["top_answer"]))
     word = " / ".join(words[a] if a < len(words) else str(a) for a in answers)
-    note = label_prior_note(word, float(seeds["top_answer_share"].min()), meta.get("train_label_shares"), ft["dataset"])
-    return note.replace("the fine-tuned model answers", f"the fine-tuned model ({len(seeds)} seed(s)) answers", 1)
+    share = float(seeds["top_answer_share"].min())
+    return label_prior_note(word, share, meta.get("train_label_shares"), ft["dataset"], len(seeds))
 
 
 def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFrame) -> pd.DataFrame:
