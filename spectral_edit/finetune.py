@@ -183,7 +183,7 @@ def run_fingerprint(
     train_path: str | Path, dataset_spec: Mapping, hyper: Mapping, seed: int, recipe: Mapping, execution: Mapping | None = None
 ) -> str:
     """What a checkpoint must match to be resumed: the data, the prompt, the recipe, the seed and
-    how the run executes (``execution``: torch threads, device, processes). The thread count sets
+    how the run executes (``execution``: torch threads, device, dtype, processes). The thread count sets
     the reduction order of matrix products, so steps resumed with another count would end in
     weights that neither an uninterrupted run with the old count nor one with the new count gives
     (log-probabilities moved by up to 0.02 on the tiny model); such a checkpoint is not resumed:
@@ -378,8 +378,10 @@ def training_arguments(
         data_seed=int(seed),
         full_determinism=True,
         use_cpu=not use_cuda,
-        # Mixed precision on a GPU: fp32 master weights, bf16/fp16 compute.
-        bf16=use_cuda and dtype == torch.bfloat16,
+        # Mixed precision: fp32 master weights, bf16/fp16 compute (autocast). bf16 runs on the
+        # CPU too (runtime {device: cpu, dtype: bfloat16}: how the tests exercise the GPU's
+        # default path); fp16 needs a gradient scaler and stays a GPU-only choice.
+        bf16=dtype == torch.bfloat16,
         fp16=use_cuda and dtype == torch.float16,
         dataloader_num_workers=0,
         disable_tqdm=not progress or rank != 0,
@@ -486,7 +488,12 @@ def finetune(
     losses = _LossToLog()
     started = time.time()
     checkpoint_every = int(checkpoint_every or 0)
-    execution = {"torch_threads": torch.get_num_threads(), "device": device.type, "processes": world_size}
+    execution = {
+        "torch_threads": torch.get_num_threads(),
+        "device": device.type,
+        "dtype": str(dtype).replace("torch.", ""),  # a bf16 run never resumes an fp32 one's checkpoint
+        "processes": world_size,
+    }
     fingerprint = run_fingerprint(train_path, dataset_spec, hyper, seed, recipe, execution)
     checkpoints, resume_from = _resume_point(out_dir, fingerprint, checkpoint_every, rank)
     with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
@@ -543,6 +550,8 @@ def finetune(
         "seconds": time.time() - started,
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
+        # Autocast over fp32 master weights (the saved model is fp32 either way).
+        "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else None,
         "torch_threads": torch.get_num_threads(),
         "processes": world_size,
         "parallelism": type(trainer.model_wrapped).__name__ if sharded else None,

@@ -317,3 +317,36 @@ def test_a_truncated_cache_is_one_line_naming_the_file_and_the_fix(cache, tmp_pa
     with pytest.raises(DamagedFileError, match=rf"{damaged} is damaged or truncated .*delete it and rerun snakemake") as info:
         cached_names(damaged)
     assert "\n" not in str(info.value)
+
+
+def test_an_edit_of_a_bf16_model_is_computed_in_fp32_and_rounded_once(cache, tiny_base_dir, tiny_finetuned_dir):
+    """A bf16 evaluation (runtime dtype bfloat16) edits in fp32 from the files and rounds the
+    result once: bitwise the fp32 edit cast to bf16, also for a second cell served from the
+    resident (W_base, dW) store, and not what the same sum computed in bf16 gives."""
+    out, _ = cache
+    factors = out / "factors.safetensors"
+    reference, _ = _edited_weights(tiny_base_dir, tiny_finetuned_dir, factors, "top_k", 0.25)
+    model = load_model(tiny_base_dir).to(torch.bfloat16)
+    resident: dict = {}
+    for method, retention in (("bottom_k", 0.5), ("top_k", 0.25)):  # the second reads the resident store
+        apply_spectral_edit(
+            model,
+            factors,
+            get_method(method),
+            {},
+            retention,
+            0,
+            finetuned_weights=tiny_finetuned_dir / "model.safetensors",
+            base_weights=tiny_base_dir / "model.safetensors",
+            resident=resident,
+        )
+    assert resident and all(w.dtype == torch.float32 and d.dtype == torch.float32 for w, d in resident.values())
+    edited, expected = model.state_dict(), reference.state_dict()
+    for name, value in expected.items():
+        assert edited[name].dtype == torch.bfloat16
+        assert torch.equal(edited[name], value.to(torch.bfloat16)), name
+    # Computed in bf16 (base rounded, then the update added in bf16) the weights come out otherwise.
+    base = load_file(tiny_base_dir / "model.safetensors")
+    name = "model.layers.1.mlp.down_proj.weight"
+    in_bf16 = base[name].to(torch.bfloat16) + (expected[name] - base[name]).to(torch.bfloat16)
+    assert not torch.equal(in_bf16, edited[name])

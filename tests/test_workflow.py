@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
@@ -163,6 +165,48 @@ def test_a_failing_cell_leaves_the_finished_cells_of_its_checkpoint(workdir, tmp
     assert not (cells / "fails_at_01/retention-0.1.json").exists()
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing finished was redone or removed
     assert planned_jobs(work, overlay, **kwargs) == {"evaluate_edit": 1, "aggregate": 1, "figures": 1, "all": 1}
+
+
+# bf16 against fp32 on the CPU, the tolerances the README states: label log-probabilities within
+# 0.05 nats (measured: 0.008), the same prediction wherever fp32's margin between the two labels
+# exceeds that, and the fine-tune's dW within 10 % (relative Frobenius; measured: 4.5 %).
+BF16_LOG_PROB_TOLERANCE = 0.05
+BF16_DELTA_TOLERANCE = 0.10
+
+
+def _cell_scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    examples = json.loads(path.read_text())["examples"]
+    return np.array([e["label_log_probs"] for e in examples]), np.array([e["prediction"] for e in examples])
+
+
+def test_the_workflow_in_bf16_matches_fp32_within_the_stated_tolerance(workdir, tmp_path):
+    """runtime {device: cpu, dtype: bfloat16}: what `auto` picks on a GPU (mixed-precision
+    fine-tune, bf16 evaluation with the shared prompt head), run on the CPU."""
+    from safetensors.torch import load_file
+
+    snakemake(tmp_path, overlay={"runtime": {"device": "cpu", "dtype": "bfloat16"}})
+    run = "tiny/tiny-reviews/seed0/full"
+    train_log = json.loads((tmp_path / f"results/finetune/{run}/train_log.json").read_text())
+    assert train_log["dtype"] == "bfloat16" and train_log["mixed_precision"] == "bf16"
+    base = load_file(workdir / "results/models/tiny/model.safetensors")
+    fp32, bf16 = (load_file(root / f"results/finetune/{run}/model.safetensors") for root in (workdir, tmp_path))
+    for name, weight in bf16.items():
+        assert weight.dtype == torch.float32, name  # fp32 master weights are what is saved
+        if weight.dim() == 2:
+            delta = fp32[name] - base[name]
+            assert (weight - fp32[name]).norm() <= BF16_DELTA_TOLERANCE * delta.norm(), name
+    factors = load_file(tmp_path / f"results/svd/{run}/factors.safetensors")
+    assert {tensor.dtype for tensor in factors.values()} == {torch.float32}
+    cells = sorted((workdir / "results/cells").rglob("*.json"))
+    assert len(cells) == 8
+    for cell in cells:
+        record = json.loads((tmp_path / cell.relative_to(workdir)).read_text())
+        assert record["runtime"]["dtype"] == "bfloat16", cell
+        log_probs, predictions = _cell_scores(tmp_path / cell.relative_to(workdir))
+        reference, reference_predictions = _cell_scores(cell)
+        np.testing.assert_allclose(log_probs, reference, atol=BF16_LOG_PROB_TOLERANCE, err_msg=str(cell))
+        clear = np.abs(reference[:, 1] - reference[:, 0]) > BF16_LOG_PROB_TOLERANCE
+        assert (predictions[clear] == reference_predictions[clear]).all(), cell
 
 
 def test_second_run_has_nothing_to_do(workdir):
