@@ -30,7 +30,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import datasets
@@ -297,13 +298,40 @@ def _merge_recipe(model: torch.nn.Module, recipe: Mapping) -> torch.nn.Module:
     return model.merge_and_unload()
 
 
-def _count_fsdp_units(model: torch.nn.Module) -> int:
-    """Modules sharded by FSDP (FSDP2's FSDPModule or FSDP1's wrapper); 0 for a plain model."""
+@contextlib.contextmanager
+def _fsdp_on_cpu_processes(enabled: bool) -> Iterator[None]:
+    """Let accelerate take its FSDP plugin in CPU processes (gloo) while the Trainer builds its
+    Accelerator. PyTorch's FSDP2 (fully_shard) runs on CPU processes, but accelerate turns the
+    plugin on only when the process group is of an accelerator type (its AcceleratorState checks
+    the distributed type against a list of multi-GPU kinds) and otherwise trains data-parallel.
+    Presenting the CPU group as multi-GPU for that check alone makes the CPU processes run the
+    same sharded path as GPUs (the wrap, the gathered save, the sharded checkpoint), so the tests
+    exercise it. accelerate then records FSDP as the type; if it did not, the CPU type is put back.
+    """
+    import accelerate.state
+    from accelerate.utils import DistributedType
+
+    shared = accelerate.state.PartialState._shared_state
+    if not enabled or shared.get("distributed_type") != DistributedType.MULTI_CPU:
+        yield
+        return
+    shared["distributed_type"] = DistributedType.MULTI_GPU
+    try:
+        yield
+    finally:
+        if shared.get("distributed_type") == DistributedType.MULTI_GPU:  # accelerate did not take FSDP
+            shared["distributed_type"] = DistributedType.MULTI_CPU
+
+
+def _fsdp_units(model: torch.nn.Module) -> dict[str, int]:
+    """Modules sharded by FSDP (FSDP2's FSDPModule or FSDP1's wrapper) by class (FSDP2 names
+    the class it swaps in FSDP<Class>); empty for a plain model."""
     try:
         from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
     except ImportError:  # torch built without distributed support
-        return 0
-    return sum(isinstance(module, (FSDPModule, FullyShardedDataParallel)) for module in model.modules())
+        return {}
+    units = [module for module in model.modules() if isinstance(module, (FSDPModule, FullyShardedDataParallel))]
+    return dict(Counter(type(module).__name__.removeprefix("FSDP") for module in units))
 
 
 def _unwrapped_with_state(base_dir, recipe: Mapping, state: Mapping) -> torch.nn.Module:
@@ -344,7 +372,7 @@ def training_arguments(
     progress: bool,
 ) -> TrainingArguments:
     """The Trainer's arguments of a run: the hyperparameters, checkpointing, determinism, mixed
-    precision and, under torchrun, FSDP (GPUs) or data parallelism (CPU processes)."""
+    precision and, under torchrun, FSDP (over GPUs, or CPU processes with gloo)."""
     batch_size = int(hyper["batch_size"])
     use_cuda = device.type == "cuda"
     sharded = world_size > 1
@@ -385,13 +413,11 @@ def training_arguments(
         fp16=use_cuda and dtype == torch.float16,
         dataloader_num_workers=0,
         disable_tqdm=not progress or rank != 0,
-        # Several GPUs: FSDP2 through accelerate, one unit per decoder layer (the model's
-        # _no_split_modules), with FSDP's own activation checkpointing. Several CPU processes
-        # (the tests, gloo): accelerate has no FSDP for CPU processes (it enables it only for
-        # multi-accelerator types), so they train data-parallel with the same batch split,
-        # loss averaging and gathering of the final weights.
-        activation_checkpointing=bool(gradient_checkpointing) and not (sharded and use_cuda),
-        fsdp=True if sharded and use_cuda else None,
+        # Several processes: FSDP2 through accelerate, one unit per decoder layer (the model's
+        # _no_split_modules), with FSDP's own activation checkpointing; on GPUs with NCCL, on
+        # CPU processes (the tests) with gloo (see _fsdp_on_cpu_processes).
+        activation_checkpointing=bool(gradient_checkpointing) and not sharded,
+        fsdp=True if sharded else None,
         fsdp_config={
             "version": 2,
             "reshard_after_forward": True,
@@ -399,7 +425,7 @@ def training_arguments(
             "activation_checkpointing": bool(gradient_checkpointing),
             "state_dict_type": "FULL_STATE_DICT",
         }
-        if sharded and use_cuda
+        if sharded
         else None,
         ddp_backend=("nccl" if use_cuda else "gloo") if sharded else None,
     )
@@ -461,8 +487,8 @@ def finetune(
     run. The checkpoints are deleted once the final model is saved.
 
     Under ``torchrun`` (WORLD_SIZE > 1; see ``spectral_edit.distributed``) the model is sharded
-    over the GPUs with FSDP (full shard, one unit per decoder layer; CPU processes train
-    data-parallel instead, see below) and every process takes
+    over the processes with FSDP2 (full shard, one unit per decoder layer; GPUs with NCCL, CPU
+    processes with gloo) and every process takes
     batch_size / world_size examples of each step, so the global batch and the loss curve are
     those of one process; only rank 0 writes the output. ``gradient_checkpointing`` defaults
     to on when sharded. ``answer_only_head`` computes the language-model head only where the
@@ -514,19 +540,20 @@ def finetune(
         model = load_model(base_dir)
         model.train()
         trainable, recipe_info = _wrap_for_recipe(model, recipe)
-        trainer = (AnswerOnlyLossTrainer if answer_only_head else Trainer)(
-            model=trainable,
-            args=args,
-            train_dataset=train_set,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-            callbacks=[losses, _MarkCheckpointComplete(fingerprint), _NoCheckpointAtTheEnd(), timer := _StepTimer()],
-        )
+        with _fsdp_on_cpu_processes(sharded and device.type == "cpu"):
+            trainer = (AnswerOnlyLossTrainer if answer_only_head else Trainer)(
+                model=trainable,
+                args=args,
+                train_dataset=train_set,
+                data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+                callbacks=[losses, _MarkCheckpointComplete(fingerprint), _NoCheckpointAtTheEnd(), timer := _StepTimer()],
+            )
         with _deterministic_without_filling():
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         curve = loss_curve(trainer.state.log_history)
-        fsdp_units = _count_fsdp_units(trainer.model_wrapped)
+        fsdp_units = _fsdp_units(trainer.model_wrapped)
         if sharded:
-            log.info("trained in %d processes (%s), %d FSDP units", world_size, type(trainer.model_wrapped).__name__, fsdp_units)
+            log.info("trained in %d processes (%s), FSDP units %s", world_size, type(trainer.model_wrapped).__name__, fsdp_units)
             # The full (unsharded) weights, gathered on rank 0; the other ranks are done.
             full_state = trainer.accelerator.get_state_dict(trainer.model)
             if rank != 0:
@@ -555,7 +582,8 @@ def finetune(
         "torch_threads": torch.get_num_threads(),
         "processes": world_size,
         "parallelism": type(trainer.model_wrapped).__name__ if sharded else None,
-        "fsdp_units": fsdp_units,
+        "fsdp_units": sum(fsdp_units.values()),
+        "fsdp_unit_classes": fsdp_units,
         "gradient_checkpointing": bool(gradient_checkpointing),
         "loss_curve": curve,
         # Steps of this process (a resumed run: since the resume); the first allocates the optimizer state.

@@ -1,23 +1,28 @@
-"""Multi-process fine-tuning: torchrun with two CPU processes (gloo) against one process."""
+"""Multi-process fine-tuning: torchrun with two CPU processes (gloo), FSDP2-sharded as on GPUs,
+against one process; a preempted sharded run resumed."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_DATASET, TINY_HYPER
+from conftest import REPO, TINY_DATASET, TINY_HYPER
 from spectral_edit.distributed import launch_finetune
 from spectral_edit.errors import ConfigError
 from spectral_edit.finetune import finetune
 
 # Two processes sum the same per-example losses in a different order (each rank averages its
-# half, then gradients are all-reduced), so float32 rounding may differ in the last digits.
+# half, then gradients are reduce-scattered), so float32 rounding may differ in the last digits.
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 2e-5
 
 
-def test_two_processes_give_the_loss_curve_of_one(tmp_path, tiny_base_dir, tiny_data_dir, tiny_finetuned_dir):
+def test_two_sharded_processes_give_the_loss_curve_and_weights_of_one(tmp_path, tiny_base_dir, tiny_data_dir, tiny_finetuned_dir):
     arguments = dict(
         base_dir=str(tiny_base_dir),
         train_path=str(tiny_data_dir / "train.jsonl"),
@@ -32,7 +37,11 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path, tiny_base_dir, tiny_
     two = json.loads((tmp_path / "two" / "train_log.json").read_text())
     one = json.loads((tiny_finetuned_dir / "train_log.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
-    assert two["parallelism"] == "DistributedDataParallel" and two["gradient_checkpointing"]
+    # FSDP2 on the CPU processes: the model sharded, one unit per decoder layer (its
+    # _no_split_modules), with FSDP's own activation checkpointing.
+    assert two["parallelism"] == "FSDPLlamaForCausalLM" and two["gradient_checkpointing"], two["parallelism"]
+    layers = {name.split(".")[2] for name in load_file(tiny_base_dir / "model.safetensors") if ".layers." in name}
+    assert two["fsdp_unit_classes"]["LlamaDecoderLayer"] == len(layers) == 2
     curve_one = [entry["loss"] for entry in one["loss_curve"]]
     curve_two = [entry["loss"] for entry in two["loss_curve"]]
     assert len(curve_two) == len(curve_one) == TINY_HYPER["steps"]
@@ -56,3 +65,63 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, tin
     monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(ConfigError, match="batch_size 8 is not divisible by the 3 processes"):
         launch_finetune(3, {"hyper": TINY_HYPER})  # refused before any process starts
+
+
+RESUME_HYPER = {"steps": 8, "batch_size": 4, "learning_rate": 3e-3, "max_length": 512}
+
+
+def _sharded_run(tmp_path, out, every, kill_at=0) -> subprocess.CompletedProcess:
+    arguments = tmp_path / f"arguments-{out.name}-{kill_at}.json"
+    arguments.write_text(
+        json.dumps(
+            dict(
+                base_dir=str(tmp_path.parent / "base"),
+                train_path=str(tmp_path.parent / "train.jsonl"),
+                out_dir=str(out),
+                dataset_spec=TINY_DATASET,
+                hyper=RESUME_HYPER,
+                seed=0,
+                progress=False,
+                runtime={"device": "cpu"},
+                checkpoint_every=every,
+            )
+        )
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run(
+        [*command, str(REPO / "tests" / "distributed_child.py"), str(arguments)],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": str(kill_at)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_preempted_sharded_finetune_resumes_to_the_same_weights(tmp_path, tiny_base_dir, tiny_data_dir):
+    """Two FSDP processes, rank 0 killed while saving the checkpoint of step 6: the rerun resumes
+    the sharded run from step 4 and ends bitwise where an uninterrupted sharded run ends."""
+    work = tmp_path / "runs"
+    work.mkdir()
+    (tmp_path / "base").symlink_to(tiny_base_dir)
+    (tmp_path / "train.jsonl").symlink_to(tiny_data_dir / "train.jsonl")
+    straight = _sharded_run(work, tmp_path / "straight", every=0)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / "killed"
+    killed = _sharded_run(work, out, every=2, kill_at=6)
+    assert killed.returncode != 0 and not (out / "model.safetensors").exists()
+    # The sharded run's checkpoint: accelerate's FSDP files (weights and optimizer gathered
+    # from the shards) and one RNG state per rank.
+    for name in ("checkpoint-complete.json", "pytorch_model_fsdp.bin", "optimizer.bin", "rng_state_1.pth"):
+        assert (out / ".checkpoints/checkpoint-4" / name).exists(), name
+    assert not (out / ".checkpoints/checkpoint-6/checkpoint-complete.json").exists()
+    resumed = _sharded_run(work, out, every=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["resumed_from_step"] == 4 and log["parallelism"] == "FSDPLlamaForCausalLM"
+    straight_log = json.loads((tmp_path / "straight/train_log.json").read_text())
+    assert [e["loss"] for e in log["loss_curve"]] == [e["loss"] for e in straight_log["loss_curve"]]
+    expected, got = load_file(tmp_path / "straight/model.safetensors"), load_file(out / "model.safetensors")
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
