@@ -50,7 +50,8 @@ def main(args_file: str) -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK', '0')} %(levelname)s %(name)s: %(message)s"
     )
-    finetune(**json.loads(Path(args_file).read_text()))
+    # Launched here means sharded with FSDP, also in a group of one process (one GPU).
+    finetune(**json.loads(Path(args_file).read_text()), fsdp=True)
 
 
 if __name__ == "__main__":

@@ -299,20 +299,22 @@ def _merge_recipe(model: torch.nn.Module, recipe: Mapping) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def _fsdp_on_cpu_processes(enabled: bool) -> Iterator[None]:
-    """Let accelerate take its FSDP plugin in CPU processes (gloo) while the Trainer builds its
-    Accelerator. PyTorch's FSDP2 (fully_shard) runs on CPU processes, but accelerate turns the
-    plugin on only when the process group is of an accelerator type (its AcceleratorState checks
-    the distributed type against a list of multi-GPU kinds) and otherwise trains data-parallel.
-    Presenting the CPU group as multi-GPU for that check alone makes the CPU processes run the
-    same sharded path as GPUs (the wrap, the gathered save, the sharded checkpoint), so the tests
-    exercise it. accelerate then records FSDP as the type; if it did not, the CPU type is put back.
+def _fsdp_in_any_process_group(enabled: bool) -> Iterator[None]:
+    """Let accelerate take its FSDP plugin in CPU processes (gloo) and in a group of one process
+    while the Trainer builds its Accelerator. PyTorch's FSDP2 (fully_shard) runs in both, but
+    accelerate turns the plugin on only for a multi-accelerator process group (its
+    AcceleratorState checks the distributed type against a list of multi-GPU kinds) and
+    otherwise trains data-parallel or unsharded. Presenting the group as multi-GPU for that check
+    alone runs the same sharded path everywhere (the wrap, the gathered save, the sharded
+    checkpoint): on CPU processes, so the tests exercise it, and on one GPU (bench/gpu_check.sh).
+    accelerate then records FSDP as the type; if it did not, the group's own type is put back.
     """
     import accelerate.state
     from accelerate.utils import DistributedType
 
     shared = accelerate.state.PartialState._shared_state
-    if not enabled or shared.get("distributed_type") != DistributedType.MULTI_CPU:
+    own = shared.get("distributed_type")
+    if not enabled or own not in (DistributedType.MULTI_CPU, DistributedType.NO):
         yield
         return
     shared["distributed_type"] = DistributedType.MULTI_GPU
@@ -320,7 +322,7 @@ def _fsdp_on_cpu_processes(enabled: bool) -> Iterator[None]:
         yield
     finally:
         if shared.get("distributed_type") == DistributedType.MULTI_GPU:  # accelerate did not take FSDP
-            shared["distributed_type"] = DistributedType.MULTI_CPU
+            shared["distributed_type"] = own
 
 
 def _fsdp_units(model: torch.nn.Module) -> dict[str, int]:
@@ -370,12 +372,13 @@ def training_arguments(
     rank: int,
     gradient_checkpointing: bool,
     progress: bool,
+    sharded: bool | None = None,
 ) -> TrainingArguments:
     """The Trainer's arguments of a run: the hyperparameters, checkpointing, determinism, mixed
     precision and, under torchrun, FSDP (over GPUs, or CPU processes with gloo)."""
     batch_size = int(hyper["batch_size"])
     use_cuda = device.type == "cuda"
-    sharded = world_size > 1
+    sharded = world_size > 1 if sharded is None else sharded
     return TrainingArguments(
         output_dir=output_dir,
         max_steps=int(hyper["steps"]),
@@ -394,7 +397,7 @@ def training_arguments(
         # Fused AdamW updates the weights in place: on the CPU a step is about 20 % faster
         # than the foreach version, which allocates temporaries the size of the model
         # (bench/run.py measures it). FSDP's sharded parameters keep the foreach version.
-        optim="adamw_torch" if sharded and use_cuda else "adamw_torch_fused",
+        optim="adamw_torch" if sharded else "adamw_torch_fused",
         logging_steps=1,
         logging_nan_inf_filter=False,  # a non-finite loss must reach _LossToLog, which stops the run
         save_strategy="steps" if checkpoint_every > 0 else "no",
@@ -415,7 +418,7 @@ def training_arguments(
         disable_tqdm=not progress or rank != 0,
         # Several processes: FSDP2 through accelerate, one unit per decoder layer (the model's
         # _no_split_modules), with FSDP's own activation checkpointing; on GPUs with NCCL, on
-        # CPU processes (the tests) with gloo (see _fsdp_on_cpu_processes).
+        # CPU processes (the tests) with gloo (see _fsdp_in_any_process_group).
         activation_checkpointing=bool(gradient_checkpointing) and not sharded,
         fsdp=True if sharded else None,
         fsdp_config={
@@ -477,6 +480,7 @@ def finetune(
     checkpoint_every: int = 0,
     gradient_checkpointing: bool | None = None,
     answer_only_head: bool = True,
+    fsdp: bool | None = None,
 ) -> dict:
     """Fine-tune the base model in ``base_dir`` and save it (with train_log.json) to ``out_dir``.
 
@@ -486,9 +490,9 @@ def finetune(
     resumes from the newest complete one and ends with the same weights as an uninterrupted
     run. The checkpoints are deleted once the final model is saved.
 
-    Under ``torchrun`` (WORLD_SIZE > 1; see ``spectral_edit.distributed``) the model is sharded
-    over the processes with FSDP2 (full shard, one unit per decoder layer; GPUs with NCCL, CPU
-    processes with gloo) and every process takes
+    Under ``torchrun`` (``spectral_edit.distributed``, which sets ``fsdp``; None means
+    WORLD_SIZE > 1) the model is sharded over the processes with FSDP2 (full shard, one unit per
+    decoder layer; GPUs with NCCL, CPU processes with gloo, also a group of one) and every process takes
     batch_size / world_size examples of each step, so the global batch and the loss curve are
     those of one process; only rank 0 writes the output. ``gradient_checkpointing`` defaults
     to on when sharded. ``answer_only_head`` computes the language-model head only where the
@@ -498,7 +502,7 @@ def finetune(
     recipe = dict(recipe or {"kind": "full"})
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    sharded = world_size > 1
+    sharded = world_size > 1 if fsdp is None else bool(fsdp)
     batch_size = int(hyper["batch_size"])
     if sharded and batch_size % world_size:
         raise ConfigError(f"config: finetune.batch_size {batch_size} is not divisible by the {world_size} processes")
@@ -534,13 +538,14 @@ def finetune(
             rank=rank,
             gradient_checkpointing=bool(gradient_checkpointing),
             progress=progress,
+            sharded=sharded,
         )
         # The model is built after TrainingArguments: full_determinism re-seeds at creation,
         # so LoRA's random initialisation depends on the seed alone.
         model = load_model(base_dir)
         model.train()
         trainable, recipe_info = _wrap_for_recipe(model, recipe)
-        with _fsdp_on_cpu_processes(sharded and device.type == "cpu"):
+        with _fsdp_in_any_process_group(sharded):
             trainer = (AnswerOnlyLossTrainer if answer_only_head else Trainer)(
                 model=trainable,
                 args=args,

@@ -22,7 +22,12 @@ LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 2e-5
 
 
-def test_two_sharded_processes_give_the_loss_curve_and_weights_of_one(tmp_path, tiny_base_dir, tiny_data_dir, tiny_finetuned_dir):
+@pytest.mark.parametrize("processes", [2, 1])
+def test_sharded_processes_give_the_loss_curve_and_weights_of_one_unsharded(
+    processes, tmp_path, tiny_base_dir, tiny_data_dir, tiny_finetuned_dir
+):
+    """The launch a multi-GPU fine-tune takes, on CPU processes; one process is a group of one
+    (the one-GPU run of bench/gpu_check.sh), sharded all the same."""
     arguments = dict(
         base_dir=str(tiny_base_dir),
         train_path=str(tiny_data_dir / "train.jsonl"),
@@ -33,10 +38,10 @@ def test_two_sharded_processes_give_the_loss_curve_and_weights_of_one(tmp_path, 
         progress=False,
         runtime={"device": "cpu"},
     )
-    launch_finetune(2, arguments, log_dir=tmp_path / "ranks")
+    launch_finetune(processes, arguments, log_dir=tmp_path / "ranks")
     two = json.loads((tmp_path / "two" / "train_log.json").read_text())
     one = json.loads((tiny_finetuned_dir / "train_log.json").read_text())
-    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["processes"] == processes and one["processes"] == 1 and one["parallelism"] is None
     # FSDP2 on the CPU processes: the model sharded, one unit per decoder layer (its
     # _no_split_modules), with FSDP's own activation checkpointing.
     assert two["parallelism"] == "FSDPLlamaForCausalLM" and two["gradient_checkpointing"], two["parallelism"]
