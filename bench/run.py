@@ -67,6 +67,7 @@ from spectral_edit.data import read_meta, read_split  # noqa: E402
 from spectral_edit.evaluate import label_log_probs, shared_prefix_length  # noqa: E402
 from spectral_edit.models import load_model, load_tokenizer  # noqa: E402
 from spectral_edit.prompts import examples_of, formatter_for  # noqa: E402
+from spectral_edit.runtime import resolve as resolve_runtime  # noqa: E402
 from spectral_edit.svd_cache import compute_svd_cache, read_spectrum  # noqa: E402
 
 # Child process of figure 3: runs the SVD stage (or only the imports) and reports its peak memory.
@@ -91,6 +92,12 @@ if run == "1":
 time.sleep(0.05)
 print(json.dumps({"peak_anon_mb": max(peak[0], anon_mb())}))
 """
+
+
+def _where(device: torch.device, dtype: torch.dtype, threads: int) -> str:
+    """Where a figure ran: the GPU's name, or the CPU threads; and the dtype."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {threads} threads"
+    return f"{name}, {str(dtype).replace('torch.', '')}"
 
 
 def _paths(workdir: Path, config: dict, dataset: str | None = None) -> dict:
@@ -164,10 +171,11 @@ def cell_from_cache_vs_recomputed_svd(paths: dict, config: dict, retention: floa
     )
 
 
-def evaluation_throughput(paths: dict, config: dict, n_examples: int) -> None:
+def evaluation_throughput(paths: dict, config: dict, n_examples: int, runtime: dict) -> None:
     keys = paths["keys"]
     spec = config["datasets"][keys["dataset"]]
-    model = load_model(paths["finetuned"])
+    device, dtype = resolve_runtime(runtime)
+    model = load_model(paths["finetuned"]).to(device, dtype)
     formatter = formatter_for(load_tokenizer(paths["finetuned"]), spec)
     frame = read_split(paths["data"] / "eval.jsonl").head(n_examples)
     examples = examples_of(frame, read_meta(paths["data"] / "meta.json").get("text_fields", ["text"]))
@@ -183,12 +191,13 @@ def evaluation_throughput(paths: dict, config: dict, n_examples: int) -> None:
     started = time.perf_counter()
     with torch.no_grad():
         for i, example in enumerate(examples):
-            logits = model(input_ids=torch.tensor([formatter.prompt_ids(example)])).logits[0, -1]
-            plain[i] = torch.log_softmax(logits, -1)[label_ids].double().numpy()
+            logits = model(input_ids=torch.tensor([formatter.prompt_ids(example)], device=device)).logits[0, -1]
+            plain[i] = torch.log_softmax(logits.float(), -1)[label_ids].double().cpu().numpy()
     t_plain = time.perf_counter() - started
     same = int((ours.argmax(1) == plain.argmax(1)).sum())
     print(
-        f"[2] evaluation of {len(examples)} prompts ({threads} threads): {len(examples) / t_ours:.2f} examples/s batched "
+        f"[2] evaluation of {len(examples)} prompts ({_where(device, dtype, threads)}): "
+        f"{len(examples) / t_ours:.2f} examples/s batched "
         f"(batch {config['evaluation']['batch_size']}) vs {len(examples) / t_plain:.2f} examples/s plain transformers "
         f"-> {t_plain / t_ours:.2f}x; identical predictions {same}/{len(examples)}, "
         f"max |log p difference| {np.abs(ours - plain).max():.1e}"
@@ -365,7 +374,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "examples": record["
 
 
 def served_cells_vs_evaluation_pass(
-    paths: dict, config: dict, scratch: Path, methods=("top_k", "bottom_k", "uniform_shrink")
+    paths: dict, config: dict, scratch: Path, runtime: dict, methods=("top_k", "bottom_k", "uniform_shrink")
 ) -> None:
     from spectral_edit.cells import CellEvaluator
 
@@ -399,7 +408,6 @@ def served_cells_vs_evaluation_pass(
         )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    runtime = {"device": "auto", "dtype": "auto"}
     served_arguments = {
         "model_dir": str(paths["base"]),
         "checkpoint_files": [str(paths["finetuned"] / "model.safetensors")],
@@ -436,14 +444,14 @@ def served_cells_vs_evaluation_pass(
     )
     same = all(served[m]["examples"] == own[m]["examples"] for m in methods)
     print(
-        f"[7] edited cell ({', '.join(methods)} at retention {retention}, {threads} threads, mean): "
+        f"[7] edited cell ({', '.join(methods)} at retention {retention}, {_where(*resolve_runtime(runtime), threads)}, mean): "
         f"{t_served:.1f} s served by the checkpoint's server vs {t_pass:.1f} s for the evaluation pass alone "
         f"-> {t_served / t_pass:.2f}x; {t_own:.1f} s as its own process (before) -> {t_own / t_served:.2f}x faster; "
         f"identical per-example scores: {same}"
     )
 
 
-def checkpoint_cells_through_snakemake(paths: dict, config: dict, configfiles: list[Path], scratch: Path) -> None:
+def checkpoint_cells_through_snakemake(paths: dict, config: dict, configfiles: list[Path], scratch: Path, runtime: dict) -> None:
     """Figure 7, second part: every edited cell of one checkpoint run by Snakemake itself
     (--cores 2, as the README's command runs them), served by the checkpoint's server against
     each cell in its own process (evaluation.server.enabled false), beside the evaluation passes
@@ -457,6 +465,8 @@ def checkpoint_cells_through_snakemake(paths: dict, config: dict, configfiles: l
     targets = [layout.CELL.format(**keys, **cell) for cell in cells]
     own_process = scratch / "own-process.yaml"
     own_process.write_text("evaluation:\n  server:\n    enabled: false\n")
+    runtime_overlay = scratch / "runtime.yaml"
+    runtime_overlay.write_text(json.dumps({"runtime": runtime}))  # JSON is YAML
     seconds = {}
     for arrangement, overlay in (("served", []), ("own process", [own_process])):
         workdir = scratch / arrangement.replace(" ", "-")
@@ -465,7 +475,8 @@ def checkpoint_cells_through_snakemake(paths: dict, config: dict, configfiles: l
             (workdir / layout.RESULTS / part).symlink_to(paths["base"].parents[1] / part)
         command = [
             str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-            "--cores", "2", "--allowed-rules", "evaluate_edit", "--configfile", *map(str, [*configfiles, *overlay]),
+            "--cores", "2", "--allowed-rules", "evaluate_edit", "--configfile",
+            *map(str, [*configfiles, runtime_overlay, *overlay]),
             "--", *targets,
         ]  # fmt: skip
         started = time.perf_counter()
@@ -477,7 +488,7 @@ def checkpoint_cells_through_snakemake(paths: dict, config: dict, configfiles: l
 
     same = all(examples("served", t) == examples("own-process", t) for t in targets)
     spec = config["datasets"][keys["dataset"]]
-    evaluator = CellEvaluator(paths["base"], {"device": "auto", "dtype": "auto"})
+    evaluator = CellEvaluator(paths["base"], runtime)
     frame, meta = read_split(paths["data"] / "eval.jsonl"), read_meta(paths["data"] / "meta.json")
     passes = 0.0
     for cell in cells:
@@ -502,7 +513,8 @@ def checkpoint_cells_through_snakemake(paths: dict, config: dict, configfiles: l
         f"[7] all {len(cells)} edited cells of {keys['dataset']} ({len(frame)} examples each) through snakemake --cores 2: "
         f"{seconds['served']:.0f} s served vs {seconds['own process']:.0f} s each in its own process "
         f"({seconds['own process'] / seconds['served']:.2f}x); the {len(cells)} evaluation passes alone {passes:.0f} s "
-        f"({torch.get_num_threads()} threads) -> served at {seconds['served'] / passes:.2f}x the passes; "
+        f"({_where(*resolve_runtime(runtime), torch.get_num_threads())}) -> "
+        f"served at {seconds['served'] / passes:.2f}x the passes; "
         f"identical per-example scores: {same}"
     )
 
@@ -564,14 +576,14 @@ print(json.dumps({"rc": result.returncode, "wall_s": time.perf_counter() - start
 WORKFLOW_EVALUATION = r"""
 import json, sys, time
 import torch
-model_dir, data_dir, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-n, batch_size, threads, profiled = map(int, sys.argv[4:])
+model_dir, data_dir, spec, device, dtype = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+n, batch_size, threads, profiled = map(int, sys.argv[6:])
 torch.set_num_threads(threads)
 from spectral_edit.data import read_meta, read_split
 from spectral_edit.evaluate import label_log_probs
 from spectral_edit.models import load_model, load_tokenizer
 from spectral_edit.prompts import examples_of, formatter_for
-model = load_model(model_dir)
+model = load_model(model_dir).to(device, getattr(torch, dtype))
 formatter = formatter_for(load_tokenizer(model_dir), spec)
 frame = read_split(f"{data_dir}/eval.jsonl").head(n)
 examples = examples_of(frame, read_meta(f"{data_dir}/meta.json").get("text_fields", ["text"]))
@@ -580,7 +592,7 @@ started = time.perf_counter()
 scores = label_log_probs(model, formatter, examples, batch_size, progress=False, stats=stats)
 stats["scoring_s"] = time.perf_counter() - started
 stats["single_token_labels"] = all(len(ids) == 1 for ids in formatter.answer_ids)
-if profiled:  # where the scoring time goes (in a run of its own: not in the timed process)
+if profiled and device == "cpu":  # where the scoring time goes (in a run of its own: not in the timed process)
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         label_log_probs(model, formatter, examples, batch_size, progress=False)
@@ -622,7 +634,7 @@ def matmul_rate(m: int, k: int, n: int, threads: int, repeats: int = 20) -> floa
     return 2 * m * k * n / best
 
 
-def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, scratch: Path) -> None:
+def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, scratch: Path, runtime: dict) -> None:
     lm_eval = Path(sys.executable).with_name("lm_eval")
     if not lm_eval.exists():
         print("[9] lm-evaluation-harness is not installed (bash setup.sh installs it): comparison skipped")
@@ -632,6 +644,8 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
     keys = paths["keys"]
     spec = config["datasets"][keys["dataset"]]
     batch_size, threads = config["evaluation"]["batch_size"], torch.get_num_threads()
+    device, dtype = resolve_runtime(runtime)
+    dtype_name = str(dtype).replace("torch.", "")
     n = min(n_examples, len(read_split(paths["data"] / "eval.jsonl")))
     env = {
         **os.environ,
@@ -646,6 +660,8 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
         str(paths["finetuned"]),
         str(paths["data"]),
         json.dumps(spec),
+        device.type,
+        dtype_name,
         str(n),
         str(batch_size),
         str(threads),
@@ -661,7 +677,7 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
             "--model",
             "hf",
             "--model_args",
-            f"pretrained={paths['finetuned']},dtype=float32",
+            f"pretrained={paths['finetuned']},dtype={dtype_name}",
             "--include_path",
             str(task.parent),
             "--tasks",
@@ -672,7 +688,7 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
             "--limit",
             str(n),
             "--device",
-            "cpu",
+            device.type,
             "--log_samples",
             "--output_path",
             str(scratch / "lm-eval"),
@@ -811,7 +827,10 @@ def main() -> None:
     parser.add_argument("--retention", type=float, default=0.01)
     parser.add_argument("--examples", type=int, default=160, help="prompts in the throughput comparison")
     parser.add_argument("--only", type=int, nargs="+", default=list(range(1, 11)), help="which figures to measure")
+    parser.add_argument("--device", default="auto", help="runtime.device of figures 2, 7 and 9 (auto: a GPU if any)")
+    parser.add_argument("--dtype", default="auto", help="runtime.dtype of figures 2, 7 and 9 (auto: bf16 on a GPU, else fp32)")
     args = parser.parse_args()
+    runtime = {"device": args.device, "dtype": args.dtype}
     config = load_config(*args.configfile)
     paths = _paths(args.workdir, config, args.dataset)
     print(f"bench: {paths['keys']} in {args.workdir}, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -819,17 +838,17 @@ def main() -> None:
         scratch = Path(scratch)
         figures = {
             1: lambda: cell_from_cache_vs_recomputed_svd(paths, config, args.retention, scratch),
-            2: lambda: evaluation_throughput(paths, config, args.examples),
+            2: lambda: evaluation_throughput(paths, config, args.examples, runtime),
             3: lambda: svd_stage_peak_memory(paths, config, scratch),
             4: paper_grid_dry_run,
             5: lambda: shared_prefix_vs_whole_prompts(paths, config, args.examples),
             6: lambda: fused_vs_foreach_adamw(paths, config),
             7: lambda: (
-                served_cells_vs_evaluation_pass(paths, config, scratch),
-                checkpoint_cells_through_snakemake(paths, config, args.configfile, scratch),
+                served_cells_vs_evaluation_pass(paths, config, scratch, runtime),
+                checkpoint_cells_through_snakemake(paths, config, args.configfile, scratch, runtime),
             ),
             8: lambda: cache_sizes(paths),
-            9: lambda: against_lm_evaluation_harness(paths, config, args.examples, scratch),
+            9: lambda: against_lm_evaluation_harness(paths, config, args.examples, scratch, runtime),
             10: lambda: finetuning_step_rates(paths, config, scratch),
         }
         for figure in args.only:
