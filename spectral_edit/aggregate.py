@@ -26,7 +26,7 @@ import pandas as pd
 from .intervals import STATISTICS, GroupDesign, align, bootstrap_intervals, mcnemar_counts, mcnemar_exact
 from .metrics import top_answer
 from .stats import CELL_COLUMNS, TEST_COLUMNS
-from .table1 import NoCostZone, regimes, sweet_spots, table1_markdown
+from .table1 import NoCostZone, regimes, sweet_spots, table1_markdown, zone_resolution
 
 KEYS = ["model", "dataset", "seed", "finetune", "method", "retention"]
 METRICS = ["accuracy", "accuracy_majority", "accuracy_minority", "gap", "worst_group_accuracy"]
@@ -347,7 +347,7 @@ def _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) -> dict
     summary = summarise(cells, scores, bootstrap)
     zone = NoCostZone.from_analysis(analysis)
     regime_table = regimes(summary, analysis, cells, metas)
-    table1 = sweet_spots(summary, zone, regime_table)
+    table1 = zone_resolution(sweet_spots(summary, zone, regime_table), cells, zone)
     headline = analysis.get("sweet_spot_method", "top_k")
     trajectories = summary[summary["method"].isin([headline, "finetuned", "base"])]
     # Scored where Table 1 has a number: the natural regime, with a gap to reduce.

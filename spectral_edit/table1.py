@@ -205,6 +205,80 @@ def sweet_spots(summary: pd.DataFrame, zone: NoCostZone, regime_table: pd.DataFr
     return pd.DataFrame(rows)
 
 
+def _needed(fixed_sq: float, scaled_sq: float, now: int, margin: float) -> float:
+    """The least count c with fixed_sq + scaled_sq * now / c < margin**2 (inf when the fixed
+    part alone fills the margin, NaN when the margin is not positive)."""
+    if not margin > 0:
+        return math.nan
+    room = margin**2 - fixed_sq
+    if room <= 0:
+        return math.inf
+    return float(max(1, math.floor(scaled_sq * now / room) + 1))
+
+
+def zone_resolution(table1: pd.DataFrame, cells: pd.DataFrame, zone: NoCostZone) -> pd.DataFrame:
+    """Table 1 with what it took, or would take, to resolve the no-cost zone at each method's
+    best in-zone retention, and the seed-to-seed spread of the fine-tuned gap.
+
+    The seed-mean interval of the accuracy loss (two-level: seeds and examples; all seeds are
+    scored on the same split) has upper half-width h; one seed's own interval (examples only)
+    has half-width h_ex (the mean over seeds). Read as h**2 = h_seed**2 + h_ex**2, the seed part
+    shrinks as 1/seeds and the example part, shared by the seeds, as 1/examples. With the mean
+    loss as measured, the zone is resolved when h < margin (the zone's bound minus the mean):
+    ``seeds_to_resolve`` at the same examples and ``examples_to_resolve`` at the same seeds are
+    the least counts that give that (inf: the other part alone is too wide; empty: one seed,
+    so the seed part is unknown, or a mean loss outside the zone). A projection from the
+    measured spread, not a guarantee: another run's spread differs. The lower bound of a zone
+    with ``from_pp`` is treated alike with the lower half-widths.
+    """
+    table1 = table1.copy()
+    finetuned = cells[cells["method"] == "finetuned"]
+    for column in ("n_eval", "ft_gap_by_seed", "ft_gap_spread", "seeds_to_resolve", "examples_to_resolve"):
+        table1[column] = math.nan if column != "ft_gap_by_seed" else ""
+    for index, row in table1.iterrows():
+        key = (row["model"], row["dataset"], row["finetune"])
+        ft = finetuned[(finetuned["model"] == key[0]) & (finetuned["dataset"] == key[1]) & (finetuned["finetune"] == key[2])]
+        ft = ft.sort_values("seed")
+        if len(ft):
+            table1.at[index, "n_eval"] = int(ft["n_eval"].median())
+            table1.at[index, "ft_gap_by_seed"] = " / ".join(f"{g:.3f}" for g in ft["gap"])
+            table1.at[index, "ft_gap_spread"] = float(ft["gap"].max() - ft["gap"].min())
+        retention = row["best_in_zone_retention"]
+        if pd.isna(retention) or int(row["n_seeds"]) < 2 or not zone.contains(row["accuracy_loss_mean"]):
+            continue
+        at = cells[
+            (cells["model"] == key[0])
+            & (cells["dataset"] == key[1])
+            & (cells["finetune"] == key[2])
+            & (cells["method"] == row["method"])
+            & np.isclose(cells["retention"].astype(float), float(retention))
+        ]
+        mean, n_seeds, n_eval = float(row["accuracy_loss_mean"]), int(row["n_seeds"]), int(table1.at[index, "n_eval"])
+        sides = [
+            (
+                float(row["accuracy_loss_hi"]) - mean,
+                float((at["accuracy_loss_hi"] - at["accuracy_loss"]).mean()),
+                zone.below_pp - mean,
+            )
+        ]
+        if zone.from_pp is not None:
+            sides.append(
+                (
+                    mean - float(row["accuracy_loss_lo"]),
+                    float((at["accuracy_loss"] - at["accuracy_loss_lo"]).mean()),
+                    mean - zone.from_pp,
+                )
+            )
+        seeds, examples = [], []
+        for half, half_ex, margin in sides:
+            seed_sq = max(0.0, half**2 - half_ex**2)
+            seeds.append(_needed(half_ex**2, seed_sq, n_seeds, margin))
+            examples.append(_needed(seed_sq, half_ex**2, n_eval, margin))
+        table1.at[index, "seeds_to_resolve"] = max(seeds)
+        table1.at[index, "examples_to_resolve"] = max(examples)
+    return table1
+
+
 def _with_interval(mean: float, low: float, high: float, digits: int = 1) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"

@@ -422,3 +422,49 @@ def test_each_cell_picks_each_methods_best_in_zone_point_and_top_k_is_tested_aga
     assert row["mean_difference_lo"] < 0 < row["mean_difference_hi"]
     assert row["wilcoxon_p"] == pytest.approx(scipy_stats.wilcoxon([-10.0, 25.0, -15.0]).pvalue)
     assert "bottom_k" not in tests.index  # no in-zone point in any cell: nothing to pair
+
+
+def _resolution_frames(mean: float, high: float, per_seed_half: float, n_seeds: int = 3, low: float | None = None):
+    """One Table 1 row at retention 0.1 and its per-seed cells: accuracy loss `mean` (pp) with
+    the two-level interval up to `high`; each seed's own interval `per_seed_half` above it."""
+    key = {"model": "m", "dataset": "d", "finetune": "full"}
+    row = {**key, "method": "top_k", "n_seeds": n_seeds, "best_in_zone_retention": 0.1, "accuracy_loss_mean": mean}
+    row.update(accuracy_loss_hi=high, accuracy_loss_lo=mean - (high - mean) if low is None else low)
+    seeds = range(n_seeds)
+    edited = [
+        {**key, "method": "top_k", "seed": s, "retention": 0.1, "accuracy_loss": mean, "accuracy_loss_hi": mean + per_seed_half}
+        for s in seeds
+    ]
+    for cell in edited:
+        cell["accuracy_loss_lo"] = cell["accuracy_loss"] - per_seed_half
+    gaps = [0.39, 0.28, 0.19][:n_seeds]
+    finetuned = [{**key, "method": "finetuned", "seed": s, "retention": math.nan, "gap": gaps[s], "n_eval": 200} for s in seeds]
+    return pd.DataFrame([row]), pd.DataFrame(edited + finetuned)
+
+
+def test_the_seeds_and_examples_that_resolve_the_zone_are_projected_from_the_two_parts_of_the_interval():
+    from spectral_edit.table1 import zone_resolution
+
+    # h = 2.0 above a mean of 0.5, one seed's own 1.2: seed part 4 - 1.44 = 2.56, margin 1.5 (2.25).
+    table1, cells = _resolution_frames(mean=0.5, high=2.5, per_seed_half=1.2)
+    row = zone_resolution(table1, cells, NoCostZone()).iloc[0]
+    assert row["n_eval"] == 200 and row["ft_gap_by_seed"] == "0.390 / 0.280 / 0.190"
+    assert row["ft_gap_spread"] == pytest.approx(0.20)
+    assert row["seeds_to_resolve"] == math.floor(2.56 * 3 / (2.25 - 1.44)) + 1  # 10 seeds at 200 examples
+    assert math.isinf(row["examples_to_resolve"])  # the seed part alone (2.56) exceeds 2.25
+    # No seed variance: the interval is the examples' alone, more seeds do not narrow it.
+    table1, cells = _resolution_frames(mean=0.5, high=2.5, per_seed_half=2.0)
+    row = zone_resolution(table1, cells, NoCostZone()).iloc[0]
+    assert math.isinf(row["seeds_to_resolve"]) and row["examples_to_resolve"] == math.floor(4.0 * 200 / 2.25) + 1
+    # Already resolved: the counts it takes are at most the ones it had.
+    table1, cells = _resolution_frames(mean=-3.0, high=1.0, per_seed_half=2.0)
+    row = zone_resolution(table1, cells, NoCostZone()).iloc[0]
+    assert row["seeds_to_resolve"] <= 3 and row["examples_to_resolve"] <= 200
+    # One seed: the seed part is unknown; a mean outside the zone: no projection.
+    for frames in (_resolution_frames(0.5, 2.5, 1.2, n_seeds=1), _resolution_frames(2.5, 4.0, 1.0)):
+        row = zone_resolution(*frames, NoCostZone()).iloc[0]
+        assert math.isnan(row["seeds_to_resolve"]) and math.isnan(row["examples_to_resolve"])
+    # A zone with a lower bound also needs the lower side inside it.
+    table1, cells = _resolution_frames(mean=0.5, high=1.0, per_seed_half=0.3, low=-1.5)
+    row = zone_resolution(table1, cells, NoCostZone(below_pp=2.0, from_pp=0.0)).iloc[0]
+    assert row["seeds_to_resolve"] == math.floor((4.0 - 0.09) * 3 / (0.25 - 0.09)) + 1
