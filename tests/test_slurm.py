@@ -112,7 +112,10 @@ def test_workflow_through_slurm_equals_a_local_run(slurm, local_run, tmp_path):
     # It ran as a job step of its own, so the end of the first cell's step did not take it along.
     server_log = next((cluster / "logs/evaluation_server").rglob("*.log")).read_text()
     assert server_log.count("--- started by pid") == 1 and "as a SLURM job step (srun --overlap)" in server_log
-    assert not subprocess.run(["pgrep", "-f", "spectral_edit.evaluation_server"], capture_output=True).stdout
+    # No server left: this run's own (other runs on the machine may have theirs).
+    ((_, server_pid),) = servers
+    cmdline = Path(f"/proc/{server_pid}/cmdline")
+    assert not cmdline.exists() or b"evaluation_server" not in cmdline.read_bytes(), f"server {server_pid} still runs"
     assert len(ours) < len(cluster_cells) + 5  # far fewer jobs than one per cell and per step
 
     # Same numbers as the local run: metrics and every per-example score.
