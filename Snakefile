@@ -21,9 +21,9 @@ envvars:
 
 from spectral_edit import layout
 from spectral_edit.benchmarks.spec import check_benchmarks
-from spectral_edit.config import SCHEMA_PATH, canonical, check_config, read_config_file, validate_schema
+from spectral_edit.plan.config import SCHEMA_PATH, canonical, check_config, read_config_file, validate_schema
 from spectral_edit.errors import ConfigError
-from spectral_edit.prompts import check_label_words
+from spectral_edit.data.prompts import check_label_words
 
 # Snakemake's own reader gives a traceback for a binary or non-UTF-8 file; say it in one line.
 # (A file given with --configfile is read by Snakemake's command line before this file runs.)

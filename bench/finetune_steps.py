@@ -28,7 +28,7 @@ def main() -> None:
     if mode in ("answer_only", "before"):
         import contextlib
 
-        import spectral_edit.finetune as ft
+        import spectral_edit.train.finetune as ft
 
         if mode == "before":
             ft._deterministic_without_filling = contextlib.nullcontext
@@ -38,8 +38,8 @@ def main() -> None:
         return
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from spectral_edit.finetune import build_training_dataset
     from spectral_edit.models import load_model, load_tokenizer
+    from spectral_edit.train.finetune import build_training_dataset
 
     tokenizer = load_tokenizer(base_dir)
     dataset, _ = build_training_dataset(tokenizer, spec, train, int(hyper.get("max_length", 512)))

@@ -8,7 +8,7 @@
 #      base model and data; every cell of the two compared (label log-probabilities,
 #      predictions, accuracy and gap);
 #   2. bench figures 2, 7 and 9 on the GPU in bf16 (bench/run.py --device cuda);
-#   3. the FSDP launch (torchrun, spectral_edit.distributed) as a group of one GPU against the
+#   3. the FSDP launch (torchrun, spectral_edit.train.distributed) as a group of one GPU against the
 #      same fine-tune unsharded, fp32: loss curves and weights compared;
 #
 # and writes the table of results, headed by the card's name, to OUT/gpu_table.md and into
@@ -73,9 +73,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 from spectral_edit import layout
-from spectral_edit.config import load_config, recipe_for_dataset
-from spectral_edit.distributed import launch_finetune
-from spectral_edit.finetune import finetune
+from spectral_edit.plan.config import load_config, recipe_for_dataset
+from spectral_edit.train.distributed import launch_finetune
+from spectral_edit.train.finetune import finetune
 
 out = Path(sys.argv[1])
 config = load_config(*sys.argv[2:])

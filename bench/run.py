@@ -9,7 +9,7 @@ It prints these figures, each measured side by side in this one run:
 
 1. one edit-and-evaluate cell from the cached SVD against the same cell when the SVD of every
    dW has to be computed for it (ratio of wall times; the cell metrics must be identical);
-2. evaluation throughput of ``spectral_edit.evaluate`` (left-padded batches, LM head at the
+2. evaluation throughput of ``spectral_edit.evaluate.scoring`` (left-padded batches, LM head at the
    answer position only) against a straightforward ``transformers`` loop over the same prompts
    (one full forward pass per prompt), with the number of identical predictions;
 3. peak memory of the SVD stage (a child process: its anonymous resident memory, sampled) against
@@ -61,14 +61,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from spectral_edit import layout  # noqa: E402
-from spectral_edit.cells import evaluate_cell  # noqa: E402
-from spectral_edit.config import load_config  # noqa: E402
 from spectral_edit.data import read_meta, read_split  # noqa: E402
-from spectral_edit.evaluate import label_log_probs, shared_prefix_length  # noqa: E402
+from spectral_edit.data.prompts import examples_of, formatter_for  # noqa: E402
+from spectral_edit.edit.svd_cache import compute_svd_cache, read_spectrum  # noqa: E402
+from spectral_edit.evaluate.cells import evaluate_cell  # noqa: E402
+from spectral_edit.evaluate.scoring import label_log_probs, shared_prefix_length  # noqa: E402
 from spectral_edit.models import load_model, load_tokenizer  # noqa: E402
-from spectral_edit.prompts import examples_of, formatter_for  # noqa: E402
+from spectral_edit.plan.config import load_config  # noqa: E402
 from spectral_edit.runtime import resolve as resolve_runtime  # noqa: E402
-from spectral_edit.svd_cache import compute_svd_cache, read_spectrum  # noqa: E402
 
 # Child process of figure 3: runs the SVD stage (or only the imports) and reports its peak memory.
 # The child samples its anonymous resident memory (RssAnon: tensors and buffers it allocated)
@@ -85,7 +85,7 @@ def sample():
         peak[0] = max(peak[0], anon_mb())
         time.sleep(0.005)
 threading.Thread(target=sample, daemon=True).start()
-from spectral_edit.svd_cache import compute_svd_cache
+from spectral_edit.edit.svd_cache import compute_svd_cache
 base, finetuned, out, include_embeddings, run = sys.argv[1:6]
 if run == "1":
     compute_svd_cache(base, finetuned, out, include_embeddings=include_embeddings == "1", progress=False)
@@ -356,7 +356,7 @@ import json, sys, time
 started = time.perf_counter()
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from spectral_edit.cells import evaluate_cell
+from spectral_edit.evaluate.cells import evaluate_cell
 request = json.loads(sys.argv[1])
 record = evaluate_cell(out_path=request.pop("out_path"), progress=False, **request)
 print(json.dumps({"seconds": time.perf_counter() - started, "examples": record["examples"]}))
@@ -365,7 +365,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "examples": record["
 _SERVED_CELL = """
 import json, sys, time
 started = time.perf_counter()
-from spectral_edit.evaluation_client import serve_cell
+from spectral_edit.evaluate.client import serve_cell
 arguments = json.loads(sys.argv[1])
 record = serve_cell(arguments.pop("request"), note=lambda *_: None, **arguments)
 print(json.dumps({"seconds": time.perf_counter() - started, "examples": record["examples"],
@@ -376,7 +376,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "examples": record["
 def served_cells_vs_evaluation_pass(
     paths: dict, config: dict, scratch: Path, runtime: dict, methods=("top_k", "bottom_k", "uniform_shrink")
 ) -> None:
-    from spectral_edit.cells import CellEvaluator
+    from spectral_edit.evaluate.cells import CellEvaluator
 
     keys = paths["keys"]
     spec = config["datasets"][keys["dataset"]]
@@ -432,13 +432,13 @@ def served_cells_vs_evaluation_pass(
         frame = read_split(paths["data"] / "eval.jsonl")
         formatter = formatter_for(evaluator.tokenizer, spec)
         started = time.perf_counter()
-        from spectral_edit.evaluate import evaluate_model
+        from spectral_edit.evaluate.scoring import evaluate_model
 
         evaluate_model(
             evaluator.model, formatter, frame, read_meta(paths["data"] / "meta.json"), config["evaluation"]["batch_size"], False
         )
         passes[method] = time.perf_counter() - started
-    subprocess.run(["pkill", "-f", f"spectral_edit.evaluation_server.*{env['TMPDIR']}"], check=False)
+    subprocess.run(["pkill", "-f", f"spectral_edit.evaluate.server.*{env['TMPDIR']}"], check=False)
     t_served, t_own, t_pass = (
         sum(x[m]["seconds"] if isinstance(x[m], dict) else x[m] for m in methods) / len(methods) for x in (served, own, passes)
     )
@@ -457,8 +457,8 @@ def checkpoint_cells_through_snakemake(paths: dict, config: dict, configfiles: l
     each cell in its own process (evaluation.server.enabled false), beside the evaluation passes
     alone. Each run has a scratch directory whose results/ links the existing base model, data,
     fine-tune and SVD cache, so only the cells run and the repo's results are not touched."""
-    from spectral_edit.cells import CellEvaluator
-    from spectral_edit.evaluate import evaluate_model
+    from spectral_edit.evaluate.cells import CellEvaluator
+    from spectral_edit.evaluate.scoring import evaluate_model
 
     keys, grid = paths["keys"], config["grid"]
     cells = [{"method": m, "retention": layout.format_retention(r)} for m in grid["methods"] for r in grid["retentions"]]
@@ -580,9 +580,9 @@ model_dir, data_dir, spec, device, dtype = sys.argv[1], sys.argv[2], json.loads(
 n, batch_size, threads, profiled = map(int, sys.argv[6:])
 torch.set_num_threads(threads)
 from spectral_edit.data import read_meta, read_split
-from spectral_edit.evaluate import label_log_probs
+from spectral_edit.evaluate.scoring import label_log_probs
 from spectral_edit.models import load_model, load_tokenizer
-from spectral_edit.prompts import examples_of, formatter_for
+from spectral_edit.data.prompts import examples_of, formatter_for
 model = load_model(model_dir).to(device, getattr(torch, dtype))
 formatter = formatter_for(load_tokenizer(model_dir), spec)
 frame = read_split(f"{data_dir}/eval.jsonl").head(n)
@@ -639,7 +639,7 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
     if not lm_eval.exists():
         print("[9] lm-evaluation-harness is not installed (bash setup.sh installs it): comparison skipped")
         return
-    from spectral_edit.lm_eval_task import write_task
+    from spectral_edit.benchmarks.lm_eval_task import write_task
 
     keys = paths["keys"]
     spec = config["datasets"][keys["dataset"]]
@@ -722,7 +722,7 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
     model_config = json.loads((paths["finetuned"] / "config.json").read_text())
     from safetensors import safe_open
 
-    from spectral_edit.svd_cache import is_embedding
+    from spectral_edit.edit.svd_cache import is_embedding
 
     with safe_open(str(paths["finetuned"] / "model.safetensors"), framework="pt") as handle:
         shapes = {k: handle.get_slice(k).get_shape() for k in handle.keys()}
@@ -751,7 +751,7 @@ def finetuning_step_rates(paths: dict, config: dict, scratch: Path, steps: int =
     and the difference of the first two runs' loss curves and weights."""
     from safetensors.torch import load_file
 
-    from spectral_edit.prompts import training_features
+    from spectral_edit.data.prompts import training_features
 
     keys = paths["keys"]
     dataset = config["datasets"][keys["dataset"]]

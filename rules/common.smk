@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from spectral_edit.benchmarks.spec import dataset_benchmarks, resolve_benchmark
-from spectral_edit.config import grid_cells, grid_finetunes, recipe_for_dataset, resolve_finetune, resolve_method
+from spectral_edit.plan.config import grid_cells, grid_finetunes, recipe_for_dataset, resolve_finetune, resolve_method
 from spectral_edit.data import is_instruction
 from spectral_edit.layout import figure_names  # not from figures.py: that imports matplotlib
-from spectral_edit.resources import rule_resources
+from spectral_edit.plan.resources import rule_resources
 
 CONDA_ENV = "../envs/spectral-edit.yaml"
 
@@ -287,7 +287,7 @@ def diagnostic_figures(name):
 
 
 def cluster_resources(kind, with_recipe=False):
-    """Resources of a rule's jobs from the model's size (spectral_edit/resources.py).
+    """Resources of a rule's jobs from the model's size (spectral_edit/plan/resources.py).
 
     A profile's set-resources overrides them per rule; a local run ignores gpu and runtime.
     """

@@ -1,6 +1,6 @@
 # Evaluation cells. An edited model is built in memory from the base weights, the fine-tuned
 # weights and the SVD cache; it is never written to disk. The cells of one checkpoint are
-# evaluated by one server process that loads the model once (spectral_edit.evaluation_client).
+# evaluated by one server process that loads the model once (spectral_edit.evaluate.client).
 # A cell claims the cores its server computes with (EVALUATION_THREADS, rules/common.smk), so
 # the scheduler never runs two cells that wait on one server while a core idles.
 

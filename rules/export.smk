@@ -1,5 +1,5 @@
 # Taking results out: any cell as a Hugging Face model directory and as an exact PEFT LoRA
-# adapter (spectral_edit.export), by its path under results/export/, and Table 1's sweet spots
+# adapter (spectral_edit.export.artifacts), by its path under results/export/, and Table 1's sweet spots
 # with `snakemake export_sweet_spots`.
 
 

@@ -54,7 +54,7 @@ FIGURES_DIR = RESULTS + "/figures"
 
 NO_RETENTION = "none"
 FIGURE_FORMATS = ("png", "pdf")
-# The figures (spectral_edit/figures.py draws them). Named here, not there, so that planning
+# The figures (spectral_edit/analysis/figures.py draws them). Named here, not there, so that planning
 # does not import matplotlib and pandas to know them.
 CORE_FIGURES = ("trajectory", "retention_sweep", "method_comparison", "cell_comparison", "spectrum")
 SUBSET_METHODS = ("top_k_attention", "top_k_mlp", "top_k_first_half", "top_k_second_half")
@@ -64,7 +64,7 @@ def figure_names(config: Mapping, surgery_policies: Mapping[str, str] | None = N
     """The figures a config produces: those of its label-word tasks (the core four, and those of
     the controls and methods it names), the spectra, and those of its benchmarks.
     ``surgery_policies`` maps grid methods to their Spectral Surgery policy."""
-    from .config import resolve_method  # local import: config imports this module
+    from spectral_edit.plan.config import resolve_method  # local import: config imports this module
 
     grid, datasets = config["grid"], config["datasets"]
     label_words = any(datasets[d].get("kind", "classification") != "instruction" for d in grid["datasets"])

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
 
-from .atomic import atomic_directory_files
-from .errors import ConfigError
+from spectral_edit.atomic import atomic_directory_files
+from spectral_edit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from .errors import ConfigError
+from spectral_edit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

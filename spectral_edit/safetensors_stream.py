@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
+from spectral_edit.atomic import atomic_path
 
 DTYPE_CODES = {
     torch.float64: "F64",
@@ -95,7 +95,7 @@ def open_safetensors(path):
     (truncated by a full disk, a killed copy) is one line naming it and saying how to rebuild it."""
     from safetensors import SafetensorError, safe_open
 
-    from .errors import DamagedFileError
+    from spectral_edit.errors import DamagedFileError
 
     try:
         return safe_open(str(path), framework="pt")

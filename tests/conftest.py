@@ -50,7 +50,7 @@ TINY_HYPER = {"steps": 4, "batch_size": 8, "learning_rate": 3e-3, "max_length": 
 
 @pytest.fixture(scope="session")
 def tiny_finetuned_dir(tmp_path_factory, tiny_base_dir, tiny_data_dir) -> Path:
-    from spectral_edit.finetune import finetune
+    from spectral_edit.train.finetune import finetune
 
     out = tmp_path_factory.mktemp("tiny-ft")
     finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", out, TINY_DATASET, TINY_HYPER, seed=0, progress=False)
@@ -86,8 +86,8 @@ def smollm2_dir(tmp_path_factory) -> Path:
 def smollm2_update(smollm2_dir, tiny_data_dir, tmp_path_factory):
     """Two SFT steps of SmolLM2 on generated reviews (a real, full-rank update), and its SVD cache:
     (fine-tuned directory, factors file, spectrum)."""
-    from spectral_edit.finetune import finetune
-    from spectral_edit.svd_cache import compute_svd_cache
+    from spectral_edit.edit.svd_cache import compute_svd_cache
+    from spectral_edit.train.finetune import finetune
 
     finetuned = tmp_path_factory.mktemp("smollm2-ft")
     finetune(

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distributed.py: the fine-tune of spectral_edit.distributed,
+"""Run under torchrun by tests/test_distributed.py: the fine-tune of spectral_edit.train.distributed,
 preempted when KILL_AT is set (rank 0 SIGKILLs itself in the middle of saving that step's
 checkpoint, before its completion marker; torchrun then stops the other rank)."""
 
@@ -6,8 +6,8 @@ import os
 import signal
 import sys
 
-import spectral_edit.finetune as ft
-from spectral_edit.distributed import main
+import spectral_edit.train.finetune as ft
+from spectral_edit.train.distributed import main
 
 kill_at = int(os.environ.get("KILL_AT", "0"))
 if kill_at:

@@ -37,8 +37,8 @@ def main(form, export_dir, base_dir, eval_dir, prompt_json, out_json):
     model.eval()
     # Scoring only (the prompt format and label words of the cell); no workflow code built the model.
     from spectral_edit.data import read_meta, read_split
-    from spectral_edit.evaluate import evaluate_model
-    from spectral_edit.prompts import formatter_for
+    from spectral_edit.data.prompts import formatter_for
+    from spectral_edit.evaluate.scoring import evaluate_model
 
     result = evaluate_model(
         model,

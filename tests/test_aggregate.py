@@ -9,10 +9,16 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from spectral_edit.aggregate import build_tables
-from spectral_edit.intervals import GroupDesign, bootstrap_intervals, mcnemar_exact, point_statistics, resolvable_difference_pp
-from spectral_edit.metrics import group_metrics
-from spectral_edit.table1 import NoCostZone, sweet_spot_cells
+from spectral_edit.analysis.aggregate import build_tables
+from spectral_edit.analysis.intervals import (
+    GroupDesign,
+    bootstrap_intervals,
+    mcnemar_exact,
+    point_statistics,
+    resolvable_difference_pp,
+)
+from spectral_edit.analysis.table1 import NoCostZone, sweet_spot_cells
+from spectral_edit.evaluate.metrics import group_metrics
 
 MAJORITY = ["negative|marker=1", "positive|marker=0"]
 MINORITY = ["negative|marker=0", "positive|marker=1"]
@@ -396,7 +402,7 @@ def _cell_rows(points):
 
 
 def test_each_cell_picks_each_methods_best_in_zone_point_and_top_k_is_tested_against_every_control():
-    from spectral_edit.stats import best_in_zone_per_cell, paired_against
+    from spectral_edit.analysis.stats import best_in_zone_per_cell, paired_against
 
     cells = _cell_rows(
         [
@@ -443,7 +449,7 @@ def _resolution_frames(mean: float, high: float, per_seed_half: float, n_seeds: 
 
 
 def test_the_seeds_and_examples_that_resolve_the_zone_are_projected_from_the_two_parts_of_the_interval():
-    from spectral_edit.table1 import zone_resolution
+    from spectral_edit.analysis.table1 import zone_resolution
 
     # h = 2.0 above a mean of 0.5, one seed's own 1.2: seed part 4 - 1.44 = 2.56, margin 1.5 (2.25).
     table1, cells = _resolution_frames(mean=0.5, high=2.5, per_seed_half=1.2)

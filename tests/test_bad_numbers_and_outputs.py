@@ -13,14 +13,14 @@ from safetensors.torch import load_file, save_file
 
 from conftest import TINY_DATASET, TINY_HYPER
 from spectral_edit.atomic import write_json
-from spectral_edit.config import resolve_method
 from spectral_edit.data import read_meta, read_split
+from spectral_edit.data.prompts import formatter_for
+from spectral_edit.edit.svd_cache import compute_svd_cache
 from spectral_edit.errors import ConfigError
-from spectral_edit.evaluate import evaluate_model
-from spectral_edit.finetune import finetune
+from spectral_edit.evaluate.scoring import evaluate_model
 from spectral_edit.models import load_model, load_tokenizer
-from spectral_edit.prompts import formatter_for
-from spectral_edit.svd_cache import compute_svd_cache
+from spectral_edit.plan.config import resolve_method
+from spectral_edit.train.finetune import finetune
 
 
 def test_a_diverging_fine_tune_stops_at_the_step_that_diverged(tmp_path, tiny_base_dir, tiny_data_dir):

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spectral_edit.benchmarks.scores import Compared, bootstrap, from_benchmark_record
+from spectral_edit.analysis.benchmark_scores import Compared, bootstrap, from_benchmark_record
 from spectral_edit.benchmarks.spec import check_benchmarks, definition_digest, resolve_benchmark, task_index
 from spectral_edit.benchmarks.synthetic import antonym_benchmark, arithmetic_benchmark
 from spectral_edit.data import prepare_dataset, read_split
 from spectral_edit.data.arithmetic import arithmetic_problems
+from spectral_edit.data.prompts import InstructionFormatter, training_features
 from spectral_edit.errors import ConfigError, DataError
 from spectral_edit.models import load_tokenizer
-from spectral_edit.prompts import InstructionFormatter, training_features
 
 CHAT = [
     {"role": "user", "content": "What is 2 plus 3?"},
@@ -140,8 +140,8 @@ def test_benchmark_bootstrap_is_paired_and_stratified():
 
 
 def test_benchmark_seed_means_resample_the_seeds_too():
-    from spectral_edit.benchmarks.scores import Scores
-    from spectral_edit.benchmarks.tables import compare_scores
+    from spectral_edit.analysis.benchmark_scores import Scores
+    from spectral_edit.analysis.benchmark_tables import compare_scores
 
     ids = tuple(f"s{i}" for i in range(40))
 
@@ -303,7 +303,7 @@ def score(doc, results):
 def test_an_execute_code_benchmark_runs_the_code_off_the_network(tiny_base_dir, tmp_path, monkeypatch):
     import socket
 
-    from spectral_edit.cells import CellEvaluator
+    from spectral_edit.evaluate.cells import CellEvaluator
 
     tasks = tmp_path / "tasks"
     tasks.mkdir()
@@ -330,7 +330,7 @@ def test_an_execute_code_benchmark_runs_the_code_off_the_network(tiny_base_dir, 
 def test_every_recipe_fine_tunes_on_instruction_data(tiny_base_dir, tmp_path, recipe):
     from safetensors.torch import load_file
 
-    from spectral_edit.finetune import finetune
+    from spectral_edit.train.finetune import finetune
 
     prepare_dataset({"kind": "instruction", "source": "synthetic_arithmetic", "n_train": 16}, tmp_path / "data", "a")
     hyper = {"steps": 3, "batch_size": 4, "learning_rate": 1e-2, "max_length": 140}

@@ -9,12 +9,12 @@ from safetensors.torch import load_file
 
 from conftest import TINY_DATASET
 from spectral_edit.data import read_split
-from spectral_edit.edit import apply_spectral_edit, new_singular_values
-from spectral_edit.evaluate import label_log_probs
-from spectral_edit.methods import MatrixContext, get_method
+from spectral_edit.data.prompts import PromptFormatter, examples_of
+from spectral_edit.edit.apply import apply_spectral_edit, new_singular_values
+from spectral_edit.edit.methods import MatrixContext, get_method
+from spectral_edit.edit.svd_cache import cached_names, decomposed_names, tensor_shapes
+from spectral_edit.evaluate.scoring import label_log_probs
 from spectral_edit.models import load_model, load_tokenizer
-from spectral_edit.prompts import PromptFormatter, examples_of
-from spectral_edit.svd_cache import cached_names, decomposed_names, tensor_shapes
 
 WEIGHT_TOLERANCE = 1e-5  # largest |difference| of an edited weight; SmolLM2's weights are O(0.1)
 

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from spectral_edit.config import check_config, grid_cells, load_config, resolve_method, validate_schema
 from spectral_edit.errors import ConfigError
+from spectral_edit.plan.config import check_config, grid_cells, load_config, resolve_method, validate_schema
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_method_variants_resolve_with_params(config):
 
 
 def test_finetune_recipes_resolve_with_overrides(config):
-    from spectral_edit.config import resolve_finetune
+    from spectral_edit.plan.config import resolve_finetune
 
     config["finetunes"] = {"lora-r8": {"kind": "lora", "rank": 8, "overrides": {"learning_rate": 1e-4}}}
     config["grid"]["controls"] = ["lora-r8"]
@@ -189,8 +189,8 @@ def test_a_header_only_file_is_a_config_error(config, tmp_path):
 
 def test_label_words_sharing_a_first_token_are_refused_naming_the_dataset_and_model(config, tmp_path):
     """Checked at planning once the model's tokenizer is on disk (and by the base-model job)."""
+    from spectral_edit.data.prompts import check_label_words
     from spectral_edit.models import byte_level_tokenizer
-    from spectral_edit.prompts import check_label_words
 
     byte_level_tokenizer().save_pretrained(tmp_path / "smollm2-135m")
     validate_schema(config)
@@ -317,7 +317,7 @@ def test_a_stall_limit_of_three_heartbeats_is_accepted(config):
     ],
 )
 def test_what_would_fail_later_or_pass_silently_stops_at_planning(config, change, message):
-    from spectral_edit.config import deep_merge
+    from spectral_edit.plan.config import deep_merge
 
     _fails(deep_merge(config, change), message)
 

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, SHARED
-from spectral_edit.config import check_config, load_config, validate_schema
 from spectral_edit.data import prepare_dataset, read_split, shape_table
 from spectral_edit.data.groups import assign_marker, balanced_marker, observed_attribute, overlap_fraction
 from spectral_edit.errors import ConfigError, DataError
+from spectral_edit.plan.config import check_config, load_config, validate_schema
 
 needs_shared = pytest.mark.skipif(not (SHARED / "datasets").is_dir(), reason="../shared/datasets is not present")
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from spectral_edit.diagnostics import dg_hard_table, ks_distance
-from spectral_edit.methods import MatrixContext, get_method, split_result
-from spectral_edit.random_matrix import lambda_star, mp_cdf, mp_median, omega
+from spectral_edit.analysis.diagnostics import dg_hard_table, ks_distance
+from spectral_edit.edit.methods import MatrixContext, get_method, split_result
+from spectral_edit.edit.random_matrix import lambda_star, mp_cdf, mp_median, omega
 
 optht = pytest.importorskip("optht")
 optht_module = importlib.import_module("optht.optht")

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY_DATASET, TINY_HYPER
-from spectral_edit.distributed import launch_finetune
 from spectral_edit.errors import ConfigError
-from spectral_edit.finetune import finetune
+from spectral_edit.train.distributed import launch_finetune
+from spectral_edit.train.finetune import finetune
 
 # Two processes sum the same per-example losses in a different order (each rank averages its
 # half, then gradients are reduce-scattered), so float32 rounding may differ in the last digits.

@@ -9,11 +9,11 @@ from safetensors.torch import load_file
 
 from conftest import TINY_DATASET, TINY_HYPER
 from spectral_edit.data import read_meta, read_split
+from spectral_edit.data.prompts import PromptFormatter
 from spectral_edit.errors import ConfigError
-from spectral_edit.evaluate import evaluate_model, label_log_probs, shared_prefix_length
-from spectral_edit.finetune import finetune
+from spectral_edit.evaluate.scoring import evaluate_model, label_log_probs, shared_prefix_length
 from spectral_edit.models import byte_level_tokenizer, load_model, load_tokenizer
-from spectral_edit.prompts import PromptFormatter
+from spectral_edit.train.finetune import finetune
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_training_without_filling_new_memory_gives_the_same_weights_bit_for_bit(
     kernel that read memory it had not written would show here as different weights."""
     import contextlib
 
-    import spectral_edit.finetune as ft
+    import spectral_edit.train.finetune as ft
 
     monkeypatch.setattr(ft, "_deterministic_without_filling", contextlib.nullcontext)
     filled = ft.finetune(tiny_base_dir, tiny_data_dir / "train.jsonl", tmp_path, TINY_DATASET, TINY_HYPER, seed=0, progress=False)
@@ -248,12 +248,12 @@ def test_a_misspelt_architecture_field_is_named():
 
 def test_a_skewed_training_split_is_named_in_the_finetune_log(tmp_path, caplog):
     from spectral_edit.data import write_jsonl
-    from spectral_edit.finetune import _log_label_shares
+    from spectral_edit.train.finetune import _log_label_shares
 
     rows = [{"id": f"t{i}", "text": "x", "label": int(i < 82), "attribute": 0} for i in range(100)]
     write_jsonl(tmp_path / "train.jsonl", rows)
     spec = {"label_words": ["negative", "positive"]}
-    with caplog.at_level("INFO", logger="spectral_edit.finetune"):
+    with caplog.at_level("INFO", logger="spectral_edit.train.finetune"):
         shares = _log_label_shares(spec, tmp_path / "train.jsonl")
     assert shares == {"negative": 0.18, "positive": 0.82}
     assert "training labels: negative 18 %, positive 82 %" in caplog.text

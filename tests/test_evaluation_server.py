@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_DATASET
-from spectral_edit.cells import evaluate_cell
-from spectral_edit.evaluation_client import EvaluationServerError, serve_cell, server_key, socket_dir, supervising_process
-from spectral_edit.svd_cache import compute_svd_cache
+from spectral_edit.edit.svd_cache import compute_svd_cache
+from spectral_edit.evaluate.cells import evaluate_cell
+from spectral_edit.evaluate.client import EvaluationServerError, serve_cell, server_key, socket_dir, supervising_process
 
 RUNTIME = {"device": "cpu", "dtype": "float32"}
 
@@ -85,7 +85,7 @@ def _server_processes() -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"spectral_edit.evaluation_server" in (entry / "cmdline").read_bytes():
+                if b"spectral_edit.evaluate.server" in (entry / "cmdline").read_bytes():
                     found.append(int(entry.name))
             except OSError:
                 pass
@@ -233,7 +233,7 @@ def test_a_failing_cell_reports_the_servers_error_and_the_server_serves_on(check
     ],
 )
 def test_snakemake_is_recognised_by_its_command_not_by_a_word_in_it(argv, expected):
-    from spectral_edit.evaluation_client import is_snakemake
+    from spectral_edit.evaluate.client import is_snakemake
 
     assert is_snakemake(argv) is expected
 
@@ -244,7 +244,7 @@ def test_a_wrapper_script_does_not_keep_the_server_alive(tmp_path):
     import sys
 
     fake = tmp_path / "snakemake"  # stands for the console script: python .../bin/snakemake
-    probe = "import os; from spectral_edit.evaluation_client import supervising_process as s; print(s(), os.getppid())"
+    probe = "import os; from spectral_edit.evaluate.client import supervising_process as s; print(s(), os.getppid())"
     fake.write_text(f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {probe!r}], check=True)\n")
     wrapper = tmp_path / "run_snakemake.sh"
     wrapper.write_text(f"#!/bin/bash\n{sys.executable} {fake} --cores 2\n")

@@ -15,10 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO, TINY_ARCHITECTURE, TINY_DATASET, TINY_HYPER
-from spectral_edit.cells import evaluate_cell
-from spectral_edit.config import DEFAULT_LORA_TARGETS
+from spectral_edit.edit.svd_cache import compute_svd_cache, numerical_rank
 from spectral_edit.errors import ExportError
-from spectral_edit.export import (
+from spectral_edit.evaluate.cells import evaluate_cell
+from spectral_edit.export.artifacts import (
     cell_statistics,
     export_adapter,
     export_model,
@@ -26,7 +26,7 @@ from spectral_edit.export import (
     plan_adapter,
 )
 from spectral_edit.models import load_model, materialise_base_model
-from spectral_edit.svd_cache import compute_svd_cache, numerical_rank
+from spectral_edit.plan.config import DEFAULT_LORA_TARGETS
 
 # Largest |log p| difference allowed against the cell, scored with the cell's batch size and
 # thread count. The exported model holds the cell's own fp32 weights (measured: 0 difference);
@@ -221,7 +221,7 @@ def test_the_model_card_states_the_edit_and_metrics_with_intervals(tiny_export, 
 def test_a_lora_recipe_checkpoint_round_trips(tmp_path, tiny_base_dir, tiny_data_dir):
     """A LoRA fine-tune (rank 4) exported at full retention: an adapter on exactly the LoRA's
     target modules, each update of rank 4 above the rounding floor, reproducing the fine-tuned model."""
-    from spectral_edit.finetune import finetune
+    from spectral_edit.train.finetune import finetune
 
     recipe = {"kind": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": list(DEFAULT_LORA_TARGETS)}
     finetune(
@@ -294,10 +294,10 @@ def test_the_lm_eval_task_renders_the_cells_own_prompt(tmp_path, tiny_base_dir, 
     import jinja2
     import yaml
 
+    from spectral_edit.benchmarks.lm_eval_task import write_task
     from spectral_edit.data import read_split
-    from spectral_edit.lm_eval_task import write_task
+    from spectral_edit.data.prompts import formatter_for
     from spectral_edit.models import load_tokenizer
-    from spectral_edit.prompts import formatter_for
 
     path = write_task(tiny_data_dir, tmp_path, TINY_DATASET["prompt"])
     task = yaml.safe_load(path.read_text())

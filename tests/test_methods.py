@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from spectral_edit.edit import new_singular_values
+from spectral_edit.edit.apply import new_singular_values
+from spectral_edit.edit.methods import MatrixContext, available_methods, get_method, kept_count
+from spectral_edit.edit.svd_cache import rebuild_update, stored_side, svd_of_update
 from spectral_edit.errors import ConfigError
-from spectral_edit.methods import MatrixContext, available_methods, get_method, kept_count
-from spectral_edit.svd_cache import rebuild_update, stored_side, svd_of_update
 
 
 def _pair(m=12, n=7, seed=0):
@@ -104,7 +104,7 @@ def test_registry_lists_methods_and_rejects_unknown():
 
 
 def test_edit_rejects_negative_singular_values():
-    from spectral_edit.methods import SpectralMethod
+    from spectral_edit.edit.methods import SpectralMethod
 
     broken = SpectralMethod("broken", lambda s, ctx: -s, True, {}, "")
     with pytest.raises(RuntimeError, match="negative"):
@@ -130,14 +130,14 @@ def test_a_methods_code_digest_covers_the_package_modules_it_imports(tmp_path, m
     import inspect
     from pathlib import Path
 
-    from spectral_edit import methods
+    from spectral_edit.edit import methods
 
     def closure(name):
         files = methods.package_import_closure(Path(inspect.getsourcefile(get_method(name).edit)))
         return {path.relative_to(methods._PACKAGE_ROOT).as_posix() for path in files}
 
-    assert closure("top_k") == {"methods/top_k.py", "methods/__init__.py", "errors.py"}
-    assert "random_matrix.py" in closure("dg_hard") and "random_matrix.py" not in closure("random_k")
+    assert closure("top_k") == {"edit/methods/top_k.py", "edit/methods/__init__.py", "errors.py"}
+    assert "edit/random_matrix.py" in closure("dg_hard") and "edit/random_matrix.py" not in closure("random_k")
     # The digest follows the contents of every file in the closure.
     before = get_method("dg_hard").source_digest
     copy = tmp_path / "spectral_edit"
@@ -145,10 +145,10 @@ def test_a_methods_code_digest_covers_the_package_modules_it_imports(tmp_path, m
 
     shutil.copytree(methods._PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(methods, "_PACKAGE_ROOT", copy)
-    dg_file = copy / "methods" / "dg_hard.py"
+    dg_file = copy / "edit" / "methods" / "dg_hard.py"
     monkeypatch.setattr(inspect, "getsourcefile", lambda _: str(dg_file))
     assert get_method("dg_hard").source_digest == before
-    (copy / "random_matrix.py").write_text((copy / "random_matrix.py").read_text() + "\n# edited\n")
+    (copy / "edit" / "random_matrix.py").write_text((copy / "edit" / "random_matrix.py").read_text() + "\n# edited\n")
     methods._sources_digest.cache_clear()  # computed once per process: files do not change while planning
     assert get_method("dg_hard").source_digest != before
 
@@ -159,7 +159,7 @@ def test_the_readme_method_table_agrees_with_the_registry():
     import re
 
     from conftest import REPO
-    from spectral_edit.methods import available_methods
+    from spectral_edit.edit.methods import available_methods
 
     text = (REPO / "README.md").read_text()
     table = text.split("| name in `grid.methods` | paper |", 1)[1].split("\n\n", 1)[0]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from spectral_edit.metrics import group_metrics
+from spectral_edit.evaluate.metrics import group_metrics
 
 MAJ = ["neg|m=1", "pos|m=0"]
 MIN = ["neg|m=0", "pos|m=1"]

@@ -50,8 +50,8 @@ def test_packaged_smollm2_gguf_converts_to_safetensors(smollm2_dir):
         logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
     # Evaluation with the prompts' shared head run once equals running every prompt whole.
-    from spectral_edit.evaluate import label_log_probs
-    from spectral_edit.prompts import PromptFormatter
+    from spectral_edit.data.prompts import PromptFormatter
+    from spectral_edit.evaluate.scoring import label_log_probs
 
     formatter = PromptFormatter(
         tokenizer,

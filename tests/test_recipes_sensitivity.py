@@ -6,14 +6,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import TINY_DATASET, TINY_HYPER
-from spectral_edit.config import DEFAULT_LORA_TARGETS
-from spectral_edit.diagnostics import subspace_alignment
-from spectral_edit.finetune import _merge_recipe, _wrap_for_recipe, finetune
-from spectral_edit.methods import MatrixContext, get_method, split_result
+from spectral_edit.analysis.diagnostics import subspace_alignment
+from spectral_edit.data.prompts import PromptFormatter
+from spectral_edit.edit.methods import MatrixContext, get_method, split_result
+from spectral_edit.edit.sensitivity import calibration_rows, compute_sensitivities, per_example_answer_loss
+from spectral_edit.edit.svd_cache import compute_svd_cache, numerical_rank
 from spectral_edit.models import load_model, load_tokenizer
-from spectral_edit.prompts import PromptFormatter
-from spectral_edit.sensitivity import calibration_rows, compute_sensitivities, per_example_answer_loss
-from spectral_edit.svd_cache import compute_svd_cache, numerical_rank
+from spectral_edit.plan.config import DEFAULT_LORA_TARGETS
+from spectral_edit.train.finetune import _merge_recipe, _wrap_for_recipe, finetune
 
 
 def _recipe(kind, **extra):

@@ -8,11 +8,11 @@ import pytest
 import torch
 from scipy import stats
 
-from spectral_edit.benchmarks.scores import Scores
+from spectral_edit.analysis.benchmark_scores import Scores
+from spectral_edit.analysis.repair import harmonic_mean, repair_scores, repair_tables
+from spectral_edit.analysis.stats import compare_methods
 from spectral_edit.errors import ConfigError
-from spectral_edit.repair import harmonic_mean, repair_scores, repair_tables
 from spectral_edit.runtime import resolve
-from spectral_edit.stats import compare_methods
 
 
 def test_repair_scores_by_hand():

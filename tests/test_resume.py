@@ -20,7 +20,7 @@ CHILD = textwrap.dedent(
     import json, os, signal, sys
     import torch
     torch.set_num_threads(int(os.environ.get("THREADS", "1")))
-    import spectral_edit.finetune as ft
+    import spectral_edit.train.finetune as ft
 
     base, train, out, every, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     if kill_at:
@@ -79,7 +79,7 @@ def test_sigkilled_finetune_resumes_to_the_same_weights(tmp_path, tiny_base_dir,
 
 
 def test_checkpoints_of_another_run_are_not_resumed(tmp_path, tiny_base_dir, tiny_data_dir):
-    from spectral_edit.finetune import newest_complete_checkpoint, run_fingerprint
+    from spectral_edit.train.finetune import newest_complete_checkpoint, run_fingerprint
 
     train = tiny_data_dir / "train.jsonl"
     mine = run_fingerprint(train, TINY_DATASET, HYPER, 0, {"kind": "full"})

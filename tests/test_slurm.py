@@ -115,7 +115,7 @@ def test_workflow_through_slurm_equals_a_local_run(slurm, local_run, tmp_path):
     # No server left: this run's own (other runs on the machine may have theirs).
     ((_, server_pid),) = servers
     cmdline = Path(f"/proc/{server_pid}/cmdline")
-    assert not cmdline.exists() or b"evaluation_server" not in cmdline.read_bytes(), f"server {server_pid} still runs"
+    assert not cmdline.exists() or b"spectral_edit.evaluate.server" not in cmdline.read_bytes(), f"server {server_pid} still runs"
     assert len(ours) < len(cluster_cells) + 5  # far fewer jobs than one per cell and per step
 
     # Same numbers as the local run: metrics and every per-example score.

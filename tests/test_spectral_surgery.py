@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from spectral_edit.edit.methods import MatrixContext, get_method, split_result
+from spectral_edit.edit.methods.spectral_surgery import DEFAULTS, policy_scales, reweight, selection_counts
 from spectral_edit.errors import ConfigError
-from spectral_edit.methods import MatrixContext, get_method, split_result
-from spectral_edit.methods.spectral_surgery import DEFAULTS, policy_scales, reweight, selection_counts
 
 P = dict(DEFAULTS)
 

@@ -7,11 +7,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from spectral_edit.edit import apply_spectral_edit, new_singular_values
-from spectral_edit.errors import CheckpointMismatchError
-from spectral_edit.methods import MatrixContext, get_method, kept_count
-from spectral_edit.models import load_model
-from spectral_edit.svd_cache import (
+from spectral_edit.edit.apply import apply_spectral_edit, new_singular_values
+from spectral_edit.edit.methods import MatrixContext, get_method, kept_count
+from spectral_edit.edit.svd_cache import (
     cached_names,
     compute_svd_cache,
     energy_fraction,
@@ -20,6 +18,8 @@ from spectral_edit.svd_cache import (
     rebuild_update,
     stored_side,
 )
+from spectral_edit.errors import CheckpointMismatchError
+from spectral_edit.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +267,7 @@ def test_batch_size_does_not_change_the_cache(cache, tmp_path, tiny_base_dir, ti
 
 def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(monkeypatch):
     """The GPU path on a CPU machine: a fake device that runs out of memory above a batch size."""
-    import spectral_edit.svd_cache as svd_cache
+    import spectral_edit.edit.svd_cache as svd_cache
 
     real = svd_cache._svd_batch
     calls = []
@@ -298,7 +298,7 @@ def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(monkeypatch):
 
 
 def test_other_errors_are_not_taken_for_out_of_memory(monkeypatch):
-    import spectral_edit.svd_cache as svd_cache
+    import spectral_edit.edit.svd_cache as svd_cache
 
     def broken(deltas, device):
         raise RuntimeError("linalg.svd: The algorithm failed to converge")

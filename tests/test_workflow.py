@@ -115,7 +115,7 @@ def _running_servers(workdir: Path) -> list[int]:
         found = [
             int(p.name)
             for p in Path("/proc").iterdir()
-            if p.name.isdigit() and _cmdline(p).find(b"spectral_edit.evaluation_server") >= 0 and _cwd(p) == workdir.resolve()
+            if p.name.isdigit() and _cmdline(p).find(b"spectral_edit.evaluate.server") >= 0 and _cwd(p) == workdir.resolve()
         ]
         if not found or time.time() > deadline:
             return found
@@ -140,7 +140,7 @@ def test_a_failing_cell_leaves_the_finished_cells_of_its_checkpoint(workdir, tmp
     """A method that fails at one retention, in a copy of the workflow: with -k the other cell of
     the method is written and kept, nothing finished is redone, and only the failed cell is left."""
     copy = _copy_of_the_workflow(tmp_path / "repo")
-    (copy / "spectral_edit/methods/fails_at_01.py").write_text(
+    (copy / "spectral_edit/edit/methods/fails_at_01.py").write_text(
         "from . import register\n\n\n"
         "@register('fails_at_01', uses_retention=True, paper='a test')\n"
         "def fails_at_01(singular_values, context):\n"

@@ -1,4 +1,4 @@
-from spectral_edit.aggregate import build_tables
+from spectral_edit.analysis.aggregate import build_tables
 from spectral_edit.atomic import atomic_path, write_text
 from spectral_edit.jobs import job_logging
 

@@ -1,8 +1,8 @@
 from pathlib import Path
 
+from spectral_edit.data.prompts import check_label_words_with
 from spectral_edit.jobs import job_logging
 from spectral_edit.models import load_tokenizer, materialise_base_model
-from spectral_edit.prompts import check_label_words_with
 
 with job_logging(snakemake.log[0], snakemake.threads, "base_model"):
     out_dir = str(Path(snakemake.output.weights).parent)

@@ -45,7 +45,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
         cell.update(seed=None, finetune=None, method="base", retention=None)
     request["cell"] = cell
     if through_server:
-        from spectral_edit.evaluation_client import serve_cell
+        from spectral_edit.evaluate.client import serve_cell
 
         record = serve_cell(
             request,
@@ -73,7 +73,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
         )
         write_json(snakemake.output[0], record)
     else:
-        from spectral_edit.cells import evaluate_cell
+        from spectral_edit.evaluate.cells import evaluate_cell
 
         edit = request.get("edit")
         weights = request.pop("weights", None)
@@ -89,7 +89,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "evaluate", pin_torch=not 
         import json
 
         from spectral_edit.data import read_meta
-        from spectral_edit.metrics import LABEL_PRIOR_SHARE, label_prior_note, top_answer
+        from spectral_edit.evaluate.metrics import LABEL_PRIOR_SHARE, label_prior_note, top_answer
 
         meta = read_meta(inp.meta)
         answer, share = top_answer([e["prediction"] for e in json.loads(Path(snakemake.output[0]).read_text())["examples"]])

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spectral_edit.figures import draw_all
+from spectral_edit.analysis.figures import draw_all
 from spectral_edit.jobs import job_logging
 
 with job_logging(snakemake.log[0], snakemake.threads, "figures") as log:

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import torch
 
-from spectral_edit.distributed import launch_finetune
-from spectral_edit.finetune import finetune
 from spectral_edit.jobs import job_logging
 from spectral_edit.runtime import resolve as resolve_runtime
+from spectral_edit.train.distributed import launch_finetune
+from spectral_edit.train.finetune import finetune
 
 with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
     recipe = dict(snakemake.params.recipe)
@@ -26,7 +26,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
     # The GPUs the job asked for, as far as this machine has them (a local run may have fewer).
     gpus = min(int(getattr(snakemake.resources, "gpu", 0) or 0), torch.cuda.device_count())
     if gpus > 1 and device.type == "cuda":
-        # A model whose full SFT does not fit one GPU (spectral_edit.resources): one process
+        # A model whose full SFT does not fit one GPU (spectral_edit.plan.resources): one process
         # per GPU under torchrun, sharded with FSDP; per-rank logs beside this job's log.
         launch_finetune(gpus, arguments, log_dir=snakemake.log[0] + ".ranks")
     else:

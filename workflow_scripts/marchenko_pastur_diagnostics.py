@@ -1,9 +1,9 @@
 from pathlib import Path
 
+from spectral_edit.analysis.diagnostics import dg_hard_table, marchenko_pastur_figure
 from spectral_edit.atomic import atomic_path
-from spectral_edit.diagnostics import dg_hard_table, marchenko_pastur_figure
+from spectral_edit.edit.svd_cache import read_spectrum
 from spectral_edit.jobs import job_logging
-from spectral_edit.svd_cache import read_spectrum
 
 with job_logging(snakemake.log[0], snakemake.threads, "marchenko_pastur") as log:
     spectrum = read_spectrum(snakemake.input.spectrum)

@@ -1,7 +1,7 @@
 from pathlib import Path
 
+from spectral_edit.edit.sensitivity import compute_sensitivities
 from spectral_edit.jobs import job_logging
-from spectral_edit.sensitivity import compute_sensitivities
 
 with job_logging(snakemake.log[0], snakemake.threads, "sensitivities"):
     compute_sensitivities(

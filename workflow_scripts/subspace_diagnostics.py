@@ -1,7 +1,7 @@
 from pathlib import Path
 
+from spectral_edit.analysis.diagnostics import subspace_alignment, subspace_figure
 from spectral_edit.atomic import atomic_path
-from spectral_edit.diagnostics import subspace_alignment, subspace_figure
 from spectral_edit.jobs import job_logging
 
 w = snakemake.wildcards

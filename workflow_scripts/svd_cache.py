@@ -1,8 +1,8 @@
 from pathlib import Path
 
+from spectral_edit.edit.svd_cache import compute_svd_cache
 from spectral_edit.jobs import job_logging
 from spectral_edit.runtime import resolve as resolve_runtime
-from spectral_edit.svd_cache import compute_svd_cache
 
 with job_logging(snakemake.log[0], snakemake.threads, "svd_cache"):
     device, _ = resolve_runtime(snakemake.params.runtime)

@@ -1,9 +1,9 @@
 # The cells at Table 1's sweet spots, for export_sweet_spots.
 import pandas as pd
 
+from spectral_edit.analysis.table1 import sweet_spot_cells
 from spectral_edit.atomic import write_json
 from spectral_edit.jobs import job_logging
-from spectral_edit.table1 import sweet_spot_cells
 
 with job_logging(snakemake.log[0], snakemake.threads, "sweet_spots", pin_torch=False) as log:
     cells, without = sweet_spot_cells(pd.read_csv(snakemake.input.table1), snakemake.params.seeds, snakemake.params.methods)

@@ -7,7 +7,7 @@ EvaluationTracker computes them), the group structure of a group benchmark (its 
 whether lm-eval weights them by size), and per sample the metric values, the filtered answer,
 the target and, for generated text, the model's response; prompts and documents are left out
 (a 5-shot GSM8K prompt is several kB per sample). The same samples give the tables their
-intervals (spectral_edit.benchmarks.scores).
+intervals (spectral_edit.analysis.benchmark_scores).
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError
-from ..layout import BENCHMARK_TASK_DIR
+from spectral_edit.errors import ConfigError
+from spectral_edit.layout import BENCHMARK_TASK_DIR
 
 SYNTHETIC_SOURCES = ("synthetic_arithmetic", "synthetic_antonyms")
 INDEX_DIR = Path(".snakemake") / "spectral-edit"

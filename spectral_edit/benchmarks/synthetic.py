@@ -25,10 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import write_text
-from ..data import write_jsonl
-from ..data.arithmetic import arithmetic_problem, check_operations
-from .spec import synthetic_task_name
+from spectral_edit.atomic import write_text
+from spectral_edit.benchmarks.spec import synthetic_task_name
+from spectral_edit.data import write_jsonl
+from spectral_edit.data.arithmetic import arithmetic_problem, check_operations
 
 FEWSHOT_POOL = 32
 

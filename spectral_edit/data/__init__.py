@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path, write_json
-from ..errors import DataError
-from .groups import (
+from spectral_edit.atomic import atomic_path, write_json
+from spectral_edit.data.groups import (
     RULES,
     assign_marker,
     balanced_marker,
@@ -41,9 +40,10 @@ from .groups import (
     required_columns,
     with_marker,
 )
-from .instructions import build_instruction_dataset, instruction_columns
-from .synthetic import build_synthetic_reviews, generate_review
-from .tables import check_training_size, is_url, load_table, peek_local
+from spectral_edit.data.instructions import build_instruction_dataset, instruction_columns
+from spectral_edit.data.synthetic import build_synthetic_reviews, generate_review
+from spectral_edit.data.tables import check_training_size, is_url, load_table, peek_local
+from spectral_edit.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
-from ..errors import ConfigError
+from spectral_edit.errors import ConfigError
 
 NAMES = [
     "Ana",

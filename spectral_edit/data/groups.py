@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from spectral_edit.errors import DataError
 
 RULES = ("none", "columns_any", "column", "regex", "overlap", "marker")
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")

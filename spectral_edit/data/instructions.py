@@ -25,9 +25,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
-from .arithmetic import build_arithmetic_corpus
-from .tables import check_training_size, load_table
+from spectral_edit.data.arithmetic import build_arithmetic_corpus
+from spectral_edit.data.tables import check_training_size, load_table
+from spectral_edit.errors import DataError
 
 log = logging.getLogger(__name__)
 

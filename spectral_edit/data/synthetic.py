@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from ..errors import DataError
-from .groups import assign_marker, balanced_marker, with_marker
+from spectral_edit.data.groups import assign_marker, balanced_marker, with_marker
+from spectral_edit.errors import DataError
 
 _OPENERS = [
     "I saw this film last weekend.",

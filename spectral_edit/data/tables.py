@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError
+from spectral_edit.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,482 @@
+"""Take a cell out of the workflow: its edited model as a Hugging Face model directory, and its
+edited update as an exact PEFT LoRA adapter on the base model.
+
+An edit keeps, per decomposed matrix, the components with s'_i != 0 of dW = W_ft - W_base:
+    W~ = W_base + sum_i s'_i u_i v_i^T = W_base + B A,  B = U_k diag(s'_k) (m x k), A = V_k^T (k x n)
+(``svd_cache.low_rank_factors``). A top-k edit is therefore a LoRA adapter of rank k per matrix,
+exactly: ``rank_pattern`` gives each module its k, ``alpha_pattern`` its alpha = k so that
+PEFT's scaling alpha / r is 1, and B, A are the factors themselves. An embedding matrix
+(vocab x d) goes into PEFT's embedding LoRA, whose update is (lora_embedding_B
+lora_embedding_A)^T, so there A_peft = B^T and B_peft = A^T; a tied output head gets the same
+factors through PEFT's ``ensure_weight_tying``. The tensors that are not decomposed but differ
+from the base (norms, with ``edit.unedited_params: finetuned``) go into ``modules_to_save``,
+which PEFT stores whole. What PEFT cannot hold exactly (a changed bias of a module that also
+carries a LoRA update, a decomposed matrix of a module type PEFT's LoRA does not wrap) stops
+the export with a line naming the tensor, rather than writing an adapter that is not the cell.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from spectral_edit.analysis.intervals import GroupDesign, bootstrap_intervals, mcnemar_exact, point_statistics
+from spectral_edit.atomic import atomic_directory
+from spectral_edit.edit.apply import apply_spectral_edit, iter_matrix_edits, read_sensitivities
+from spectral_edit.edit.methods import get_method
+from spectral_edit.edit.svd_cache import cached_names
+from spectral_edit.errors import ConfigError, ExportError
+from spectral_edit.models import load_model, load_tokenizer
+from spectral_edit.runtime import DTYPES
+from spectral_edit.safetensors_stream import open_safetensors
+
+log = logging.getLogger(__name__)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"config: export.dtype: {name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def _edit_arguments(edit: Mapping) -> dict:
+    """The arguments of ``edit.iter_matrix_edits`` / ``apply_spectral_edit`` from an edit request
+    (the dict an evaluation cell gets: factors, finetuned_weights, method, params, retention, seed)."""
+    return {
+        "factors_path": edit["factors"],
+        "method": get_method(edit["method"]),
+        "params": edit.get("params", {}),
+        "retention": edit.get("retention"),
+        "seed": int(edit.get("seed", 0)),
+        "extras": read_sensitivities(edit["sensitivities"]) if edit.get("sensitivities") else None,
+        "finetuned_weights": edit["finetuned_weights"],
+    }
+
+
+@torch.no_grad()
+def export_model(
+    base_dir: str | Path,
+    edit: Mapping,
+    out_dir: str | Path,
+    *,
+    dtype: str = "float32",
+    max_shard_size: str | int = "5GB",
+    card: str = "",
+) -> dict:
+    """Write the cell's edited model as a Hugging Face model directory; returns the edit statistics.
+
+    The directory holds the config, generation config, tokenizer (with its chat template),
+    safetensors weights in ``dtype`` (sharded with an index above ``max_shard_size``) and
+    ``card`` as README.md. It appears complete or not at all.
+    """
+    target = torch_dtype(dtype)
+    model = load_model(base_dir)
+    tokenizer = load_tokenizer(base_dir)
+    stats = apply_spectral_edit(model, unedited_params=edit.get("unedited_params", "finetuned"), **_edit_arguments(edit))
+    model.to(target)
+    with atomic_directory(out_dir) as scratch:
+        model.save_pretrained(scratch, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(scratch)
+        (scratch / "README.md").write_text(card)
+    log.info("exported the edited model (%s) to %s", dtype, out_dir)
+    return stats
+
+
+@dataclass
+class AdapterPlan:
+    """What goes into an adapter: LoRA factors per module, whole modules, and tying."""
+
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # module -> (B, A)
+    whole: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module -> {param: value}
+    zero_update: list[str] = field(default_factory=list)  # decomposed modules whose edit keeps nothing
+    tie_embeddings: bool = False
+
+    def ranks(self) -> dict[str, int]:
+        return {module: int(b.shape[1]) for module, (b, _) in self.factors.items()}
+
+    def tensor_bytes(self) -> int:
+        lora = sum(b.numel() + a.numel() for b, a in self.factors.values())
+        whole = sum(t.numel() for params in self.whole.values() for t in params.values())
+        return 4 * (lora + whole)
+
+
+def _owner(name: str) -> tuple[str, str]:
+    module, _, param = name.rpartition(".")
+    return module, param
+
+
+def _tied_embedding_module(model: torch.nn.Module) -> str | None:
+    """The input-embedding module's name when the output head shares its weight, else None."""
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is None or outputs is None or inputs.weight is not outputs.weight:
+        return None
+    return next(name for name, module in model.named_modules() if module is inputs)
+
+
+@torch.no_grad()
+def plan_adapter(model: torch.nn.Module, edit: Mapping) -> AdapterPlan:
+    """The adapter of an edit on ``model`` (the base model), or an ExportError naming what
+    PEFT cannot hold."""
+    plan = AdapterPlan()
+    modules = dict(model.named_modules())
+    state = model.state_dict()
+    arguments = _edit_arguments(edit)
+    for matrix in iter_matrix_edits(state=state, **arguments):
+        module, param = _owner(matrix.name)
+        kind = type(modules.get(module)).__name__
+        if param != "weight" or not isinstance(modules.get(module), (torch.nn.Linear, torch.nn.Embedding)):
+            raise ExportError(
+                f"cannot export {matrix.name!r} as a LoRA adapter: PEFT's LoRA wraps the weight of a Linear or "
+                f"Embedding module, and this is {param!r} of a {kind}; export the cell as a model instead"
+            )
+        b, a = matrix.low_rank_factors()
+        if b.shape[1] == 0:
+            plan.zero_update.append(module)
+        else:
+            plan.factors[module] = (b, a)
+    # Tensors that are not decomposed and that the edit gives their fine-tuned values.
+    if edit.get("unedited_params", "finetuned") == "finetuned":
+        passthrough = cached_names(edit["factors"])[1]
+        with open_safetensors(edit["finetuned_weights"]) as finetuned:
+            for name in passthrough:
+                value = finetuned.get_tensor(name)
+                if torch.equal(value.to(state[name].dtype), state[name]):
+                    continue
+                module, param = _owner(name)
+                if module in plan.factors:
+                    raise ExportError(
+                        f"cannot export the adapter exactly: {name!r} differs from the base model, but its module "
+                        f"{module!r} carries a LoRA update, and PEFT cannot also keep the module whole; "
+                        "export the cell as a model, or set edit.unedited_params: base"
+                    )
+                plan.whole.setdefault(module, {})[param] = value
+    tied = _tied_embedding_module(model)
+    plan.tie_embeddings = tied is not None and (tied in plan.factors or tied in plan.whole)
+    if plan.tie_embeddings and tied in plan.whole and set(plan.whole[tied]) != {"weight"}:
+        raise ExportError(f"cannot export the adapter exactly: the tied embedding {tied!r} changes beyond its weight")
+    return plan
+
+
+def lora_config(plan: AdapterPlan, base_name: str | None = None):
+    """PEFT LoraConfig of a plan: per-module rank k with alpha k (scaling 1), no dropout."""
+    from peft import LoraConfig
+
+    ranks = plan.ranks()
+    if not ranks:
+        # PEFT needs a LoRA target (without one it would pick its default modules for the model).
+        raise ExportError("cannot export an adapter: the edit keeps no component of any matrix; export the cell as a model")
+    common = max(set(ranks.values()), key=list(ranks.values()).count) if ranks else 1
+    return LoraConfig(
+        r=common,
+        lora_alpha=common,
+        # Full module names: PEFT matches a target by its full name or a dotted suffix of it.
+        target_modules=sorted(ranks),
+        rank_pattern={module: k for module, k in ranks.items() if k != common},
+        alpha_pattern={module: k for module, k in ranks.items() if k != common},
+        lora_dropout=0.0,
+        bias="none",
+        modules_to_save=sorted(plan.whole) or None,
+        ensure_weight_tying=plan.tie_embeddings,
+        base_model_name_or_path=base_name,
+        task_type="CAUSAL_LM",
+    )
+
+
+@torch.no_grad()
+def adapter_model(model: torch.nn.Module, plan: AdapterPlan):
+    """``model`` (the base) wrapped by PEFT with the plan's adapter weights in place."""
+    from peft import get_peft_model
+    from peft.tuners.lora import Embedding as LoraEmbedding
+
+    config = lora_config(plan, getattr(model.config, "_name_or_path", None))
+    peft_model = get_peft_model(model, config)
+    inner = peft_model.base_model.model
+    for module_name, (b, a) in plan.factors.items():
+        layer = inner.get_submodule(module_name)
+        if isinstance(layer, LoraEmbedding):
+            # PEFT's embedding update is (lora_embedding_B @ lora_embedding_A)^T.
+            _assign(layer.lora_embedding_A["default"], b.T, module_name)
+            _assign(layer.lora_embedding_B["default"], a.T, module_name)
+        else:
+            _assign(layer.lora_A["default"].weight, a, module_name)
+            _assign(layer.lora_B["default"].weight, b, module_name)
+        scaling = layer.scaling["default"]
+        if scaling != 1.0:
+            raise ExportError(f"PEFT set the scaling of {module_name!r} to {scaling}, not 1: the adapter would not be exact")
+    for module_name, params in plan.whole.items():
+        copy = inner.get_submodule(module_name).modules_to_save["default"]
+        for param, value in params.items():
+            _assign(getattr(copy, param), value, module_name)
+    return peft_model
+
+
+def _assign(parameter: torch.Tensor, value: torch.Tensor, module_name: str) -> None:
+    if tuple(parameter.shape) != tuple(value.shape):
+        raise ExportError(
+            f"adapter factor of {module_name!r} has shape {tuple(value.shape)}, PEFT expects {tuple(parameter.shape)}"
+        )
+    parameter.copy_(value.to(parameter.dtype))
+
+
+@torch.no_grad()
+def export_adapter(
+    base_dir: str | Path,
+    edit: Mapping,
+    out_dir: str | Path,
+    *,
+    card: str | Callable[[dict], str] = "",
+    base_name: str | None = None,
+) -> dict:
+    """Write the cell's edited update as a PEFT LoRA adapter directory; returns what it holds.
+
+    ``card`` is the README.md, or a function of the returned summary that writes it (the card
+    states the ranks, known once the adapter is planned). ``base_name`` is what the adapter
+    config names as its base model (a hub id; default the base model directory).
+    """
+    model = load_model(base_dir)
+    plan = plan_adapter(model, edit)
+    model.config._name_or_path = base_name or str(base_dir)
+    peft_model = adapter_model(model, plan)
+    with atomic_directory(out_dir) as scratch:
+        # The base embedding is unchanged (its update is in the LoRA factors): PEFT would otherwise
+        # store the whole embedding matrix beside an embedding LoRA.
+        peft_model.save_pretrained(scratch, save_embedding_layers=False)
+        summary = {
+            "modules": len(plan.factors),
+            "ranks": plan.ranks(),
+            "modules_to_save": sorted(plan.whole),
+            "zero_update_modules": plan.zero_update,
+            "tied_embeddings": plan.tie_embeddings,
+            "adapter_bytes": adapter_bytes(scratch),
+        }
+        # Ours, in place of PEFT's template card.
+        (scratch / "README.md").write_text(card(summary) if callable(card) else card)
+    log.info(
+        "exported a LoRA adapter of %d modules (ranks %s..%s) and %d whole modules to %s",
+        summary["modules"],
+        min(summary["ranks"].values(), default=0),
+        max(summary["ranks"].values(), default=0),
+        len(plan.whole),
+        out_dir,
+    )
+    return summary
+
+
+def adapter_bytes(out_dir: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(out_dir).glob("*.safetensors"))
+
+
+# --- the model card ------------------------------------------------------------------------
+
+
+def cell_statistics(cell: Mapping, finetuned: Mapping, base: Mapping, meta: Mapping, bootstrap: Mapping) -> dict:
+    """The cell's statistics (as the tables compute them) with their bootstrap intervals, and
+    McNemar's test against its fine-tuned model, from the three cells' per-example results."""
+    order = [e["id"] for e in cell["examples"]]
+
+    def correct(record):
+        by_id = {e["id"]: e for e in record["examples"]}
+        return np.array([by_id[i]["prediction"] == by_id[i]["label"] for i in order], float)
+
+    design = GroupDesign.from_examples([e["group"] for e in cell["examples"]], meta["majority_groups"], meta["minority_groups"])
+    edit, ft, base_correct = correct(cell), correct(finetuned), correct(base)
+    values = point_statistics(edit, ft, base_correct, design)
+    level = float(bootstrap.get("level", 0.95))
+    resamples, seed = int(bootstrap.get("resamples", 2000)), int(bootstrap.get("seed", 0))
+    intervals = bootstrap_intervals(edit, ft, base_correct, design, n_resamples=resamples, seed=seed, level=level)
+    return {
+        "n_examples": len(order),
+        "level": level,
+        "statistics": {name: {"value": values[name], "interval": intervals[name]} for name in values},
+        "finetuned_accuracy": finetuned["metrics"]["accuracy"],
+        "finetuned_gap": finetuned["metrics"]["gap"],
+        "base_accuracy": base["metrics"]["accuracy"],
+        "mcnemar_vs_finetuned": mcnemar_exact(edit.astype(bool), ft.astype(bool)),
+    }
+
+
+def benchmark_statistics(records: Mapping[str, Mapping[str, str | Path]], bootstrap: Mapping) -> list[dict]:
+    """Per lm-eval benchmark of the cell ({benchmark: {cell, finetuned, base: file}}): its score,
+    its change against the fine-tuned and base models with bootstrap intervals, McNemar's test
+    (as benchmarks_summary.csv has them)."""
+    from spectral_edit.analysis.benchmark_scores import load_record
+    from spectral_edit.analysis.benchmark_tables import compare_scores
+
+    resampling = {
+        "n_resamples": int(bootstrap.get("resamples", 2000)),
+        "seed": int(bootstrap.get("seed", 0)),
+        "level": float(bootstrap.get("level", 0.95)),
+    }
+    rows = []
+    for benchmark, paths in records.items():
+        cell, ft, base = (load_record(paths[k]) for k in ("cell", "finetuned", "base"))
+        row = compare_scores([cell["scores"]], [ft["scores"]], base["scores"], resampling)
+        rows.append({"benchmark": benchmark, "metric": cell["info"]["metric"], "level": resampling["level"], **row})
+    return rows
+
+
+def workflow_commit(directory: str | Path) -> str:
+    """The git commit of the workflow checkout ("+ uncommitted changes" when dirty), or "unknown"."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return commit + (" + uncommitted changes" if dirty else "")
+
+
+_LABELS = {
+    "accuracy": ("accuracy", 100, "%"),
+    "worst_group_accuracy": ("worst-group accuracy", 100, "%"),
+    "gap": ("spurious-group gap (majority − minority accuracy)", 100, "pp"),
+    "accuracy_loss": ("accuracy loss against the fine-tuned model", 1, "pp"),
+    "bias_reduction": ("bias reduction (1 − gap / fine-tuned gap)", 1, "%"),
+}
+
+
+def _number(value: float, scale: float) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{scale * value:.1f}"
+
+
+def model_card(
+    *,
+    form: str,
+    cell: Mapping,
+    statistics: Mapping | None,
+    edit_summary: Mapping,
+    provenance: Mapping,
+    base_id: str | None = None,
+    benchmarks: list[Mapping] = (),
+) -> str:
+    """README.md of an exported model (``form`` "model") or adapter ("adapter"): the edit, the
+    label-word evaluation (``statistics``; None for an instruction task) and the lm-eval
+    ``benchmarks`` (rows of :func:`benchmark_statistics`)."""
+    c = cell["cell"]
+    retention = "none" if c.get("retention") is None else f"{100 * c['retention']:g} %"
+    title = (
+        f"{c['model']}, {c['method']} edit at retention {retention} of the {c['finetune']} fine-tune on "
+        f"{c['dataset']} (seed {c['seed']})"
+    )
+    front = {
+        "library_name": "transformers" if form == "model" else "peft",
+        "tags": ["spectral-editing", str(c["method"])] + (["lora"] if form == "adapter" else []),
+    }
+    if base_id:
+        front["base_model"] = base_id
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", ""]
+    if form == "model":
+        lines += [
+            "The edited model of one cell of a spectral-editing sweep: every decomposed weight matrix is",
+            "W_base + Σ s′ᵢ uᵢ vᵢᵀ, the fine-tuning update ΔW = W_ft − W_base with its singular values",
+            "replaced by the method's s′. Loads with `AutoModelForCausalLM.from_pretrained` (no code of the",
+            "workflow is needed).",
+        ]
+    else:
+        lines += [
+            "The edited update of one cell of a spectral-editing sweep as an exact PEFT LoRA adapter on the",
+            "base model: per module, rank = the components the edit keeps, B = U_k diag(s′_k), A = V_kᵀ and",
+            "alpha = rank (scaling 1); `modules_to_save` holds the tensors that are not decomposed but differ",
+            "from the base. Load it with `PeftModel.from_pretrained(base_model, this_directory)`.",
+        ]
+    lines += [
+        "",
+        "## Edit",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| method | `{c['method']}`"
+        + (f" ({edit_summary['method_name']})" if edit_summary.get("method_name", c["method"]) != c["method"] else "")
+        + " |",
+        f"| parameters | `{dict(edit_summary.get('params') or {})}` |",
+        f"| retention | {retention} |",
+        f"| components kept | {edit_summary.get('kept_components')} of {edit_summary.get('total_components')} |",
+        f"| spectral energy kept | {_number(edit_summary.get('energy_kept_fraction'), 100)} % |",
+        f"| tensors not decomposed | {edit_summary.get('unedited_params')} values |",
+    ]
+    if form == "adapter":
+        ranks = list(edit_summary.get("ranks", {}).values())
+        lines += [
+            f"| LoRA modules | {len(ranks)} (rank {min(ranks, default=0)}–{max(ranks, default=0)}) |",
+            f"| whole modules | {len(edit_summary.get('modules_to_save', []))} |",
+            f"| tied embeddings | {edit_summary.get('tied_embeddings')} |",
+        ]
+    if statistics is not None:
+        lines += _label_word_section(c, statistics)
+    if benchmarks:
+        lines += _benchmark_section(benchmarks)
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        f"- workflow commit: `{provenance['commit']}`",
+        f"- base model: `{provenance['base_model']}`",
+        "",
+        "The configuration that made it (base model, dataset, fine-tune recipe, method, edit and evaluation):",
+        "",
+        "```yaml",
+        yaml.safe_dump(dict(provenance["config"]), sort_keys=False).strip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _benchmark_section(benchmarks: list[Mapping]) -> list[str]:
+    level = f"{100 * benchmarks[0]['level']:g} %"
+    lines = [
+        "",
+        f"## Benchmarks (lm-evaluation-harness; {level} stratified paired bootstrap intervals over the samples)",
+        "",
+        "| benchmark | metric | score | change against the fine-tuned model | change against the base model | McNemar p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in benchmarks:
+        cells = [f"{row[k]:+.3f} [{row[k + '_lo']:+.3f}, {row[k + '_hi']:+.3f}]" for k in ("diff_ft", "diff_base")]
+        p = "" if not np.isfinite(row.get("mcnemar_p", np.nan)) else f"{row['mcnemar_p']:.3g}"
+        score = f"{row['score']:.3f} [{row['score_lo']:.3f}, {row['score_hi']:.3f}]"
+        lines.append(f"| {row['benchmark']} | {row['metric']} | {score} | {cells[0]} | {cells[1]} | {p} |")
+    return lines
+
+
+def _label_word_section(c: Mapping, statistics: Mapping) -> list[str]:
+    lines = []
+    level = f"{100 * statistics.get('level', 0.95):g} %"
+    lines += [
+        "",
+        f"## Evaluation on {c['dataset']} ({statistics['n_examples']} examples, {level} stratified paired bootstrap intervals)",
+        "",
+        "| statistic | value | interval |",
+        "|---|---|---|",
+    ]
+    for key, (label, scale, unit) in _LABELS.items():
+        entry = statistics["statistics"][key]
+        low, high = entry["interval"]
+        value = _number(entry["value"], scale)
+        lines.append(
+            f"| {label} | {value}{'' if value == 'n/a' else ' ' + unit} | [{_number(low, scale)}, {_number(high, scale)}] |"
+        )
+    mcnemar = statistics["mcnemar_vs_finetuned"]
+    lines += [
+        "",
+        f"Fine-tuned model: accuracy {_number(statistics['finetuned_accuracy'], 100)} %, gap "
+        f"{_number(statistics['finetuned_gap'], 100)} pp. Base model: accuracy "
+        f"{_number(statistics['base_accuracy'], 100)} %. McNemar's exact test against the fine-tuned model: "
+        f"{mcnemar['mcnemar_b']} examples only this model gets right, {mcnemar['mcnemar_c']} only the fine-tuned one, p = "
+        f"{mcnemar['mcnemar_p']:.3g}.",
+    ]
+    return lines
