@@ -1,6 +1,6 @@
 """Child process of bench figure 10: fine-tuning steps of the embedded default, one way per process.
 
-    python bench/finetune_steps.py MODE BASE_DIR TRAIN_JSONL SPEC_JSON HYPER_JSON THREADS OUT_DIR
+    python bench/children/finetune_steps.py MODE BASE_DIR TRAIN_JSONL SPEC_JSON HYPER_JSON THREADS OUT_DIR
 
 MODE is ``answer_only`` (the workflow: the language-model head only where the loss reads it, no
 NaN filling of new tensors), ``before`` (the workflow as it was at 221fbb0: the Trainer's own loss,
