@@ -29,7 +29,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy import integrate  # noqa: E402
 
-from .figures import save_figure  # noqa: E402
+from spectral_edit.analysis.figures.common import save_figure  # noqa: E402
+
 from .methods import MatrixContext, get_method, layer_index, split_result  # noqa: E402
 from .random_matrix import mp_density, mp_support, noise_singular_value_density  # noqa: E402
 from .safetensors_stream import open_safetensors  # noqa: E402
