@@ -11,7 +11,7 @@ import torch
 from spectral_edit.benchmarks.spec import dataset_benchmarks, resolve_benchmark
 from spectral_edit.plan.config import grid_cells, grid_finetunes, recipe_for_dataset, resolve_finetune, resolve_method
 from spectral_edit.data import is_instruction
-from spectral_edit.layout import figure_names  # not from figures.py: that imports matplotlib
+from spectral_edit.analysis.figures import figure_names  # the registry alone: no matplotlib until a figure is drawn
 from spectral_edit.plan.resources import rule_resources
 
 CONDA_ENV = "../envs/spectral-edit.yaml"

@@ -8,8 +8,6 @@ recipe's checkpoint, SVD cache and cells sit side by side.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 RESULTS = "results"
 LOGS = "logs"
 
@@ -54,33 +52,6 @@ FIGURES_DIR = RESULTS + "/figures"
 
 NO_RETENTION = "none"
 FIGURE_FORMATS = ("png", "pdf")
-# The figures (spectral_edit/analysis/figures.py draws them). Named here, not there, so that planning
-# does not import matplotlib and pandas to know them.
-CORE_FIGURES = ("trajectory", "retention_sweep", "method_comparison", "cell_comparison", "spectrum")
-SUBSET_METHODS = ("top_k_attention", "top_k_mlp", "top_k_first_half", "top_k_second_half")
-
-
-def figure_names(config: Mapping, surgery_policies: Mapping[str, str] | None = None) -> list[str]:
-    """The figures a config produces: those of its label-word tasks (the core four, and those of
-    the controls and methods it names), the spectra, and those of its benchmarks.
-    ``surgery_policies`` maps grid methods to their Spectral Surgery policy."""
-    from spectral_edit.plan.config import resolve_method  # local import: config imports this module
-
-    grid, datasets = config["grid"], config["datasets"]
-    label_words = any(datasets[d].get("kind", "classification") != "instruction" for d in grid["datasets"])
-    names = [n for n in CORE_FIGURES if label_words or n == "spectrum"]
-    if label_words and grid.get("controls"):
-        names.append("controls_pareto")
-    if label_words and any(resolve_method(config, m)[0].name in SUBSET_METHODS for m in grid["methods"]):
-        names.append("layer_subsets")
-    if any(datasets[d].get("heldout") for d in grid["datasets"]):
-        names.append("recovery_preservation")
-    if any(datasets[d].get("benchmarks") for d in grid["datasets"]):
-        policies = set((surgery_policies or {}).values())
-        if {"random_index", "grad_direction"} <= policies:
-            names.append("surgery_guided_vs_random")
-        names.append("surgery_reward_risk")
-    return names
 
 
 def log(relative: str) -> str:

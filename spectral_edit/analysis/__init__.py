@@ -1,2 +1,1 @@
-"""Analysis: aggregation of cells into tables, intervals and tests, Table 1, repair of held-out benchmarks,
-diagnostics of dW and the figures (rules/aggregate.smk)."""
+"""What is computed from the evaluated cells: the figures (and, in time, the tables and diagnostics)."""
