@@ -63,7 +63,8 @@ import torch  # noqa: E402
 from spectral_edit import layout  # noqa: E402
 from spectral_edit.data import read_meta, read_split  # noqa: E402
 from spectral_edit.data.prompts import examples_of, formatter_for  # noqa: E402
-from spectral_edit.edit.svd_cache import compute_svd_cache, read_spectrum  # noqa: E402
+from spectral_edit.edit.svd import compute_svd_cache  # noqa: E402
+from spectral_edit.edit.svd_cache import read_spectrum  # noqa: E402
 from spectral_edit.evaluate.cells import evaluate_cell  # noqa: E402
 from spectral_edit.evaluate.scoring import label_log_probs, shared_prefix_length  # noqa: E402
 from spectral_edit.models import load_model, load_tokenizer  # noqa: E402
@@ -85,7 +86,7 @@ def sample():
         peak[0] = max(peak[0], anon_mb())
         time.sleep(0.005)
 threading.Thread(target=sample, daemon=True).start()
-from spectral_edit.edit.svd_cache import compute_svd_cache
+from spectral_edit.edit.svd import compute_svd_cache
 base, finetuned, out, include_embeddings, run = sys.argv[1:6]
 if run == "1":
     compute_svd_cache(base, finetuned, out, include_embeddings=include_embeddings == "1", progress=False)
@@ -722,7 +723,7 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
     model_config = json.loads((paths["finetuned"] / "config.json").read_text())
     from safetensors import safe_open
 
-    from spectral_edit.edit.svd_cache import is_embedding
+    from spectral_edit.edit.svd import is_embedding
 
     with safe_open(str(paths["finetuned"] / "model.safetensors"), framework="pt") as handle:
         shapes = {k: handle.get_slice(k).get_shape() for k in handle.keys()}
