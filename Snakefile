@@ -1,29 +1,15 @@
 # Post-hoc spectral editing of fine-tuning updates.
 # fine-tune -> SVD cache of dW -> spectral edits -> evaluation cells -> tables and figures.
 # The logic lives in the spectral_edit package beside this file; rules and scripts stay thin.
+# This file is the table of contents: the config, one include per stage, and the targets.
 
 import os
 
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from spectral_edit.plan.config import read_config_file
 
 min_version("9.0")
-
-# This process and the jobs import spectral_edit as installed (setup.sh: pip install -e .). A job
-# in a conda env (--use-conda), where it is not installed, finds it in this checkout through
-# PYTHONPATH, which Snakemake also passes to cluster jobs (envvars).
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
-
-
-envvars:
-    "PYTHONPATH",
-
-
-from spectral_edit import layout
-from spectral_edit.benchmarks.spec import check_benchmarks
-from spectral_edit.plan.config import SCHEMA_PATH, canonical, check_config, read_config_file, validate_schema
-from spectral_edit.errors import ConfigError
-from spectral_edit.data.prompts import check_label_words
 
 # Snakemake's own reader gives a traceback for a binary or non-UTF-8 file; say it in one line.
 # (A file given with --configfile is read by Snakemake's command line before this file runs.)
@@ -37,43 +23,23 @@ configfile: "config.yaml"
 report: "rules/captions/workflow.rst"
 
 
-try:
-    validate(config, str(SCHEMA_PATH))
-except WorkflowError as error:
-    # Snakemake's message is the whole jsonschema report; say it in one line naming the key.
-    validate_schema(config)
-    raise ConfigError(str(error)) from None
-check_config(config)
-# Every benchmark a task is scored on is known to lm-eval and loads; its definition digest is a
-# param of its cells (spectral_edit/benchmarks/spec.py).
-BENCHMARK_DIGESTS = check_benchmarks(config)
-# Label words must start with distinct tokens: checked here for every model already materialised.
-check_label_words(config, lambda model: layout.BASE_MODEL_DIR.format(model=model))
-# Params are compared by their repr: keys in one order, whatever order the files wrote them in.
-_canonical = canonical(config)
-config.clear()
-config.update(_canonical)
-
-
-wildcard_constraints:
-    model=r"[^/]+",
-    dataset=r"[^/]+",
-    seed=r"\d+",
-    finetune=r"[^/]+",
-    method=r"[^/]+",
-    retention=r"[0-9.e-]+|none",
-    ncal=r"\d+",
-    benchmark=r"[^/]+",
-
-
+# The config validated and made canonical, the job environment, and the helpers the rules share.
 include: "rules/common.smk"
+# Base models materialised from their source.
 include: "rules/models.smk"
+# Datasets prepared: training split, group-balanced evaluation split.
 include: "rules/data.smk"
+# Fine-tunes of each base model by recipe and seed.
 include: "rules/finetune.smk"
+# SVD cache of each fine-tune's update dW, calibration sensitivities, spectral diagnostics.
 include: "rules/svd.smk"
+# Evaluation cells: base, fine-tuned and edited models on their task and held-out datasets.
 include: "rules/evaluate.smk"
+# Standard benchmarks through lm-evaluation-harness, for the same models.
 include: "rules/benchmarks.smk"
+# Tables and figures from all cells.
 include: "rules/aggregate.smk"
+# Export: any cell as a model directory and a LoRA adapter; Table 1's sweet spots.
 include: "rules/export.smk"
 
 

@@ -1,18 +1,74 @@
-# Helpers shared by the rules: config lookups used as params (a change reruns the rule) and
-# the lists of targets the grid asks for. Input, params and resources functions run once per
-# job (thousands on the paper grid), so what depends only on a name is resolved once.
+# The config checked and made canonical, the job environment, and the helpers shared by the
+# rules: config lookups used as params (a change reruns the rule) and the lists of targets the
+# grid asks for. Input, params and resources functions run once per job (thousands on the
+# paper grid), so what depends only on a name is resolved once.
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import torch
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
-from spectral_edit.benchmarks.spec import dataset_benchmarks, resolve_benchmark
-from spectral_edit.plan.config import grid_cells, grid_finetunes, recipe_for_dataset, resolve_finetune, resolve_method
+from spectral_edit import layout
+from spectral_edit.benchmarks.spec import check_benchmarks, dataset_benchmarks, resolve_benchmark
 from spectral_edit.data import is_instruction
+from spectral_edit.data.prompts import check_label_words
+from spectral_edit.errors import ConfigError
+from spectral_edit.plan.config import (
+    SCHEMA_PATH,
+    canonical,
+    check_config,
+    grid_cells,
+    grid_finetunes,
+    recipe_for_dataset,
+    resolve_finetune,
+    resolve_method,
+    validate_schema,
+)
 from spectral_edit.analysis.figures import figure_names  # the registry alone: no matplotlib until a figure is drawn
 from spectral_edit.plan.resources import rule_resources
+
+# This process and the jobs import spectral_edit as installed (setup.sh: pip install -e .). A job
+# in a conda env (--use-conda), where it is not installed, finds it in this checkout through
+# PYTHONPATH, which Snakemake also passes to cluster jobs (envvars).
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p)
+
+
+envvars:
+    "PYTHONPATH",
+
+
+try:
+    validate(config, str(SCHEMA_PATH))
+except WorkflowError as error:
+    # Snakemake's message is the whole jsonschema report; say it in one line naming the key.
+    validate_schema(config)
+    raise ConfigError(str(error)) from None
+check_config(config)
+# Every benchmark a task is scored on is known to lm-eval and loads; its definition digest is a
+# param of its cells (spectral_edit/benchmarks/spec.py).
+BENCHMARK_DIGESTS = check_benchmarks(config)
+# Label words must start with distinct tokens: checked here for every model already materialised.
+check_label_words(config, lambda model: layout.BASE_MODEL_DIR.format(model=model))
+# Params are compared by their repr: keys in one order, whatever order the files wrote them in.
+_canonical = canonical(config)
+config.clear()
+config.update(_canonical)
+
+
+wildcard_constraints:
+    model=r"[^/]+",
+    dataset=r"[^/]+",
+    seed=r"\d+",
+    finetune=r"[^/]+",
+    method=r"[^/]+",
+    retention=r"[0-9.e-]+|none",
+    ncal=r"\d+",
+    benchmark=r"[^/]+",
+
 
 CONDA_ENV = "../envs/spectral-edit.yaml"
 

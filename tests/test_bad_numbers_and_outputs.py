@@ -15,7 +15,7 @@ from conftest import TINY_DATASET, TINY_HYPER
 from spectral_edit.atomic import write_json
 from spectral_edit.data import read_meta, read_split
 from spectral_edit.data.prompts import formatter_for
-from spectral_edit.edit.svd_cache import compute_svd_cache
+from spectral_edit.edit.svd import compute_svd_cache
 from spectral_edit.errors import ConfigError
 from spectral_edit.evaluate.scoring import evaluate_model
 from spectral_edit.models import load_model, load_tokenizer

@@ -12,7 +12,8 @@ from spectral_edit.data import read_split
 from spectral_edit.data.prompts import PromptFormatter, examples_of
 from spectral_edit.edit.apply import apply_spectral_edit, new_singular_values
 from spectral_edit.edit.methods import MatrixContext, get_method
-from spectral_edit.edit.svd_cache import cached_names, decomposed_names, tensor_shapes
+from spectral_edit.edit.svd import decomposed_names, tensor_shapes
+from spectral_edit.edit.svd_cache import cached_names
 from spectral_edit.evaluate.scoring import label_log_probs
 from spectral_edit.models import load_model, load_tokenizer
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_DATASET
-from spectral_edit.edit.svd_cache import compute_svd_cache
+from spectral_edit.edit.svd import compute_svd_cache
 from spectral_edit.evaluate.cells import evaluate_cell
 from spectral_edit.evaluate.client import EvaluationServerError, serve_cell, server_key, socket_dir, supervising_process
 

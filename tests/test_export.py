@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO, TINY_ARCHITECTURE, TINY_DATASET, TINY_HYPER
-from spectral_edit.edit.svd_cache import compute_svd_cache, numerical_rank
+from spectral_edit.edit.svd import compute_svd_cache, numerical_rank
 from spectral_edit.errors import ExportError
 from spectral_edit.evaluate.cells import evaluate_cell
 from spectral_edit.export.artifacts import (

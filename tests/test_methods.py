@@ -7,7 +7,9 @@ import torch
 
 from spectral_edit.edit.apply import new_singular_values
 from spectral_edit.edit.methods import MatrixContext, available_methods, get_method, kept_count
-from spectral_edit.edit.svd_cache import rebuild_update, stored_side, svd_of_update
+from spectral_edit.edit.rebuild import rebuild_update
+from spectral_edit.edit.svd import svd_of_update
+from spectral_edit.edit.svd_cache import stored_side
 from spectral_edit.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ from spectral_edit.analysis.diagnostics import subspace_alignment
 from spectral_edit.data.prompts import PromptFormatter
 from spectral_edit.edit.methods import MatrixContext, get_method, split_result
 from spectral_edit.edit.sensitivity import calibration_rows, compute_sensitivities, per_example_answer_loss
-from spectral_edit.edit.svd_cache import compute_svd_cache, numerical_rank
+from spectral_edit.edit.svd import compute_svd_cache, numerical_rank
 from spectral_edit.models import load_model, load_tokenizer
 from spectral_edit.plan.config import DEFAULT_LORA_TARGETS
 from spectral_edit.train.finetune import _merge_recipe, _wrap_for_recipe, finetune

@@ -9,15 +9,9 @@ from safetensors.torch import load_file, save_file
 
 from spectral_edit.edit.apply import apply_spectral_edit, new_singular_values
 from spectral_edit.edit.methods import MatrixContext, get_method, kept_count
-from spectral_edit.edit.svd_cache import (
-    cached_names,
-    compute_svd_cache,
-    energy_fraction,
-    iter_factors,
-    leading_vectors,
-    rebuild_update,
-    stored_side,
-)
+from spectral_edit.edit.rebuild import leading_vectors, rebuild_update
+from spectral_edit.edit.svd import compute_svd_cache, energy_fraction
+from spectral_edit.edit.svd_cache import cached_names, iter_factors, stored_side
 from spectral_edit.errors import CheckpointMismatchError
 from spectral_edit.models import load_model
 
@@ -267,9 +261,9 @@ def test_batch_size_does_not_change_the_cache(cache, tmp_path, tiny_base_dir, ti
 
 def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(monkeypatch):
     """The GPU path on a CPU machine: a fake device that runs out of memory above a batch size."""
-    import spectral_edit.edit.svd_cache as svd_cache
+    import spectral_edit.edit.svd as svd
 
-    real = svd_cache._svd_batch
+    real = svd._svd_batch
     calls = []
 
     def svd_with_small_gpu(deltas, device):
@@ -278,12 +272,12 @@ def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(deltas, torch.device("cpu"))
 
-    monkeypatch.setattr(svd_cache, "_svd_batch", svd_with_small_gpu)
+    monkeypatch.setattr(svd, "_svd_batch", svd_with_small_gpu)
     deltas = [torch.randn(6, 4, generator=torch.Generator().manual_seed(i)) for i in range(5)]
     expected = [torch.linalg.svd(d.double(), full_matrices=False)[1].float() for d in deltas]
 
     limit = 2
-    factors, events = svd_cache.batched_svds(deltas, torch.device("cuda"), batch_size=8)
+    factors, events = svd.batched_svds(deltas, torch.device("cuda"), batch_size=8)
     assert events["halvings"] == 2 and events["final_batch_size"] == 2 and events["cpu_fallbacks"] == 0
     assert calls[:3] == [("cuda", 5), ("cuda", 4), ("cuda", 2)]
     for (u, s, vh), delta, s_expected in zip(factors, deltas, expected):
@@ -291,21 +285,21 @@ def test_out_of_memory_halves_the_batch_then_falls_back_to_cpu(monkeypatch):
         torch.testing.assert_close((u * s) @ vh, delta, rtol=0, atol=1e-5)
 
     limit, calls[:] = 0, []
-    factors, events = svd_cache.batched_svds(deltas, torch.device("cuda"), batch_size=4)
+    factors, events = svd.batched_svds(deltas, torch.device("cuda"), batch_size=4)
     assert events["cpu_fallbacks"] == 5 and events["final_batch_size"] == 1
     assert [c for c in calls if c[0] == "cpu"] == [("cpu", 1)] * 5
     torch.testing.assert_close(factors[3][1], expected[3])
 
 
 def test_other_errors_are_not_taken_for_out_of_memory(monkeypatch):
-    import spectral_edit.edit.svd_cache as svd_cache
+    import spectral_edit.edit.svd as svd
 
     def broken(deltas, device):
         raise RuntimeError("linalg.svd: The algorithm failed to converge")
 
-    monkeypatch.setattr(svd_cache, "_svd_batch", broken)
+    monkeypatch.setattr(svd, "_svd_batch", broken)
     with pytest.raises(RuntimeError, match="failed to converge"):
-        svd_cache.batched_svds([torch.ones(2, 2)], torch.device("cuda"), batch_size=2)
+        svd.batched_svds([torch.ones(2, 2)], torch.device("cuda"), batch_size=2)
 
 
 def test_a_truncated_cache_is_one_line_naming_the_file_and_the_fix(cache, tmp_path):

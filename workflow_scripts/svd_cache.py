@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from spectral_edit.edit.svd_cache import compute_svd_cache
+from spectral_edit.edit.svd import compute_svd_cache
 from spectral_edit.jobs import job_logging
 from spectral_edit.runtime import resolve as resolve_runtime
 

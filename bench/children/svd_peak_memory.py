@@ -31,7 +31,7 @@ def main() -> None:
             time.sleep(0.005)
 
     threading.Thread(target=sample, daemon=True).start()
-    from spectral_edit.edit.svd_cache import compute_svd_cache
+    from spectral_edit.edit.svd import compute_svd_cache
 
     base, finetuned, out, include_embeddings, run = sys.argv[1:6]
     if run == "1":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from spectral_edit.edit.svd_cache import compute_svd_cache
+from spectral_edit.edit.svd import compute_svd_cache
 from spectral_edit.evaluate.cells import evaluate_cell
 
 

@@ -116,7 +116,7 @@ def against_lm_evaluation_harness(paths: dict, config: dict, n_examples: int, sc
     model_config = json.loads((paths["finetuned"] / "config.json").read_text())
     from safetensors import safe_open
 
-    from spectral_edit.edit.svd_cache import is_embedding
+    from spectral_edit.edit.svd import is_embedding
 
     with safe_open(str(paths["finetuned"] / "model.safetensors"), framework="pt") as handle:
         shapes = {k: handle.get_slice(k).get_shape() for k in handle.keys()}

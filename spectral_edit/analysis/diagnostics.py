@@ -32,7 +32,8 @@ from scipy import integrate  # noqa: E402
 from spectral_edit.analysis.figures.common import save_figure  # noqa: E402
 from spectral_edit.edit.methods import MatrixContext, get_method, layer_index, split_result  # noqa: E402
 from spectral_edit.edit.random_matrix import mp_density, mp_support, noise_singular_value_density  # noqa: E402
-from spectral_edit.edit.svd_cache import cached_names, iter_factors, leading_vectors  # noqa: E402
+from spectral_edit.edit.rebuild import leading_vectors  # noqa: E402
+from spectral_edit.edit.svd_cache import cached_names, iter_factors  # noqa: E402
 from spectral_edit.safetensors_stream import open_safetensors  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 S' comes from a spectral method (for top-k: the k largest singular values, the rest zero).
 The update is rebuilt from dW = W_ft - W_base, read from the two checkpoints a matrix at a
-time, and the cache's singular vectors of one side (``svd_cache.rebuild_update``). The edited
+time, and the cache's singular vectors of one side (``rebuild.rebuild_update``). The edited
 model is never written to disk: an evaluation cell builds it, evaluates it and keeps the metrics.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from spectral_edit.edit.methods import MatrixContext, SpectralMethod, layer_index, split_result
-from spectral_edit.edit.svd_cache import cached_names, cached_numerical_ranks, iter_factors, low_rank_factors, rebuild_update
+from spectral_edit.edit.rebuild import low_rank_factors, rebuild_update
+from spectral_edit.edit.svd_cache import cached_names, cached_numerical_ranks, iter_factors
 from spectral_edit.errors import CheckpointMismatchError
 from spectral_edit.safetensors_stream import open_safetensors
 

@@ -27,7 +27,8 @@ from transformers import DataCollatorForSeq2Seq
 from spectral_edit.atomic import atomic_path
 from spectral_edit.data import read_split
 from spectral_edit.data.prompts import training_features
-from spectral_edit.edit.svd_cache import cached_names, iter_factors, leading_vectors
+from spectral_edit.edit.rebuild import leading_vectors
+from spectral_edit.edit.svd_cache import cached_names, iter_factors
 from spectral_edit.models import load_model, load_tokenizer
 from spectral_edit.runtime import resolve as resolve_runtime
 from spectral_edit.safetensors_stream import open_safetensors

@@ -3,7 +3,7 @@ edited update as an exact PEFT LoRA adapter on the base model.
 
 An edit keeps, per decomposed matrix, the components with s'_i != 0 of dW = W_ft - W_base:
     W~ = W_base + sum_i s'_i u_i v_i^T = W_base + B A,  B = U_k diag(s'_k) (m x k), A = V_k^T (k x n)
-(``svd_cache.low_rank_factors``). A top-k edit is therefore a LoRA adapter of rank k per matrix,
+(``rebuild.low_rank_factors``). A top-k edit is therefore a LoRA adapter of rank k per matrix,
 exactly: ``rank_pattern`` gives each module its k, ``alpha_pattern`` its alpha = k so that
 PEFT's scaling alpha / r is 1, and B, A are the factors themselves. An embedding matrix
 (vocab x d) goes into PEFT's embedding LoRA, whose update is (lora_embedding_B

@@ -1,6 +1,6 @@
 """Configuration: schema validation, cross-reference checks and the experiment grid.
 
-The Snakefile validates with Snakemake's ``validate`` against ``config.schema.yaml`` and then
+rules/common.smk validates with Snakemake's ``validate`` against ``config.schema.yaml`` and then
 calls :func:`check_config`; notebooks call :func:`load_config`, which does both. Every error is
 a one-line :class:`ConfigError` that names the offending key.
 """
@@ -329,7 +329,7 @@ def _check_model(name: str, spec: Mapping, check_files: bool) -> None:
     if not check_files:
         return
     if source == "gguf_package":
-        from spectral_edit.models import find_packaged_file  # local import: models pulls in torch
+        from spectral_edit.packaged import find_packaged_file  # not from models: that imports transformers
 
         find_packaged_file(spec["package"], spec["file"], where=f"config: models.{name}")
     elif source == "local":
