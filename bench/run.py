@@ -314,7 +314,7 @@ def fused_vs_foreach_adamw(paths: dict, config: dict, steps: int = 6) -> None:
     formatter = formatter_for(load_tokenizer(paths["base"]), config["datasets"][keys["dataset"]])
     frame = read_split(paths["data"] / "train.jsonl").head(int(hyper["batch_size"]))
     rows = [
-        formatter.training_features(e, int(y), int(hyper.get("max_length", 512)))
+        formatter.training_features(e, int(y), int(hyper["max_length"]))
         for e, y in zip(examples_of(frame, ["text"]), frame["label"])
     ]
     width = max(len(r["input_ids"]) for r in rows)
@@ -778,7 +778,7 @@ def finetuning_step_rates(paths: dict, config: dict, scratch: Path, steps: int =
     pair = [launch("answer_only", 1, f"pair-{i}") for i in range(2)]
     runs["pair"] = [result(process) for process in pair][0]
     # Tokens a step computes: the mean example length times the batch (padding left out).
-    features, _ = training_features(load_tokenizer(paths["base"]), spec, read_split(train), int(hyper.get("max_length", 512)))
+    features, _ = training_features(load_tokenizer(paths["base"]), spec, read_split(train), int(hyper["max_length"]))
     tokens = np.mean([len(f["input_ids"]) for f in features]) * int(hyper["batch_size"])
     model_config = json.loads((paths["base"] / "config.json").read_text())
     parameters = sum(t.numel() for t in load_file(paths["base"] / "model.safetensors").values())

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from spectral_edit.plan.records import with_schema_defaults
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -45,7 +47,7 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return out
 
 
-TINY_HYPER = {"steps": 4, "batch_size": 8, "learning_rate": 3e-3, "max_length": 512}
+TINY_HYPER = with_schema_defaults("finetune", {"steps": 4, "batch_size": 8, "learning_rate": 3e-3, "max_length": 512})
 
 
 @pytest.fixture(scope="session")

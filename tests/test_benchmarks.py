@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TINY_HYPER
 from spectral_edit.analysis.benchmark_scores import Compared, bootstrap, from_benchmark_record
 from spectral_edit.benchmarks.spec import check_benchmarks, definition_digest, resolve_benchmark, task_index
 from spectral_edit.benchmarks.synthetic import antonym_benchmark, arithmetic_benchmark
@@ -333,7 +334,7 @@ def test_every_recipe_fine_tunes_on_instruction_data(tiny_base_dir, tmp_path, re
     from spectral_edit.train.finetune import finetune
 
     prepare_dataset({"kind": "instruction", "source": "synthetic_arithmetic", "n_train": 16}, tmp_path / "data", "a")
-    hyper = {"steps": 3, "batch_size": 4, "learning_rate": 1e-2, "max_length": 140}
+    hyper = {**TINY_HYPER, "steps": 3, "batch_size": 4, "learning_rate": 1e-2, "max_length": 140}
     train = tmp_path / "data/train.jsonl"
     log = finetune(tiny_base_dir, train, tmp_path / "ft", {"kind": "instruction"}, hyper, 0, False, recipe)
     # max_length 140 cuts the longer byte-level chats: counted, not silent.
