@@ -18,15 +18,21 @@ TINY_ARCHITECTURE = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
 }
-TINY_DATASET = {
-    "source": "synthetic_reviews",
-    "n_train": 48,
-    "n_eval_per_group": 5,
-    "marker": "cinephile42 writes:",
-    "generator_seed": 3,
-    "prompt": "Review: {text}\nSentiment?",
-    "label_words": ["negative", "positive"],
-}
+# With the schema's defaults, as a validated config hands a dataset on.
+TINY_DATASET = with_schema_defaults(
+    "datasets",
+    {
+        "tiny-reviews": {
+            "source": "synthetic_reviews",
+            "n_train": 48,
+            "n_eval_per_group": 5,
+            "marker": "cinephile42 writes:",
+            "generator_seed": 3,
+            "prompt": "Review: {text}\nSentiment?",
+            "label_words": ["negative", "positive"],
+        }
+    },
+)["tiny-reviews"]
 
 
 @pytest.fixture(scope="session")
