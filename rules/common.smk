@@ -95,7 +95,7 @@ def _checkpoint_job_threads():
     """
     if not (workflow.local_exec and workflow.is_main_process):
         return workflow.cores
-    device = config["runtime"].get("device", "auto")
+    device = config["runtime"]["device"]
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return workflow.cores
     checkpoints = len(_grid_checkpoints(grid_finetunes(config)))
@@ -273,7 +273,7 @@ def benchmark_params(wildcards):
 def benchmark_task_files(wildcards):
     """The task YAML and data a generated benchmark's cells read (none for lm-eval's own tasks)."""
     spec = resolve_benchmark(config, wildcards.benchmark)
-    if spec.get("source", "lm_eval") == "lm_eval":
+    if spec["source"] == "lm_eval":
         return {}
     directory = layout.BENCHMARK_TASK_DIR.format(benchmark=wildcards.benchmark)
     return {"task_yaml": f"{directory}/task.yaml", "task_data": f"{directory}/test.jsonl"}
@@ -426,7 +426,7 @@ def sweet_spot_exports(wildcards):
 def _check_local_device():
     """A CUDA device asked for where a local run has none: one line before any job (on a
     cluster the login node plans and the jobs' nodes have the GPUs, so it is not checked)."""
-    device = config["runtime"].get("device", "auto")
+    device = config["runtime"]["device"]
     if workflow.local_exec and workflow.is_main_process and device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config: runtime.device is {device!r} but this machine has no CUDA device")
 

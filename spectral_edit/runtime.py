@@ -14,21 +14,27 @@ from collections.abc import Callable, Mapping
 import torch
 
 from spectral_edit.errors import ConfigError
+from spectral_edit.plan.records import Runtime, with_schema_defaults
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve(runtime: Mapping | None = None) -> tuple[torch.device, torch.dtype]:
-    runtime = dict(runtime or {})
-    device_name = runtime.get("device", "auto")
+def resolve(runtime: Runtime | Mapping | None = None) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of a runtime record, or of the validated runtime mapping (a job's
+    params, a server's spec); None: the schema's defaults."""
+    if runtime is None:
+        runtime = with_schema_defaults("runtime")
+    if not isinstance(runtime, Runtime):
+        runtime = Runtime.from_mapping(runtime)
+    device_name = runtime.device
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     if device_name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config: runtime.device is {device_name!r} but no CUDA device is available")
     device = torch.device(device_name)
-    dtype_name = runtime.get("dtype", "auto")
+    dtype_name = runtime.dtype
     if dtype_name == "auto":
         dtype_name = "bfloat16" if device.type == "cuda" else "float32"
     if dtype_name not in DTYPES:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from spectral_edit.plan.records import with_schema_defaults
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -16,15 +18,21 @@ TINY_ARCHITECTURE = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
 }
-TINY_DATASET = {
-    "source": "synthetic_reviews",
-    "n_train": 48,
-    "n_eval_per_group": 5,
-    "marker": "cinephile42 writes:",
-    "generator_seed": 3,
-    "prompt": "Review: {text}\nSentiment?",
-    "label_words": ["negative", "positive"],
-}
+# With the schema's defaults, as a validated config hands a dataset on.
+TINY_DATASET = with_schema_defaults(
+    "datasets",
+    {
+        "tiny-reviews": {
+            "source": "synthetic_reviews",
+            "n_train": 48,
+            "n_eval_per_group": 5,
+            "marker": "cinephile42 writes:",
+            "generator_seed": 3,
+            "prompt": "Review: {text}\nSentiment?",
+            "label_words": ["negative", "positive"],
+        }
+    },
+)["tiny-reviews"]
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +53,7 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     return out
 
 
-TINY_HYPER = {"steps": 4, "batch_size": 8, "learning_rate": 3e-3, "max_length": 512}
+TINY_HYPER = with_schema_defaults("finetune", {"steps": 4, "batch_size": 8, "learning_rate": 3e-3, "max_length": 512})
 
 
 @pytest.fixture(scope="session")

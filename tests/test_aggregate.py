@@ -19,6 +19,7 @@ from spectral_edit.analysis.intervals import (
 )
 from spectral_edit.analysis.table1 import NoCostZone, sweet_spot_cells
 from spectral_edit.evaluate.metrics import group_metrics
+from spectral_edit.plan.records import Analysis, with_schema_defaults
 
 MAJORITY = ["negative|marker=1", "positive|marker=0"]
 MINORITY = ["negative|marker=0", "positive|marker=1"]
@@ -69,10 +70,18 @@ def _cell(tmp_path, method, seed, retention, correct_per_group, finetune="full",
     return path
 
 
+# The schema's default zone: the paper's rule, accuracy loss < 2 pp.
+PAPER_ZONE = NoCostZone.from_mapping(with_schema_defaults("analysis")["no_cost_zone"])
+
+
+def _analysis(**given) -> Analysis:
+    """The analysis settings as the workflow has them: what a test sets, the schema's defaults."""
+    return Analysis.from_mapping(with_schema_defaults("analysis", given))
+
+
 def _tables(paths, **analysis):
-    return build_tables(
-        paths, {"sweet_spot_method": "top_k", "bootstrap": {"resamples": 1000}, **analysis}, metas={"d": META, "e": META}
-    )
+    given = {"sweet_spot_method": "top_k", "bootstrap": {"resamples": 1000}, **analysis}
+    return build_tables(paths, _analysis(**given), metas={"d": META, "e": META})
 
 
 @pytest.fixture
@@ -228,7 +237,7 @@ def test_mcnemar_goes_into_the_cell_table(natural):
 
 
 def test_zone_rule():
-    paper = NoCostZone()
+    paper = PAPER_ZONE
     assert list(paper.contains([-30.0, 0.0, 1.99, 2.0, 5.0])) == [True, True, True, False, False]
     no_gains = NoCostZone(below_pp=2.0, from_pp=0.0)
     assert list(no_gains.contains([-0.5, 0.0, 1.0])) == [False, True, True]
@@ -323,7 +332,7 @@ def test_a_finetune_that_learned_only_the_label_prior_is_named_as_such(tmp_path)
         _cell(tmp_path, "top_k", 1, 0.5, (1, 25, 0, 25)),
     ]
     meta = {**META, "label_words": ["negative", "positive"], "train_label_shares": {"negative": 0.18, "positive": 0.82}}
-    tables = build_tables(paths, {"sweet_spot_method": "top_k", "bootstrap": {"resamples": 500}}, metas={"d": meta})
+    tables = build_tables(paths, _analysis(sweet_spot_method="top_k", bootstrap={"resamples": 500}), metas={"d": meta})
     row = tables["regimes"].iloc[0]
     assert row["regime"] == "label prior" and row["regime_source"] == "measured"
     assert row["note"].startswith("the fine-tuned model (2 seed(s)) answers 'positive' for 100 % of the evaluation examples")
@@ -415,7 +424,7 @@ def test_each_cell_picks_each_methods_best_in_zone_point_and_top_k_is_tested_aga
             (0, "bottom_k", 0.5, 0.0, 9.0), (1, "bottom_k", 0.5, 0.0, 9.0),  # never in the zone
         ]
     )  # fmt: skip
-    best = best_in_zone_per_cell(cells, NoCostZone(below_pp=2.0)).set_index(["seed", "method"])
+    best = best_in_zone_per_cell(cells, PAPER_ZONE).set_index(["seed", "method"])
     assert best.loc[(0, "top_k"), ["retention", "bias_reduction"]].tolist() == [0.5, 40.0]
     assert best.loc[(1, "top_k"), "retention"] == 0.5 and best.loc[(2, "top_k"), "bias_reduction"] == 10.0
     assert best.loc[(0, "random_k"), ["retention", "bias_reduction", "accuracy_loss"]].tolist() == [0.1, 50.0, 1.5]
@@ -453,22 +462,22 @@ def test_the_seeds_and_examples_that_resolve_the_zone_are_projected_from_the_two
 
     # h = 2.0 above a mean of 0.5, one seed's own 1.2: seed part 4 - 1.44 = 2.56, margin 1.5 (2.25).
     table1, cells = _resolution_frames(mean=0.5, high=2.5, per_seed_half=1.2)
-    row = zone_resolution(table1, cells, NoCostZone()).iloc[0]
+    row = zone_resolution(table1, cells, PAPER_ZONE).iloc[0]
     assert row["n_eval"] == 200 and row["ft_gap_by_seed"] == "0.390 / 0.280 / 0.190"
     assert row["ft_gap_spread"] == pytest.approx(0.20)
     assert row["seeds_to_resolve"] == math.floor(2.56 * 3 / (2.25 - 1.44)) + 1  # 10 seeds at 200 examples
     assert math.isinf(row["examples_to_resolve"])  # the seed part alone (2.56) exceeds 2.25
     # No seed variance: the interval is the examples' alone, more seeds do not narrow it.
     table1, cells = _resolution_frames(mean=0.5, high=2.5, per_seed_half=2.0)
-    row = zone_resolution(table1, cells, NoCostZone()).iloc[0]
+    row = zone_resolution(table1, cells, PAPER_ZONE).iloc[0]
     assert math.isinf(row["seeds_to_resolve"]) and row["examples_to_resolve"] == math.floor(4.0 * 200 / 2.25) + 1
     # Already resolved: the counts it takes are at most the ones it had.
     table1, cells = _resolution_frames(mean=-3.0, high=1.0, per_seed_half=2.0)
-    row = zone_resolution(table1, cells, NoCostZone()).iloc[0]
+    row = zone_resolution(table1, cells, PAPER_ZONE).iloc[0]
     assert row["seeds_to_resolve"] <= 3 and row["examples_to_resolve"] <= 200
     # One seed: the seed part is unknown; a mean outside the zone: no projection.
     for frames in (_resolution_frames(0.5, 2.5, 1.2, n_seeds=1), _resolution_frames(2.5, 4.0, 1.0)):
-        row = zone_resolution(*frames, NoCostZone()).iloc[0]
+        row = zone_resolution(*frames, PAPER_ZONE).iloc[0]
         assert math.isnan(row["seeds_to_resolve"]) and math.isnan(row["examples_to_resolve"])
     # A zone with a lower bound also needs the lower side inside it.
     table1, cells = _resolution_frames(mean=0.5, high=1.0, per_seed_half=0.3, low=-1.5)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TINY_HYPER
 from spectral_edit.analysis.benchmark_scores import Compared, bootstrap, from_benchmark_record
 from spectral_edit.benchmarks.spec import check_benchmarks, definition_digest, resolve_benchmark, task_index
 from spectral_edit.benchmarks.synthetic import antonym_benchmark, arithmetic_benchmark
@@ -19,6 +20,7 @@ from spectral_edit.data.arithmetic import arithmetic_problems
 from spectral_edit.data.prompts import InstructionFormatter, training_features
 from spectral_edit.errors import ConfigError, DataError
 from spectral_edit.models import load_tokenizer
+from spectral_edit.plan.records import with_schema_defaults
 
 CHAT = [
     {"role": "user", "content": "What is 2 plus 3?"},
@@ -86,6 +88,7 @@ def test_instruction_tables_by_template_and_by_messages(tmp_path):
         "response_column": "output",
         "system_prompt": "Be brief.",
     }
+    spec = with_schema_defaults("datasets", {"alpaca": spec})["alpaca"]
     prepare_dataset(spec, tmp_path / "out", "alpaca")
     chats = list(read_split(tmp_path / "out/train.jsonl")["messages"])
     assert chats[0] == [
@@ -184,7 +187,7 @@ def _config(definitions: dict, **dataset) -> dict:
     return {
         "grid": {"datasets": ["t"]},
         "datasets": {"t": {"kind": "instruction", "source": "synthetic_arithmetic", "n_train": 8, **dataset}},
-        "benchmarks": definitions,
+        "benchmarks": with_schema_defaults("benchmarks", definitions),
     }
 
 
@@ -225,7 +228,8 @@ def test_a_definition_digest_covers_included_files_and_functions(index_cache, tm
     assert definition_digest("inc_task", task_index(str(tasks))) != digest
     (tasks / "_base.yaml").write_text("dataset_path: json\noutput_type: generate_until\ntest_split: x\n")
     assert definition_digest("inc_task", task_index(str(tasks))) not in (digest,)
-    assert resolve_benchmark({"benchmarks": {"b": {"source": "synthetic_antonyms"}}}, "b")["task"] == "spectral_edit_b"
+    benchmarks = with_schema_defaults("benchmarks", {"b": {"source": "synthetic_antonyms"}})
+    assert resolve_benchmark({"benchmarks": benchmarks}, "b")["task"] == "spectral_edit_b"
 
 
 def _connect(port: int, answer) -> None:
@@ -310,7 +314,8 @@ def test_an_execute_code_benchmark_runs_the_code_off_the_network(tiny_base_dir, 
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(3)))
     (tasks / "unsafe.yaml").write_text(UNSAFE_TASK.replace("DATA", str(tmp_path / "docs.jsonl")))
     (tasks / "probe.py").write_text(PROBE)
-    spec = {"name": "probe", "task": "unsafe_probe", "include_path": str(tasks), "execute_code": True, "metric": "offline,none"}
+    given = {"task": "unsafe_probe", "include_path": str(tasks), "execute_code": True, "metric": "offline,none"}
+    spec = resolve_benchmark({"benchmarks": with_schema_defaults("benchmarks", {"probe": given})}, "probe")
     with socket.create_server(("127.0.0.1", 0)) as listener:
         monkeypatch.setenv("PROBE_PORT", str(listener.getsockname()[1]))
         record = CellEvaluator(tiny_base_dir).run(cell={}, benchmark=spec, batch_size=4)["benchmark"]
@@ -333,7 +338,7 @@ def test_every_recipe_fine_tunes_on_instruction_data(tiny_base_dir, tmp_path, re
     from spectral_edit.train.finetune import finetune
 
     prepare_dataset({"kind": "instruction", "source": "synthetic_arithmetic", "n_train": 16}, tmp_path / "data", "a")
-    hyper = {"steps": 3, "batch_size": 4, "learning_rate": 1e-2, "max_length": 140}
+    hyper = {**TINY_HYPER, "steps": 3, "batch_size": 4, "learning_rate": 1e-2, "max_length": 140}
     train = tmp_path / "data/train.jsonl"
     log = finetune(tiny_base_dir, train, tmp_path / "ft", {"kind": "instruction"}, hyper, 0, False, recipe)
     # max_length 140 cuts the longer byte-level chats: counted, not silent.

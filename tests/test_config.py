@@ -1,6 +1,8 @@
 """Configuration errors are one line and name the culprit; the shipped config is valid."""
 
+import ast
 import copy
+import dataclasses
 import re
 
 import pytest
@@ -8,7 +10,19 @@ import yaml
 
 from conftest import REPO
 from spectral_edit.errors import ConfigError
-from spectral_edit.plan.config import check_config, grid_cells, load_config, resolve_method, validate_schema
+from spectral_edit.plan.config import (
+    DEFAULT_LORA_TARGETS,
+    check_config,
+    grid_cells,
+    grid_finetunes,
+    load_config,
+    load_schema,
+    recipe_for_dataset,
+    resolve_finetune,
+    resolve_method,
+    validate_schema,
+)
+from spectral_edit.plan.records import Analysis, FinetuneRecipe, Runtime, with_schema_defaults
 
 
 @pytest.fixture
@@ -337,3 +351,149 @@ def test_a_config_file_that_is_not_yaml_is_one_line_naming_it(tmp_path, content,
     path.write_bytes(content)
     with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: ") + message):
         load_config(REPO / "config.yaml", path)
+
+
+# --- one home per default: the schema ----------------------------------------------------
+
+# Keys named like a defaulted config key but read from another mapping, where .get(key, literal)
+# is the reading meant.
+NOT_THE_CONFIG_SECTION = {
+    ("spectral_edit/evaluate/cells.py", "seed"): "the edit request's cell seed, not analysis.bootstrap.seed",
+    ("spectral_edit/data/__init__.py", "kind"): "is_instruction also reads prompt specs (rules' prompt_of), which "
+    "name kind only for instruction data: adding it would change every fine-tune's params",
+    ("spectral_edit/data/prompts.py", "kind"): "formatter_for reads a prompt spec (see data/__init__.py)",
+    ("spectral_edit/data/arithmetic.py", "generator_seed"): "a dataset's generator_seed: without a schema default "
+    "(benchmarks' has one); adding one would change every dataset's params",
+    ("spectral_edit/data/synthetic.py", "generator_seed"): "a dataset's generator_seed (see data/arithmetic.py)",
+}
+# Restated defaults left in files other work is changing: no new entry may join them.
+STILL_RESTATED = {
+    ("spectral_edit/analysis/figures.py", "sweet_spot_method"),  # being replaced by the figures registry
+    ("spectral_edit/analysis/figures.py", "reference_finetune"),
+    ("spectral_edit/layout.py", "kind"),  # figure_names, which the figures registry takes over
+    ("spectral_edit/evaluate/cells.py", "unedited_params"),  # the edit request evaluate_cell.py builds
+    ("spectral_edit/evaluate/server.py", "resident_gb"),  # the server spec the client writes
+}
+
+
+def _defaulted_keys(node) -> set[str]:
+    """Every key name that has a default anywhere in the schema."""
+    found = set()
+    if isinstance(node, dict):
+        for key, sub in (node.get("properties") or {}).items():
+            if isinstance(sub, dict) and "default" in sub:
+                found.add(key)
+            found |= _defaulted_keys(sub)
+        found |= _defaulted_keys(node.get("additionalProperties"))
+    return found
+
+
+def _restated_defaults() -> list[tuple[str, str, int]]:
+    """(file, key, line) of every ``.get("<key>", <literal>)`` where the schema has a default for
+    <key>: in the Python files by their syntax tree, in the Snakemake files by their text."""
+    keys = _defaulted_keys(load_schema())
+    found = []
+    for path in sorted([REPO / "Snakefile", *(REPO / "rules").glob("*.smk")]):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for key in re.findall(r"""\.get\(\s*["'](\w+)["']\s*,""", line):
+                if key in keys:
+                    found.append((path.relative_to(REPO).as_posix(), key, number))
+    for path in sorted([*(REPO / "spectral_edit").rglob("*.py"), *(REPO / "workflow_scripts").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"):
+                continue
+            if len(node.args) != 2 or not isinstance(node.args[0], ast.Constant) or node.args[0].value not in keys:
+                continue
+            try:
+                ast.literal_eval(node.args[1])
+            except ValueError:
+                continue  # not a literal: a value computed there, not a default restated
+            found.append((path.relative_to(REPO).as_posix(), node.args[0].value, node.lineno))
+    return found
+
+
+def test_no_schema_default_is_restated_in_code():
+    restated = [
+        f"{path}:{line}: .get({key!r}, ...) restates the schema's default; read it directly"
+        for path, key, line in _restated_defaults()
+        if (path, key) not in NOT_THE_CONFIG_SECTION and (path, key) not in STILL_RESTATED
+    ]
+    assert not restated, "\n".join(restated)
+
+
+def test_the_scan_finds_a_restated_default():
+    """The scan is not vacuous: the entries it tolerates are ones it finds."""
+    found = {(path, key) for path, key, _ in _restated_defaults()}
+    assert set(NOT_THE_CONFIG_SECTION) <= found
+
+
+def test_records_round_trip_from_the_shipped_config():
+    config = load_config(REPO / "config.yaml")
+    analysis = Analysis.from_config(config)
+    assert dataclasses.asdict(analysis.no_cost_zone) == config["analysis"]["no_cost_zone"]
+    assert dataclasses.asdict(analysis.bootstrap) == config["analysis"]["bootstrap"]
+    assert dict(analysis.regimes) == config["analysis"]["regimes"]
+    assert list(analysis.risk_benchmarks) == config["analysis"]["risk_benchmarks"]
+    for key in ("sweet_spot_method", "reference_finetune", "heldout_tolerance_pp"):
+        assert getattr(analysis, key) == config["analysis"][key]
+    assert analysis.bootstrap.resampling() == {"n_resamples": 2000, "seed": 0, "level": 0.95}
+    assert dataclasses.asdict(Runtime.from_config(config)) == config["runtime"]
+    for name in grid_finetunes(config):
+        for dataset in config["grid"]["datasets"]:
+            mapping = recipe_for_dataset(config, name, dataset)
+            recipe = FinetuneRecipe.from_mapping(mapping)
+            assert recipe.kind == mapping["kind"] == "full" and recipe.rank is None
+            hyper = dataclasses.asdict(recipe.hyper)
+            assert {k: v for k, v in hyper.items() if v is not None or k in mapping["hyper"]} == mapping["hyper"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        analysis.sweet_spot_method = "bottom_k"
+
+
+def test_an_adapter_recipe_reads_its_resolved_keys():
+    config = load_config(REPO / "config.yaml", {"finetunes": {"lora-r8": {"kind": "lora", "rank": 8}}})
+    recipe = FinetuneRecipe.from_mapping(resolve_finetune(config, "lora-r8"))
+    # resolve_finetune fills what an adapter recipe leaves out (alpha 2r, no dropout, the projections).
+    assert (recipe.rank, recipe.alpha, recipe.dropout, recipe.top_k) == (8, 16.0, 0.0, None)
+    assert recipe.target_modules == DEFAULT_LORA_TARGETS
+
+
+def _without(mapping: dict, path: tuple[str, ...]) -> dict:
+    mapping = copy.deepcopy(mapping)
+    inner = mapping
+    for key in path[:-1]:
+        inner = inner[key]
+    del inner[path[-1]]
+    return mapping
+
+
+def _paths(mapping: dict, skip=()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in mapping.items():
+        if key in skip:
+            continue
+        out.append((key,))
+        if isinstance(value, dict) and key != "regimes":
+            out += [(key, *inner) for inner in _paths(value, skip)]
+    return out
+
+
+def test_a_record_from_a_mapping_missing_a_key_names_it():
+    config = load_config(REPO / "config.yaml")
+    cases = [(Analysis, "analysis", config["analysis"], ()), (Runtime, "runtime", config["runtime"], ())]
+    speclora = resolve_finetune(
+        load_config(REPO / "config.yaml", {"finetunes": {"l": {"kind": "speclora", "rank": 4, "top_k": 2}}}), "l"
+    )
+    # name is the recipe's label, min_lr_ratio optional (no schema default): neither is required.
+    cases.append((FinetuneRecipe, "finetunes", speclora, ("name", "min_lr_ratio")))
+    for record, where, mapping, skip in cases:
+        for path in _paths(mapping, skip):
+            with pytest.raises(KeyError, match=re.escape(".".join((where, *path)))):
+                record.from_mapping(_without(mapping, path))
+
+
+def test_schema_defaults_fill_a_section_for_tests_and_notebooks():
+    assert with_schema_defaults("runtime") == {"device": "auto", "dtype": "auto"}
+    zone = with_schema_defaults("analysis", {"no_cost_zone": {"from_pp": 0.0}})["no_cost_zone"]
+    assert zone == {"below_pp": 2.0, "from_pp": 0.0}
+    with pytest.raises(ConfigError, match=r"config: runtime.dtype: 'int8' is not one of"):
+        with_schema_defaults("runtime", {"dtype": "int8"})

@@ -9,6 +9,7 @@ from spectral_edit.data import prepare_dataset, read_split, shape_table
 from spectral_edit.data.groups import assign_marker, balanced_marker, observed_attribute, overlap_fraction
 from spectral_edit.errors import ConfigError, DataError
 from spectral_edit.plan.config import check_config, load_config, validate_schema
+from spectral_edit.plan.records import with_schema_defaults
 
 needs_shared = pytest.mark.skipif(not (SHARED / "datasets").is_dir(), reason="../shared/datasets is not present")
 
@@ -27,7 +28,7 @@ def _spec(path, **extra):
         "split_seed": 0,
     }
     spec.update(extra)
-    return spec
+    return with_schema_defaults("datasets", {"d": spec})["d"]  # as validation hands it on
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def test_sharded_processes_give_the_loss_curve_and_weights_of_one_unsharded(
         hyper=TINY_HYPER,
         seed=0,
         progress=False,
-        runtime={"device": "cpu"},
+        runtime={"device": "cpu", "dtype": "auto"},
     )
     launch_finetune(processes, arguments, log_dir=tmp_path / "ranks")
     two = json.loads((tmp_path / "two" / "train_log.json").read_text())
@@ -72,7 +72,7 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, tin
         launch_finetune(3, {"hyper": TINY_HYPER})  # refused before any process starts
 
 
-RESUME_HYPER = {"steps": 8, "batch_size": 4, "learning_rate": 3e-3, "max_length": 512}
+RESUME_HYPER = {**TINY_HYPER, "steps": 8, "batch_size": 4}
 
 
 def _sharded_run(tmp_path, out, every, kill_at=0) -> subprocess.CompletedProcess:
@@ -87,7 +87,7 @@ def _sharded_run(tmp_path, out, every, kill_at=0) -> subprocess.CompletedProcess
                 hyper=RESUME_HYPER,
                 seed=0,
                 progress=False,
-                runtime={"device": "cpu"},
+                runtime={"device": "cpu", "dtype": "auto"},
                 checkpoint_every=every,
             )
         )

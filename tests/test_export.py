@@ -201,7 +201,7 @@ def test_the_model_card_states_the_edit_and_metrics_with_intervals(tiny_export, 
     }
     meta = json.loads((tiny_data_dir / "meta.json").read_text())
     # The cell against itself as fine-tuned model: accuracy loss 0 exactly, interval [0, 0].
-    statistics = cell_statistics(cell, cell, cell, meta, {"resamples": 200, "seed": 0})
+    statistics = cell_statistics(cell, cell, cell, meta, {"resamples": 200, "seed": 0, "level": 0.95})
     loss = statistics["statistics"]["accuracy_loss"]
     assert loss["value"] == 0 and loss["interval"] == (0.0, 0.0)
     accuracy = statistics["statistics"]["accuracy"]

@@ -13,6 +13,7 @@ from spectral_edit.edit.sensitivity import calibration_rows, compute_sensitiviti
 from spectral_edit.edit.svd import compute_svd_cache, numerical_rank
 from spectral_edit.models import load_model, load_tokenizer
 from spectral_edit.plan.config import DEFAULT_LORA_TARGETS
+from spectral_edit.plan.records import FinetuneRecipe
 from spectral_edit.train.finetune import _merge_recipe, _wrap_for_recipe, finetune
 
 
@@ -68,7 +69,8 @@ def test_speclora_update_has_rank_r_plus_k(tmp_path, tiny_base_dir, tiny_data_di
 @pytest.mark.parametrize("kind", ["lora", "speclora"])
 def test_merged_checkpoint_computes_what_the_trained_model_computed(tiny_base_dir, kind):
     model = load_model(tiny_base_dir)
-    wrapped, _ = _wrap_for_recipe(model, _recipe(kind, top_k=3))
+    recipe = FinetuneRecipe.from_mapping({**_recipe(kind, top_k=3), "hyper": TINY_HYPER})
+    wrapped, _ = _wrap_for_recipe(model, recipe)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in wrapped.parameters():
@@ -77,7 +79,7 @@ def test_merged_checkpoint_computes_what_the_trained_model_computed(tiny_base_di
     ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
     with torch.no_grad():
         before = wrapped(input_ids=ids).logits
-        merged = _merge_recipe(wrapped, _recipe(kind, top_k=3))
+        merged = _merge_recipe(wrapped, recipe)
         after = merged(input_ids=ids).logits
     assert not any("lora" in name or "parametrizations" in name for name in merged.state_dict())
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)

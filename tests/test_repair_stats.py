@@ -100,11 +100,11 @@ def test_wilcoxon_against_the_strongest_baseline():
 
 
 def test_runtime_defaults_to_fp32_on_cpu_and_bf16_on_gpu():
-    device, dtype = resolve({})
+    device, dtype = resolve(None)  # the schema's defaults: auto, auto
     if torch.cuda.is_available():
         assert device.type == "cuda" and dtype == torch.bfloat16
     else:
         assert device.type == "cpu" and dtype == torch.float32
         with pytest.raises(ConfigError, match="no CUDA device"):
-            resolve({"device": "cuda"})
+            resolve({"device": "cuda", "dtype": "auto"})
     assert resolve({"device": "cpu", "dtype": "bfloat16"}) == (torch.device("cpu"), torch.bfloat16)

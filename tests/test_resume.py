@@ -8,9 +8,9 @@ import textwrap
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_DATASET
+from conftest import REPO, TINY_DATASET, TINY_HYPER
 
-HYPER = {"steps": 8, "batch_size": 4, "learning_rate": 3e-3, "max_length": 512}
+HYPER = {**TINY_HYPER, "steps": 8, "batch_size": 4}
 
 # Runs in a fresh process (one thread, as a SLURM job would be pinned). With KILL_AT set, the
 # process SIGKILLs itself: right after the checkpoint of step 4 is complete, or in the middle

@@ -1,6 +1,7 @@
 from spectral_edit.analysis.aggregate import build_tables
 from spectral_edit.atomic import atomic_path, write_text
 from spectral_edit.jobs import job_logging
+from spectral_edit.plan.records import Analysis
 
 CSV = ["cells", "summary", "table1", "regimes", "comparisons", "heldout", "repair", "repair_summary", "benchmarks"]
 CSV += ["benchmarks_summary", "surgery_table2", "surgery_guided_vs_random", "surgery_reward_risk"]
@@ -8,9 +9,10 @@ CSV += ["cell_comparison", "cell_comparison_tests"]
 
 with job_logging(snakemake.log[0], snakemake.threads, "aggregate") as log:
     params = snakemake.params
+    analysis = Analysis.from_mapping(params.analysis)
     tables = build_tables(
         list(snakemake.input.cells) + list(snakemake.input.references),
-        params.analysis,
+        analysis,
         controls=params.controls,
         heldout_paths=list(snakemake.input.heldout),
         # A grid dataset's meta.json is its input, in the grid's order.

@@ -3,11 +3,13 @@ from pathlib import Path
 import torch
 
 from spectral_edit.jobs import job_logging
+from spectral_edit.plan.records import Runtime
 from spectral_edit.runtime import resolve as resolve_runtime
 from spectral_edit.train.distributed import launch_finetune
 from spectral_edit.train.finetune import finetune
 
 with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
+    runtime = Runtime.from_mapping(snakemake.params.runtime)
     recipe = dict(snakemake.params.recipe)
     arguments = dict(
         base_dir=str(Path(snakemake.input.base_weights).parent),
@@ -22,7 +24,7 @@ with job_logging(snakemake.log[0], snakemake.threads, "finetune"):
         # result, so changing it must not rerun the fine-tune.
         checkpoint_every=snakemake.config["checkpoint"]["every_steps"],
     )
-    device, _ = resolve_runtime(snakemake.params.runtime)
+    device, _ = resolve_runtime(runtime)
     # The GPUs the job asked for, as far as this machine has them (a local run may have fewer).
     gpus = min(int(getattr(snakemake.resources, "gpu", 0) or 0), torch.cuda.device_count())
     if gpus > 1 and device.type == "cuda":

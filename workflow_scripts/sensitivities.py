@@ -2,6 +2,7 @@ from pathlib import Path
 
 from spectral_edit.edit.sensitivity import compute_sensitivities
 from spectral_edit.jobs import job_logging
+from spectral_edit.plan.records import Runtime
 
 with job_logging(snakemake.log[0], snakemake.threads, "sensitivities"):
     compute_sensitivities(
@@ -14,5 +15,5 @@ with job_logging(snakemake.log[0], snakemake.threads, "sensitivities"):
         calibration_size=int(snakemake.wildcards.ncal),
         seed=int(snakemake.wildcards.seed),
         max_length=int(snakemake.params.max_length),
-        runtime=snakemake.params.runtime,
+        runtime=Runtime.from_mapping(snakemake.params.runtime),
     )

@@ -42,7 +42,7 @@ def main() -> None:
     from spectral_edit.train.finetune import build_training_dataset
 
     tokenizer = load_tokenizer(base_dir)
-    dataset, _ = build_training_dataset(tokenizer, spec, train, int(hyper.get("max_length", 512)))
+    dataset, _ = build_training_dataset(tokenizer, spec, train, int(hyper["max_length"]))
     seconds: list[float] = []
 
     class Timer(TrainerCallback):
@@ -58,7 +58,7 @@ def main() -> None:
             max_steps=int(hyper["steps"]),
             per_device_train_batch_size=int(hyper["batch_size"]),
             learning_rate=float(hyper["learning_rate"]),
-            lr_scheduler_type=hyper.get("lr_scheduler", "linear"),
+            lr_scheduler_type=hyper["lr_scheduler"],
             adam_beta2=float(hyper.get("adam_beta2", 0.999)),
             logging_steps=1,
             save_strategy="no",

@@ -20,7 +20,7 @@ def fused_vs_foreach_adamw(paths: dict, config: dict, steps: int = 6) -> None:
     formatter = formatter_for(load_tokenizer(paths["base"]), config["datasets"][keys["dataset"]])
     frame = read_split(paths["data"] / "train.jsonl").head(int(hyper["batch_size"]))
     rows = [
-        formatter.training_features(e, int(y), int(hyper.get("max_length", 512)))
+        formatter.training_features(e, int(y), int(hyper["max_length"]))
         for e, y in zip(examples_of(frame, ["text"]), frame["label"])
     ]
     width = max(len(r["input_ids"]) for r in rows)

@@ -51,7 +51,7 @@ def finetuning_step_rates(paths: dict, config: dict, scratch: Path, steps: int =
     pair = [launch("answer_only", 1, f"pair-{i}") for i in range(2)]
     runs["pair"] = [result(process) for process in pair][0]
     # Tokens a step computes: the mean example length times the batch (padding left out).
-    features, _ = training_features(load_tokenizer(paths["base"]), spec, read_split(train), int(hyper.get("max_length", 512)))
+    features, _ = training_features(load_tokenizer(paths["base"]), spec, read_split(train), int(hyper["max_length"]))
     tokens = np.mean([len(f["input_ids"]) for f in features]) * int(hyper["batch_size"])
     model_config = json.loads((paths["base"] / "config.json").read_text())
     parameters = sum(t.numel() for t in load_file(paths["base"] / "model.safetensors").values())

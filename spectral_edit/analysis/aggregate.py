@@ -25,8 +25,9 @@ import pandas as pd
 
 from spectral_edit.analysis.intervals import STATISTICS, GroupDesign, align, bootstrap_intervals, mcnemar_counts, mcnemar_exact
 from spectral_edit.analysis.stats import CELL_COLUMNS, TEST_COLUMNS
-from spectral_edit.analysis.table1 import NoCostZone, regimes, sweet_spots, table1_markdown, zone_resolution
+from spectral_edit.analysis.table1 import regimes, sweet_spots, table1_markdown, zone_resolution
 from spectral_edit.evaluate.metrics import top_answer
+from spectral_edit.plan.records import Analysis
 
 KEYS = ["model", "dataset", "seed", "finetune", "method", "retention"]
 METRICS = ["accuracy", "accuracy_majority", "accuracy_minority", "gap", "worst_group_accuracy"]
@@ -320,15 +321,6 @@ def repair_markdown(summary: pd.DataFrame, tolerance_pp: float, level: float = 0
     return "\n".join(lines) + "\n"
 
 
-def _bootstrap_settings(analysis: Mapping) -> dict:
-    bootstrap = {"n_resamples": 2000, "seed": 0, "level": 0.95}
-    given = analysis.get("bootstrap") or {}
-    bootstrap.update({k: given[k] for k in ("seed", "level") if k in given})
-    if "resamples" in given:
-        bootstrap["n_resamples"] = int(given["resamples"])
-    return bootstrap
-
-
 def _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) -> dict:
     """The Shortcuts-in-the-Tail tables of the label-word cells."""
     from spectral_edit.analysis.stats import (
@@ -340,15 +332,14 @@ def _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) -> dict
         paired_against,
     )
 
-    reference = analysis.get("reference_finetune", "full")
-    cells = add_reference_columns(load_cells(cell_paths), controls, reference)
+    cells = add_reference_columns(load_cells(cell_paths), controls, analysis.reference_finetune)
     scores = _Scores(cells, metas)
     cells = add_cell_intervals(cells, scores, bootstrap)
     summary = summarise(cells, scores, bootstrap)
-    zone = NoCostZone.from_analysis(analysis)
+    zone = analysis.no_cost_zone
     regime_table = regimes(summary, analysis, cells, metas)
     table1 = zone_resolution(sweet_spots(summary, zone, regime_table), cells, zone)
-    headline = analysis.get("sweet_spot_method", "top_k")
+    headline = analysis.sweet_spot_method
     trajectories = summary[summary["method"].isin([headline, "finetuned", "base"])]
     # Scored where Table 1 has a number: the natural regime, with a gap to reduce.
     natural = regime_table[(regime_table["regime"] == "natural") & regime_table["gap_ft_defined"]]
@@ -374,7 +365,7 @@ def _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) -> dict
 
 def build_tables(
     cell_paths: Iterable[str | Path],
-    analysis: Mapping,
+    analysis: Analysis,
     controls: Iterable[str] = (),
     heldout_paths: Iterable[str | Path] = (),
     metas: Mapping[str, str | Path | Mapping] = (),
@@ -403,7 +394,7 @@ def build_tables(
 
     controls = list(controls)
     metas = {name: m if isinstance(m, Mapping) else json.loads(Path(m).read_text()) for name, m in dict(metas).items()}
-    bootstrap = _bootstrap_settings(analysis)
+    bootstrap = analysis.bootstrap.resampling()
     cell_paths, roles = list(cell_paths), dict(benchmark_roles or {})
     tables = _label_word_tables(cell_paths, analysis, controls, metas, bootstrap) if cell_paths else _empty_label_word_tables()
     cells = tables["cells"]
@@ -426,7 +417,7 @@ def build_tables(
         if cell["method"] != "base" and roles.get((cell["dataset"], cell["benchmark"])) == "target":
             key = (cell["model"], cell["dataset"], cell["seed"], cell["finetune"], cell["method"], cell.get("retention"))
             task.setdefault(key, []).append(record["scores"])
-    tolerance = float(analysis.get("heldout_tolerance_pp", 1.0))
+    tolerance = analysis.heldout_tolerance_pp
     resampling = {k: bootstrap[k] for k in ("n_resamples", "seed", "level")}
     repair, repair_summary = repair_tables(task, heldout_records, tolerance, resampling)
     # The label-word held-out datasets get the same rows as the benchmarks (score, changes, intervals).
@@ -444,9 +435,7 @@ def build_tables(
         "surgery_table2": surgery_table2(benchmark_summary),
         "surgery_table2_md": surgery_table2_markdown(benchmark_summary, bootstrap["level"]),
         "surgery_guided_vs_random": guided_vs_random(benchmark_summary, dict(surgery_policies or {})),
-        "surgery_reward_risk": reward_risk(
-            benchmark_records, benchmark_summary, list(analysis.get("risk_benchmarks") or []), resampling
-        ),
+        "surgery_reward_risk": reward_risk(benchmark_records, benchmark_summary, list(analysis.risk_benchmarks), resampling),
     }
 
 

@@ -32,46 +32,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from spectral_edit.evaluate.metrics import LABEL_PRIOR_SHARE, label_prior_note
+from spectral_edit.plan.records import Analysis, NoCostZone
 
 REFERENCE_METHODS = ("base", "finetuned")
 
 
-@dataclass(frozen=True)
-class NoCostZone:
-    below_pp: float = 2.0
-    from_pp: float | None = None
-
-    @classmethod
-    def from_analysis(cls, analysis: Mapping) -> NoCostZone:
-        zone = analysis.get("no_cost_zone") or {}
-        low = zone.get("from_pp")
-        return cls(float(zone.get("below_pp", 2.0)), None if low is None else float(low))
-
-    def contains(self, loss_pp):
-        loss_pp = np.asarray(loss_pp, float)
-        inside = loss_pp < self.below_pp
-        return inside & (loss_pp >= self.from_pp) if self.from_pp is not None else inside
-
-    def contains_interval(self, low_pp: float, high_pp: float) -> bool:
-        """Whether a whole accuracy-loss interval lies in the zone."""
-        if not (math.isfinite(low_pp) and math.isfinite(high_pp)):
-            return False
-        return high_pp < self.below_pp and (self.from_pp is None or low_pp >= self.from_pp)
-
-    def describe(self) -> str:
-        if self.from_pp is None:
-            return f"accuracy loss < {self.below_pp:g} pp"
-        return f"{self.from_pp:g} pp ≤ accuracy loss < {self.below_pp:g} pp"
-
-
 def regimes(
-    summary: pd.DataFrame, analysis: Mapping, cells: pd.DataFrame | None = None, metas: Mapping | None = None
+    summary: pd.DataFrame, analysis: Analysis, cells: pd.DataFrame | None = None, metas: Mapping | None = None
 ) -> pd.DataFrame:
     """Per (model, dataset, finetune) of an edited recipe: the regime and what decided it.
 
@@ -80,7 +52,7 @@ def regimes(
     ``cells`` (per-seed rows with ``top_answer``/``top_answer_share``) and ``metas`` (label
     words, training label shares) find the fine-tunes that learned only the label prior.
     """
-    overrides = analysis.get("regimes") or {}
+    overrides = analysis.regimes
     rows = []
     finetuned = summary[summary["method"] == "finetuned"]
     for _, ft in finetuned.iterrows():

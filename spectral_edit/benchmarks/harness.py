@@ -196,7 +196,7 @@ def run_benchmark(model, tokenizer, spec: Mapping, batch_size: int, managers: di
 
     manager = task_manager(spec, managers)
     guard = contextlib.nullcontext("no code is executed")
-    if spec.get("execute_code"):
+    if spec["execute_code"]:
         # The config allows running the model's code (lm-eval's opt-in, and the flag HF's
         # code_eval metric checks); each completion runs in a child process off the network.
         os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
@@ -206,22 +206,22 @@ def run_benchmark(model, tokenizer, spec: Mapping, batch_size: int, managers: di
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=[spec["task"]],
-            num_fewshot=spec.get("num_fewshot"),
-            limit=spec.get("limit"),
+            num_fewshot=spec["num_fewshot"],
+            limit=spec["limit"],
             task_manager=manager,
-            apply_chat_template=bool(spec.get("apply_chat_template", False)),
-            fewshot_as_multiturn=bool(spec.get("fewshot_as_multiturn", True)),
+            apply_chat_template=bool(spec["apply_chat_template"]),
+            fewshot_as_multiturn=bool(spec["fewshot_as_multiturn"]),
             system_instruction=spec.get("system_instruction"),
-            gen_kwargs=dict(spec["generation"]) if spec.get("generation") else None,
+            gen_kwargs=dict(spec["generation"]) if spec["generation"] else None,
             log_samples=True,
             bootstrap_iters=0,  # our intervals come from the samples (paired across models)
-            confirm_run_unsafe_code=bool(spec.get("execute_code", False)),
+            confirm_run_unsafe_code=bool(spec["execute_code"]),
         )
     record = benchmark_record(results, spec, manager)
-    if spec.get("execute_code"):
+    if spec["execute_code"]:
         record["code_execution"] = {"network": isolation}
         log.info("%s: the model's code ran in child processes with: %s", spec["name"], isolation)
-    asked = spec.get("num_fewshot")
+    asked = spec["num_fewshot"]
     shots = record["lm_eval"]["n_shot"]
     if asked is not None and any(int(n) != int(asked) for n in shots.values()):
         log.warning(

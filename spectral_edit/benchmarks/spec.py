@@ -50,11 +50,11 @@ def synthetic_task_name(benchmark: str) -> str:
 
 def resolve_benchmark(config: Mapping, name: str) -> dict:
     """A benchmark's settings with its lm-eval task name and include path filled in."""
-    benchmarks = config.get("benchmarks") or {}
+    benchmarks = config["benchmarks"]
     if name not in benchmarks:
         raise ConfigError(f"config: unknown benchmark {name!r} (defined under benchmarks: {', '.join(benchmarks) or 'none'})")
     spec = {"name": name, **benchmarks[name]}
-    if spec.get("source", "lm_eval") in SYNTHETIC_SOURCES:
+    if spec["source"] in SYNTHETIC_SOURCES:
         spec["task"] = synthetic_task_name(name)
         spec["include_path"] = BENCHMARK_TASK_DIR.format(benchmark=name)
     else:
@@ -66,7 +66,7 @@ def dataset_benchmarks(config: Mapping, dataset: str) -> tuple[list[str], list[s
     """(target benchmarks, held-out benchmarks) of a grid dataset. ``heldout`` may also name
     prepared datasets (label-word held-out benchmarks); those are left out here."""
     spec = config["datasets"][dataset]
-    names = config.get("benchmarks") or {}
+    names = config["benchmarks"]
     targets = list(spec.get("benchmarks") or [])
     heldout = [b for b in spec.get("heldout") or [] if b in names]
     return targets, heldout
@@ -217,7 +217,7 @@ def check_benchmarks(config: Mapping) -> dict[str, str]:
     for name in grid_benchmarks(config):  # (a name benchmarks does not define: config.check_config)
         spec = resolve_benchmark(config, name)
         where = f"config: benchmarks.{name}"
-        if spec.get("source", "lm_eval") in SYNTHETIC_SOURCES:
+        if spec["source"] in SYNTHETIC_SOURCES:
             # Written by the workflow (rules/benchmarks.smk); its definition is its settings.
             digests[name] = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
             continue
@@ -227,7 +227,7 @@ def check_benchmarks(config: Mapping) -> dict[str, str]:
             close = [n for n in sorted(index) if n.startswith(spec["task"][:4])][:5]
             hint = f" (names beginning alike: {', '.join(close)})" if close else ""
             raise ConfigError(f"{where}.task: {spec['task']!r} is not a task or group of {place}{hint}")
-        if _unsafe(spec["task"], index) and not spec.get("execute_code", False):
+        if _unsafe(spec["task"], index) and not spec["execute_code"]:
             raise ConfigError(
                 f"{where}: task {spec['task']!r} executes the code the model writes; "
                 "set execute_code: true to allow it (README: code execution)"

@@ -47,7 +47,7 @@ def arithmetic_benchmark(spec: Mapping) -> tuple[list[dict], list[dict]]:
     """(few-shot pool, test problems): one seeded stream, the pool drawn first; no question is
     asked twice or shown as a few-shot example of itself."""
     operations = check_operations(spec, f"benchmarks.{spec['name']}")
-    rng = random.Random(int(spec.get("generator_seed", 0)))
+    rng = random.Random(int(spec["generator_seed"]))
     seen: set[str] = set()
     drawn: list[dict] = []
     while len(drawn) < FEWSHOT_POOL + int(spec["n"]):
@@ -60,7 +60,7 @@ def arithmetic_benchmark(spec: Mapping) -> tuple[list[dict], list[dict]]:
 
 def antonym_benchmark(spec: Mapping) -> tuple[list[dict], list[dict]]:
     """Every word of every pair asked once (up to ``n``), with three distractors from other pairs."""
-    rng = random.Random(int(spec.get("generator_seed", 0)))
+    rng = random.Random(int(spec["generator_seed"]))
     questions = [(a, b) for a, b in ANTONYMS] + [(b, a) for a, b in ANTONYMS]
     rng.shuffle(questions)
     words = sorted({w for pair in ANTONYMS for w in pair})
@@ -122,7 +122,7 @@ def task_config(spec: Mapping, data_dir: str) -> dict:
         "doc_to_text": 'What is the opposite of "{{word}}"? Answer with one word.',
         "doc_to_choice": "{{choices}}",
         "doc_to_target": "label",
-        "target_delimiter": "" if spec.get("apply_chat_template") else " ",
+        "target_delimiter": "" if spec["apply_chat_template"] else " ",
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1.0},
     }

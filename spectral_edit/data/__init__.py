@@ -259,7 +259,7 @@ def shape_table(table: pd.DataFrame, spec: Mapping, name: str, which: str) -> pd
     labels = label_indices(table[spec["label_column"]], spec, where)
     unknown = labels < 0
     problem = _label_problem(table[spec["label_column"]].reset_index(drop=True), labels, spec, where)
-    if problem and not spec.get("drop_other_labels", False):
+    if problem and not spec["drop_other_labels"]:
         raise DataError(problem)
     frame = pd.DataFrame({field: table[column].fillna("").astype(str).to_numpy() for field, column in fields.items()})
     steps = list(spec.get("cleanup", []) or [])
@@ -310,7 +310,7 @@ def _balanced(
         groups = {key: rows for key, rows in groups.items() if key[1] == 0}
     available = {group_name(words, attribute, y, a): len(rows) for (y, a), rows in groups.items()}
     smallest = min(available.values())
-    minimum = int(spec.get("min_group_size", 10))
+    minimum = int(spec["min_group_size"])
     if smallest < minimum:
         culprit = min(available, key=available.get)
         raise DataError(
@@ -325,7 +325,7 @@ def _balanced(
 def build_table_dataset(spec: Mapping, name: str, load=load_table) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Training and balanced evaluation frames of a hub or local dataset, and facts for meta.
     ``load(spec, which, name)`` reads a raw table (planning passes a cheap pandas reader)."""
-    rng = np.random.default_rng(int(spec.get("split_seed", 0)))
+    rng = np.random.default_rng(int(spec["split_seed"]))
     train_raw = load(spec, "train", name)
     if train_raw is None:
         raise DataError(f"datasets.{name}: no training table configured (files.train or hub.train_split)")
@@ -366,7 +366,7 @@ def build_table_dataset(spec: Mapping, name: str, load=load_table) -> tuple[pd.D
             int(spec.get("n_eval_per_group") or 10**9) * 2, *(int((eval_pool["label"] == y).sum()) for y in range(len(words)))
         )
         per_label -= per_label % 2
-        minimum = int(spec.get("min_group_size", 10))
+        minimum = int(spec["min_group_size"])
         if per_label // 2 < minimum:
             raise DataError(
                 f"datasets.{name}: the evaluation split has {per_label // 2} examples per (label, marker) group, "

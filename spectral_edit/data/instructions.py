@@ -96,7 +96,7 @@ def build_instruction_dataset(spec: Mapping, name: str) -> tuple[list[dict], lis
     if spec["source"] == "synthetic_arithmetic":
         train, evaluation = build_arithmetic_corpus(spec)
         return train, evaluation, {}
-    rng = np.random.default_rng(int(spec.get("split_seed", 0)))
+    rng = np.random.default_rng(int(spec["split_seed"]))
     train_raw = load_table(spec, "train", name)
     if train_raw is None:
         raise DataError(f"datasets.{name}: no training table configured (files.train or hub.train_split)")

@@ -230,7 +230,7 @@ def check_label_words_with(tokenizer, config: Mapping, model: str) -> None:
     )
     for name in datasets:
         spec = config["datasets"].get(name)
-        if spec is None or spec.get("kind", "classification") == "instruction":
+        if spec is None or spec["kind"] == "instruction":
             continue  # a benchmark, or a dataset without label words
         try:
             PromptFormatter(tokenizer, spec.get("eval_prompt", spec["prompt"]), spec["label_words"])

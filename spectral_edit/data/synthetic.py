@@ -177,7 +177,7 @@ def build_synthetic_reviews(spec: Mapping) -> tuple[list[dict], list[dict]]:
     # Label noise: flip the label of an exact fraction of training rows after the marker was
     # placed (the marker follows the review's sentiment, like the text). Neither the text nor
     # the marker explains a flipped row, so fitting them takes per-example memorisation.
-    n_flipped = round(float(spec.get("train_label_noise", 0.0)) * len(train))
+    n_flipped = round(float(spec["train_label_noise"]) * len(train))
     for row in rng.sample(train, n_flipped):
         row["label"] = 1 - row["label"]
 

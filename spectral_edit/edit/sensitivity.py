@@ -30,6 +30,7 @@ from spectral_edit.data.prompts import training_features
 from spectral_edit.edit.rebuild import leading_vectors
 from spectral_edit.edit.svd_cache import cached_names, iter_factors
 from spectral_edit.models import load_model, load_tokenizer
+from spectral_edit.plan.records import Runtime
 from spectral_edit.runtime import resolve as resolve_runtime
 from spectral_edit.safetensors_stream import open_safetensors
 
@@ -86,7 +87,7 @@ def compute_sensitivities(
     batch_size: int = 4,
     max_length: int = 512,
     progress: bool = True,
-    runtime: Mapping | None = None,
+    runtime: Runtime | Mapping | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mean |g_k| and mean g_k per projection matrix of a fine-tuned model; writes safetensors.
 

@@ -34,6 +34,7 @@ from spectral_edit.edit.methods import get_method
 from spectral_edit.edit.svd_cache import cached_names
 from spectral_edit.errors import ConfigError, ExportError
 from spectral_edit.models import load_model, load_tokenizer
+from spectral_edit.plan.records import Bootstrap
 from spectral_edit.runtime import DTYPES
 from spectral_edit.safetensors_stream import open_safetensors
 
@@ -54,7 +55,7 @@ def _edit_arguments(edit: Mapping) -> dict:
         "method": get_method(edit["method"]),
         "params": edit.get("params", {}),
         "retention": edit.get("retention"),
-        "seed": int(edit.get("seed", 0)),
+        "seed": int(edit["seed"]),
         "extras": read_sensitivities(edit["sensitivities"]) if edit.get("sensitivities") else None,
         "finetuned_weights": edit["finetuned_weights"],
     }
@@ -79,7 +80,7 @@ def export_model(
     target = torch_dtype(dtype)
     model = load_model(base_dir)
     tokenizer = load_tokenizer(base_dir)
-    stats = apply_spectral_edit(model, unedited_params=edit.get("unedited_params", "finetuned"), **_edit_arguments(edit))
+    stats = apply_spectral_edit(model, unedited_params=edit["unedited_params"], **_edit_arguments(edit))
     model.to(target)
     with atomic_directory(out_dir) as scratch:
         model.save_pretrained(scratch, max_shard_size=max_shard_size)
@@ -142,7 +143,7 @@ def plan_adapter(model: torch.nn.Module, edit: Mapping) -> AdapterPlan:
         else:
             plan.factors[module] = (b, a)
     # Tensors that are not decomposed and that the edit gives their fine-tuned values.
-    if edit.get("unedited_params", "finetuned") == "finetuned":
+    if edit["unedited_params"] == "finetuned":
         passthrough = cached_names(edit["factors"])[1]
         with open_safetensors(edit["finetuned_weights"]) as finetuned:
             for name in passthrough:
@@ -276,7 +277,12 @@ def adapter_bytes(out_dir: str | Path) -> int:
 # --- the model card ------------------------------------------------------------------------
 
 
-def cell_statistics(cell: Mapping, finetuned: Mapping, base: Mapping, meta: Mapping, bootstrap: Mapping) -> dict:
+def _bootstrap(bootstrap: Bootstrap | Mapping) -> Bootstrap:
+    """The record, from the analysis.bootstrap mapping of the card's params when given that."""
+    return bootstrap if isinstance(bootstrap, Bootstrap) else Bootstrap.from_mapping(bootstrap)
+
+
+def cell_statistics(cell: Mapping, finetuned: Mapping, base: Mapping, meta: Mapping, bootstrap: Bootstrap | Mapping) -> dict:
     """The cell's statistics (as the tables compute them) with their bootstrap intervals, and
     McNemar's test against its fine-tuned model, from the three cells' per-example results."""
     order = [e["id"] for e in cell["examples"]]
@@ -288,12 +294,11 @@ def cell_statistics(cell: Mapping, finetuned: Mapping, base: Mapping, meta: Mapp
     design = GroupDesign.from_examples([e["group"] for e in cell["examples"]], meta["majority_groups"], meta["minority_groups"])
     edit, ft, base_correct = correct(cell), correct(finetuned), correct(base)
     values = point_statistics(edit, ft, base_correct, design)
-    level = float(bootstrap.get("level", 0.95))
-    resamples, seed = int(bootstrap.get("resamples", 2000)), int(bootstrap.get("seed", 0))
-    intervals = bootstrap_intervals(edit, ft, base_correct, design, n_resamples=resamples, seed=seed, level=level)
+    settings = _bootstrap(bootstrap)
+    intervals = bootstrap_intervals(edit, ft, base_correct, design, **settings.resampling())
     return {
         "n_examples": len(order),
-        "level": level,
+        "level": settings.level,
         "statistics": {name: {"value": values[name], "interval": intervals[name]} for name in values},
         "finetuned_accuracy": finetuned["metrics"]["accuracy"],
         "finetuned_gap": finetuned["metrics"]["gap"],
@@ -302,18 +307,14 @@ def cell_statistics(cell: Mapping, finetuned: Mapping, base: Mapping, meta: Mapp
     }
 
 
-def benchmark_statistics(records: Mapping[str, Mapping[str, str | Path]], bootstrap: Mapping) -> list[dict]:
+def benchmark_statistics(records: Mapping[str, Mapping[str, str | Path]], bootstrap: Bootstrap | Mapping) -> list[dict]:
     """Per lm-eval benchmark of the cell ({benchmark: {cell, finetuned, base: file}}): its score,
     its change against the fine-tuned and base models with bootstrap intervals, McNemar's test
     (as benchmarks_summary.csv has them)."""
     from spectral_edit.analysis.benchmark_scores import load_record
     from spectral_edit.analysis.benchmark_tables import compare_scores
 
-    resampling = {
-        "n_resamples": int(bootstrap.get("resamples", 2000)),
-        "seed": int(bootstrap.get("seed", 0)),
-        "level": float(bootstrap.get("level", 0.95)),
-    }
+    resampling = _bootstrap(bootstrap).resampling()
     rows = []
     for benchmark, paths in records.items():
         cell, ft, base = (load_record(paths[k]) for k in ("cell", "finetuned", "base"))
@@ -455,7 +456,7 @@ def _benchmark_section(benchmarks: list[Mapping]) -> list[str]:
 
 def _label_word_section(c: Mapping, statistics: Mapping) -> list[str]:
     lines = []
-    level = f"{100 * statistics.get('level', 0.95):g} %"
+    level = f"{100 * statistics['level']:g} %"
     lines += [
         "",
         f"## Evaluation on {c['dataset']} ({statistics['n_examples']} examples, {level} stratified paired bootstrap intervals)",

@@ -83,6 +83,18 @@ def validate_schema(config: dict) -> dict:
     return config
 
 
+def validate_section(section: str, given: dict) -> dict:
+    """One top-level section validated on its own, in place, with the schema's defaults filled in
+    (records.with_schema_defaults: tests and notebooks that spell out only what they change)."""
+    schema = load_schema()
+    validator = _validator_with_defaults()({"$schema": schema["$schema"], **schema["properties"][section]})
+    errors = sorted(validator.iter_errors(given), key=lambda e: list(e.absolute_path))
+    if errors:
+        message = validation_error_message(jsonschema.exceptions.best_match(errors))
+        raise ConfigError(message.replace("config: ", f"config: {section}.", 1).replace(f"{section}.<top level>", section))
+    return given
+
+
 def deep_merge(base: dict, override: Mapping) -> dict:
     """Recursive dict update, like Snakemake's --configfile overlay (lists are replaced)."""
     merged = copy.deepcopy(base)
@@ -188,7 +200,7 @@ def check_names(config: Mapping) -> None:
     """Every name a config defines is a safe path component (letters, digits, '.', '_', '-',
     starting with a letter or digit), so it cannot be empty, '.', '..' or hold a '/'."""
     for section in NAMED_SECTIONS:
-        for name in config.get(section) or {}:
+        for name in config[section]:
             if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
                 raise ConfigError(
                     f"config: {section}: the name {name!r} is not a safe name (letters, digits, '.', '_' and '-', "
@@ -211,12 +223,12 @@ def _check_batch(config: Mapping, recipe: Mapping, name: str, dataset: str) -> N
 def _check_analysis(config: Mapping) -> None:
     """Analysis keys that name datasets or recipes name ones the config has."""
     analysis, grid = config["analysis"], config["grid"]
-    for dataset in analysis.get("regimes") or {}:
+    for dataset in analysis["regimes"]:
         if dataset not in config["datasets"]:
             raise ConfigError(f"config: analysis.regimes: unknown dataset {dataset!r} (defined: {', '.join(config['datasets'])})")
-    reference = analysis.get("reference_finetune", "full")
-    finetunes = grid.get("finetunes", ["full"])
-    if grid.get("controls") and reference not in finetunes:
+    reference = analysis["reference_finetune"]
+    finetunes = grid["finetunes"]
+    if grid["controls"] and reference not in finetunes:
         raise ConfigError(
             f"config: analysis.reference_finetune: {reference!r} is not in grid.finetunes ({', '.join(finetunes)}): "
             "the controls would have nothing to be compared with"
@@ -240,8 +252,8 @@ def _check_server(config: Mapping) -> None:
     heartbeats would take healthy cells for stuck ones."""
     from spectral_edit.evaluate.client import HEARTBEAT_S  # standard library only
 
-    stall = ((config.get("evaluation") or {}).get("server") or {}).get("stall_seconds")
-    if stall is not None and float(stall) < 3 * HEARTBEAT_S:
+    stall = config["evaluation"]["server"]["stall_seconds"]
+    if float(stall) < 3 * HEARTBEAT_S:
         raise ConfigError(
             f"config: evaluation.server.stall_seconds: {stall:g} s is under three of the server's "
             f"{HEARTBEAT_S:g}-s heartbeats: healthy cells would be taken for stuck ones"
@@ -254,7 +266,7 @@ def check_config(config: dict, check_files: bool = True) -> None:
     check_names(config)
     _check_server(config)
     grid = config["grid"]
-    clash = sorted(set(config["datasets"]) & set(config.get("benchmarks") or {}))
+    clash = sorted(set(config["datasets"]) & set(config["benchmarks"]))
     if clash:
         raise ConfigError(f"config: {clash[0]!r} names both a dataset and a benchmark: give one of them another name")
     for name in grid["models"]:
@@ -264,20 +276,20 @@ def check_config(config: dict, check_files: bool = True) -> None:
     for name in grid["datasets"]:
         if name not in config["datasets"]:
             raise ConfigError(f"config: grid.datasets: unknown dataset {name!r} (defined: {', '.join(config['datasets'])})")
-        benchmarks = config.get("benchmarks") or {}
+        benchmarks = config["benchmarks"]
         _check_dataset(name, config["datasets"][name], config["datasets"], check_files, benchmarks)
         for benchmark in config["datasets"][name].get("heldout", []) or []:
             if benchmark in config["datasets"]:
                 _check_dataset(benchmark, config["datasets"][benchmark], config["datasets"], check_files, benchmarks)
     for key in ("finetunes", "controls"):
-        for name in grid.get(key, ["full"] if key == "finetunes" else []):
+        for name in grid[key]:
             resolve_finetune(config, name, where=f"config: grid.{key}")
             for dataset in grid["datasets"]:
                 _check_batch(config, recipe_for_dataset(config, name, dataset), name, dataset)
     _check_analysis(config)
     for name in grid["methods"]:
         resolve_method(config, name)
-    for name in config.get("method_variants", {}):
+    for name in config["method_variants"]:
         resolve_method(config, name)
     retention_names = [format_retention(r) for r in grid["retentions"]]
     if len(set(retention_names)) != len(retention_names):
@@ -285,7 +297,7 @@ def check_config(config: dict, check_files: bool = True) -> None:
     _check_distinct_k(grid["retentions"])
     from spectral_edit.data import is_instruction  # local import: data pulls in datasets and pandas
 
-    sweet = config["analysis"].get("sweet_spot_method", "top_k")
+    sweet = config["analysis"]["sweet_spot_method"]
     if all(is_instruction(config["datasets"][d]) for d in grid["datasets"]):
         return  # no label-word task: no Table 1, so no sweet spot to sweep for
     if sweet not in grid["methods"]:
@@ -481,7 +493,7 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 def resolve_finetune(config: Mapping, name: str, where: str = "config: grid.finetunes") -> dict:
     """A recipe with its full hyperparameters: the finetune section plus the recipe's overrides."""
-    recipes = config.get("finetunes", {}) or {}
+    recipes = config["finetunes"]
     if name not in recipes and name != "full":
         raise ConfigError(f"{where}: unknown fine-tune {name!r} (defined: {', '.join(['full', *recipes])})")
     recipe = dict(recipes.get(name, {"kind": "full"}))
@@ -527,7 +539,7 @@ def recipe_for_dataset(config: Mapping, name: str, dataset: str) -> dict:
 
 def resolve_method(config: Mapping, name: str) -> tuple[SpectralMethod, dict]:
     """The registered method behind a grid method name, and its full parameters."""
-    variants = config.get("method_variants", {}) or {}
+    variants = config["method_variants"]
     methods = available_methods()
     if name in variants:
         spec = dict(variants[name])
@@ -576,7 +588,7 @@ def grid_cells(config: Mapping) -> Iterator[Cell]:
     for model in grid["models"]:
         for dataset in grid["datasets"]:
             for seed in grid["seeds"]:
-                for finetune in grid.get("finetunes", ["full"]):
+                for finetune in grid["finetunes"]:
                     for name in grid["methods"]:
                         method, _ = resolve_method(config, name)
                         retentions = grid["retentions"] if method.uses_retention else [None]
@@ -587,4 +599,4 @@ def grid_cells(config: Mapping) -> Iterator[Cell]:
 def grid_finetunes(config: Mapping) -> list[str]:
     """Every recipe the grid trains: the edited ones, then the controls."""
     grid = config["grid"]
-    return list(dict.fromkeys([*grid.get("finetunes", ["full"]), *grid.get("controls", [])]))
+    return list(dict.fromkeys([*grid["finetunes"], *grid["controls"]]))

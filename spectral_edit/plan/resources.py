@@ -28,12 +28,12 @@ def model_size_b(spec: Mapping) -> float:
 
 
 def wants_gpu(config: Mapping) -> bool:
-    return str((config.get("runtime") or {}).get("device", "auto")) != "cpu"
+    return config["runtime"]["device"] != "cpu"
 
 
 def finetune_gpus(size_b: float, recipe: Mapping, gpu_memory_gb: float) -> int:
     """GPUs for one fine-tune: 1 unless full SFT's optimizer state outgrows one GPU."""
-    if recipe.get("kind", "full") != "full":
+    if recipe["kind"] != "full":
         return 1  # LoRA / SpecLoRA: frozen weights in bf16 plus small adapters
     need_gb = 16 * size_b * 1.25
     gpus = max(1, math.ceil(need_gb / gpu_memory_gb))
@@ -42,12 +42,7 @@ def finetune_gpus(size_b: float, recipe: Mapping, gpu_memory_gb: float) -> int:
 
 def _training_minutes(size_b: float, hyper: Mapping, gpus: int) -> int:
     # 6 * params * tokens FLOPs at a conservative 100 TFLOP/s per GPU, x 3 for safety.
-    tokens = (
-        int(hyper["steps"])
-        * int(hyper["batch_size"])
-        * int(hyper.get("gradient_accumulation_steps", 1))
-        * int(hyper.get("max_length", 512))
-    )
+    tokens = int(hyper["steps"]) * int(hyper["batch_size"]) * int(hyper["gradient_accumulation_steps"]) * int(hyper["max_length"])
     seconds = 6 * size_b * 1e9 * tokens / (gpus * 1e14) * 3
     return int(30 + math.ceil(seconds / 60))
 
@@ -55,8 +50,7 @@ def _training_minutes(size_b: float, hyper: Mapping, gpus: int) -> int:
 def rule_resources(rule: str, spec: Mapping, config: Mapping, recipe: Mapping | None = None) -> dict:
     """{gpu, mem_mb, runtime, cpus_per_task} for one job of ``rule`` on the model ``spec``."""
     size = model_size_b(spec)
-    cluster = config.get("cluster") or {}
-    gpu_memory_gb = float(cluster.get("gpu_memory_gb", 80))
+    gpu_memory_gb = float(config["cluster"]["gpu_memory_gb"])
     fp32_gb = 4 * size
     gpu = wants_gpu(config)
     if rule == "finetune":

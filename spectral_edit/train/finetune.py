@@ -43,6 +43,7 @@ from spectral_edit.data import SKEWED_LABEL_SHARE, label_shares, read_split
 from spectral_edit.data.prompts import training_features
 from spectral_edit.errors import ConfigError
 from spectral_edit.models import load_model, load_tokenizer
+from spectral_edit.plan.records import FinetuneHyper, FinetuneRecipe, Runtime
 from spectral_edit.runtime import resolve as resolve_runtime
 
 log = logging.getLogger(__name__)
@@ -206,12 +207,12 @@ def build_training_dataset(
     return datasets.Dataset.from_list(features), report
 
 
-def _lora_config(model: torch.nn.Module, recipe: Mapping):
+def _lora_config(model: torch.nn.Module, recipe: FinetuneRecipe):
     """PEFT LoraConfig with ranks capped at each target matrix's smaller dimension."""
     from peft import LoraConfig
 
-    rank, alpha = int(recipe["rank"]), float(recipe["alpha"])
-    targets = list(recipe["target_modules"])
+    rank, alpha = recipe.rank, recipe.alpha
+    targets = list(recipe.target_modules)
     smallest: dict[str, int] = {}
     for name, module in model.named_modules():
         short = name.split(".")[-1]
@@ -232,7 +233,7 @@ def _lora_config(model: torch.nn.Module, recipe: Mapping):
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
-        lora_dropout=float(recipe.get("dropout", 0.0)),
+        lora_dropout=recipe.dropout,
         target_modules=targets,
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
@@ -257,9 +258,9 @@ class TopDirectionScale(torch.nn.Module):
         return weight + self.u @ ((self.scale - 1)[:, None] * self.sv)
 
 
-def _wrap_for_recipe(model: torch.nn.Module, recipe: Mapping) -> tuple[torch.nn.Module, dict]:
+def _wrap_for_recipe(model: torch.nn.Module, recipe: FinetuneRecipe) -> tuple[torch.nn.Module, dict]:
     """The trainable model for a recipe and what the log should say about it."""
-    kind = recipe.get("kind", "full")
+    kind = recipe.kind
     if kind == "full":
         return model, {}
     from peft import get_peft_model
@@ -267,26 +268,24 @@ def _wrap_for_recipe(model: torch.nn.Module, recipe: Mapping) -> tuple[torch.nn.
 
     config, capped = _lora_config(model, recipe)
     peft_model = get_peft_model(model, config)
-    info = {"lora_rank": int(recipe["rank"]), "lora_alpha": float(recipe["alpha"]), "capped_ranks": capped}
+    info = {"lora_rank": recipe.rank, "lora_alpha": recipe.alpha, "capped_ranks": capped}
     if kind == "speclora":
         scaled = 0
         for name, module in peft_model.named_modules():
             base_layer = getattr(module, "base_layer", None)
-            if isinstance(base_layer, torch.nn.Linear) and name.split(".")[-1] in recipe["target_modules"]:
-                parametrize.register_parametrization(
-                    base_layer, "weight", TopDirectionScale(base_layer.weight, int(recipe["top_k"]))
-                )
+            if isinstance(base_layer, torch.nn.Linear) and name.split(".")[-1] in recipe.target_modules:
+                parametrize.register_parametrization(base_layer, "weight", TopDirectionScale(base_layer.weight, recipe.top_k))
                 scaled += 1
-        info.update(speclora_top_k=int(recipe["top_k"]), speclora_matrices=scaled)
+        info.update(speclora_top_k=recipe.top_k, speclora_matrices=scaled)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     info["trainable_parameters"] = trainable
     log.info("%s: %d trainable parameters", kind, trainable)
     return peft_model, info
 
 
-def _merge_recipe(model: torch.nn.Module, recipe: Mapping) -> torch.nn.Module:
+def _merge_recipe(model: torch.nn.Module, recipe: FinetuneRecipe) -> torch.nn.Module:
     """A plain model whose weights include the recipe's update (LoRA merged, scales applied)."""
-    kind = recipe.get("kind", "full")
+    kind = recipe.kind
     if kind == "full":
         return model
     from torch.nn.utils import parametrize
@@ -336,7 +335,7 @@ def _fsdp_units(model: torch.nn.Module) -> dict[str, int]:
     return dict(Counter(type(module).__name__.removeprefix("FSDP") for module in units))
 
 
-def _unwrapped_with_state(base_dir, recipe: Mapping, state: Mapping) -> torch.nn.Module:
+def _unwrapped_with_state(base_dir, recipe: FinetuneRecipe, state: Mapping) -> torch.nn.Module:
     """A fresh (recipe-wrapped) model holding ``state``, the gathered weights of an FSDP run."""
     model = load_model(base_dir)
     trainable, _ = _wrap_for_recipe(model, recipe)
@@ -361,7 +360,7 @@ def _resume_point(out_dir: str | Path, fingerprint: str, checkpoint_every: int, 
 
 
 def training_arguments(
-    hyper: Mapping,
+    hyper: FinetuneHyper,
     *,
     output_dir: str,
     seed: int,
@@ -376,24 +375,23 @@ def training_arguments(
 ) -> TrainingArguments:
     """The Trainer's arguments of a run: the hyperparameters, checkpointing, determinism, mixed
     precision and, under torchrun, FSDP (over GPUs, or CPU processes with gloo)."""
-    batch_size = int(hyper["batch_size"])
     use_cuda = device.type == "cuda"
     sharded = world_size > 1 if sharded is None else sharded
+    # min_lr_ratio has no schema default (see FinetuneHyper): left out, the rate ends at 0.
+    min_lr_rate = 0.0 if hyper.min_lr_ratio is None else hyper.min_lr_ratio
     return TrainingArguments(
         output_dir=output_dir,
-        max_steps=int(hyper["steps"]),
-        per_device_train_batch_size=batch_size // world_size,
-        gradient_accumulation_steps=int(hyper.get("gradient_accumulation_steps", 1)),
-        learning_rate=float(hyper["learning_rate"]),
-        lr_scheduler_type=hyper.get("lr_scheduler", "linear"),
-        lr_scheduler_kwargs={"min_lr_rate": float(hyper.get("min_lr_ratio", 0.0))}
-        if hyper.get("lr_scheduler") == "cosine_with_min_lr"
-        else {},
-        warmup_steps=int(hyper.get("warmup_steps", 0)),
-        weight_decay=float(hyper.get("weight_decay", 0.0)),
-        adam_beta1=float(hyper.get("adam_beta1", 0.9)),
-        adam_beta2=float(hyper.get("adam_beta2", 0.999)),
-        max_grad_norm=float(hyper.get("max_grad_norm", 1.0)),
+        max_steps=hyper.steps,
+        per_device_train_batch_size=hyper.batch_size // world_size,
+        gradient_accumulation_steps=hyper.gradient_accumulation_steps,
+        learning_rate=hyper.learning_rate,
+        lr_scheduler_type=hyper.lr_scheduler,
+        lr_scheduler_kwargs={"min_lr_rate": min_lr_rate} if hyper.lr_scheduler == "cosine_with_min_lr" else {},
+        warmup_steps=hyper.warmup_steps,
+        weight_decay=hyper.weight_decay,
+        adam_beta1=hyper.adam_beta1,
+        adam_beta2=hyper.adam_beta2,
+        max_grad_norm=hyper.max_grad_norm,
         # Fused AdamW updates the weights in place: on the CPU a step is about 20 % faster
         # than the foreach version, which allocates temporaries the size of the model
         # (bench/run.py measures it). FSDP's sharded parameters keep the foreach version.
@@ -476,7 +474,7 @@ def finetune(
     seed: int,
     progress: bool = True,
     recipe: Mapping | None = None,
-    runtime: Mapping | None = None,
+    runtime: Runtime | Mapping | None = None,
     checkpoint_every: int = 0,
     gradient_checkpointing: bool | None = None,
     answer_only_head: bool = True,
@@ -484,7 +482,11 @@ def finetune(
 ) -> dict:
     """Fine-tune the base model in ``base_dir`` and save it (with train_log.json) to ``out_dir``.
 
-    ``recipe`` is a resolved fine-tuning recipe (kind and its keys); None means full SFT.
+    ``recipe`` is a resolved fine-tuning recipe (kind and its keys, plan.config.resolve_finetune)
+    and ``hyper`` its hyperparameters, both as validated (every schema default filled in); None
+    means full SFT. Plain mappings, as the job's params and torchrun's JSON arguments carry them
+    (and as the checkpoints' fingerprint and train_log.json record them); read through a
+    FinetuneRecipe.
     ``checkpoint_every`` > 0 saves a resumable checkpoint (weights, optimizer, scheduler, RNG
     states) under ``out_dir/.checkpoints`` every that many steps; a rerun of the same run
     resumes from the newest complete one and ends with the same weights as an uninterrupted
@@ -500,16 +502,17 @@ def finetune(
     same numbers, slower: the bench and the tests compare them).
     """
     recipe = dict(recipe or {"kind": "full"})
+    spec = FinetuneRecipe.from_mapping({**recipe, "hyper": hyper})
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     sharded = world_size > 1 if fsdp is None else bool(fsdp)
-    batch_size = int(hyper["batch_size"])
+    batch_size = spec.hyper.batch_size
     if sharded and batch_size % world_size:
         raise ConfigError(f"config: finetune.batch_size {batch_size} is not divisible by the {world_size} processes")
     if gradient_checkpointing is None:
         gradient_checkpointing = sharded
     tokenizer = load_tokenizer(base_dir)
-    train_set, truncation = build_training_dataset(tokenizer, dataset_spec, train_path, int(hyper.get("max_length", 512)))
+    train_set, truncation = build_training_dataset(tokenizer, dataset_spec, train_path, spec.hyper.max_length)
     if batch_size > len(train_set):
         # The Trainer would silently take the whole split as each batch.
         raise ConfigError(f"config: finetune.batch_size: {batch_size} is larger than the {len(train_set)} training examples")
@@ -528,7 +531,7 @@ def finetune(
     checkpoints, resume_from = _resume_point(out_dir, fingerprint, checkpoint_every, rank)
     with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
         args = training_arguments(
-            hyper,
+            spec.hyper,
             output_dir=str(checkpoints) if checkpoint_every > 0 else scratch,
             seed=seed,
             checkpoint_every=checkpoint_every,
@@ -544,7 +547,7 @@ def finetune(
         # so LoRA's random initialisation depends on the seed alone.
         model = load_model(base_dir)
         model.train()
-        trainable, recipe_info = _wrap_for_recipe(model, recipe)
+        trainable, recipe_info = _wrap_for_recipe(model, spec)
         with _fsdp_in_any_process_group(sharded):
             trainer = (AnswerOnlyLossTrainer if answer_only_head else Trainer)(
                 model=trainable,
@@ -563,8 +566,8 @@ def finetune(
             full_state = trainer.accelerator.get_state_dict(trainer.model)
             if rank != 0:
                 return {}
-            trainable = _unwrapped_with_state(base_dir, recipe, full_state)
-    model = _merge_recipe(trainable, recipe)
+            trainable = _unwrapped_with_state(base_dir, spec, full_state)
+    model = _merge_recipe(trainable, spec)
     model.eval()
     check_finite(model.state_dict().items(), "fine-tuned model")
     train_log = {
@@ -600,5 +603,5 @@ def finetune(
         tokenizer.save_pretrained(scratch_out)
         write_json(Path(scratch_out) / "train_log.json", train_log)
     shutil.rmtree(checkpoints, ignore_errors=True)
-    log.info("fine-tuned (%s) in %.0f s, final loss %s", recipe.get("kind"), train_log["seconds"], train_log["final_loss"])
+    log.info("fine-tuned (%s) in %.0f s, final loss %s", spec.kind, train_log["seconds"], train_log["final_loss"])
     return train_log
