@@ -59,10 +59,3 @@ rule all:
         rules.aggregate.output,
         rules.figures.output,
         diagnostics_targets(),
-
-
-rule export_sweet_spots:
-    """Target: the model and the adapter of every sweet spot of Table 1 (rules/export.smk)."""
-    input:
-        listing=layout.SWEET_SPOTS,
-        exports=sweet_spot_exports,

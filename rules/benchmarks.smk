@@ -36,6 +36,7 @@ rule benchmark_edit:
     resources:
         **cluster_resources("evaluate"),
     params:
+        kind="edit",
         method=method_of,
         benchmark=benchmark_params,
         unedited_params=config["edit"]["unedited_params"],
@@ -64,6 +65,7 @@ rule benchmark_finetuned:
     resources:
         **cluster_resources("evaluate"),
     params:
+        kind="finetuned",
         benchmark=benchmark_params,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
@@ -87,6 +89,7 @@ rule benchmark_base:
     resources:
         **cluster_resources("evaluate"),
     params:
+        kind="base",
         benchmark=benchmark_params,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],

@@ -21,6 +21,7 @@ rule evaluate_edit:
     resources:
         **cluster_resources("evaluate"),
     params:
+        kind="edit",
         method=method_of,
         prompt=evaluation_prompt,
         unedited_params=config["edit"]["unedited_params"],
@@ -50,6 +51,7 @@ rule evaluate_finetuned:
     resources:
         **cluster_resources("evaluate"),
     params:
+        kind="finetuned",
         prompt=evaluation_prompt,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
@@ -74,6 +76,7 @@ rule evaluate_base:
     resources:
         **cluster_resources("evaluate"),
     params:
+        kind="base",
         prompt=evaluation_prompt,
         batch_size=config["evaluation"]["batch_size"],
         runtime=config["runtime"],
@@ -82,6 +85,9 @@ rule evaluate_base:
 
 
 # Held-out benchmarks: the same three kinds of model, evaluated on another prepared dataset.
+# A `use rule ... with:` block replaces a section whole (input, output, log), except params:
+# Snakemake (9.1 and later) replaces only the params it names and keeps the rule's others
+# (kind among them), so only the prompt is named here.
 
 
 use rule evaluate_edit as evaluate_heldout_edit with:
@@ -92,11 +98,7 @@ use rule evaluate_edit as evaluate_heldout_edit with:
     log:
         layout.log("heldout/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/{benchmark}.log"),
     params:
-        method=method_of,
         prompt=benchmark_prompt,
-        unedited_params=config["edit"]["unedited_params"],
-        batch_size=config["evaluation"]["batch_size"],
-        runtime=config["runtime"],
 
 
 use rule evaluate_finetuned as evaluate_heldout_finetuned with:
@@ -112,8 +114,6 @@ use rule evaluate_finetuned as evaluate_heldout_finetuned with:
         layout.log("heldout/{model}/{dataset}/seed{seed}/{finetune}/finetuned/{benchmark}.log"),
     params:
         prompt=benchmark_prompt,
-        batch_size=config["evaluation"]["batch_size"],
-        runtime=config["runtime"],
 
 
 use rule evaluate_base as evaluate_heldout_base with:
@@ -128,5 +128,3 @@ use rule evaluate_base as evaluate_heldout_base with:
         layout.log("heldout/{model}/base/{benchmark}.log"),
     params:
         prompt=benchmark_prompt,
-        batch_size=config["evaluation"]["batch_size"],
-        runtime=config["runtime"],

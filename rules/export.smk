@@ -32,11 +32,7 @@ use rule export_model as export_adapter with:
     log:
         layout.log("export/{model}/{dataset}/seed{seed}/{finetune}/{method}/retention-{retention}/adapter.log"),
     params:
-        form="adapter",
-        method=method_of,
-        unedited_params=config["edit"]["unedited_params"],
-        export=config["export"],
-        card=card_config,
+        form="adapter",  # the other params are export_model's (Snakemake replaces only those named)
 
 
 checkpoint sweet_spots:
@@ -55,3 +51,10 @@ checkpoint sweet_spots:
         seeds=config["grid"]["seeds"],
     script:
         "../workflow_scripts/sweet_spots.py"
+
+
+rule export_sweet_spots:
+    """Target: the model and the adapter of every sweet spot of Table 1."""
+    input:
+        listing=layout.SWEET_SPOTS,
+        exports=sweet_spot_exports,

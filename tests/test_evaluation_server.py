@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_DATASET
+from spectral_edit.edit.record import EditSpec
 from spectral_edit.edit.svd import compute_svd_cache
 from spectral_edit.evaluate.cells import evaluate_cell
 from spectral_edit.evaluate.client import EvaluationServerError, serve_cell, server_key, socket_dir, supervising_process
@@ -55,15 +56,12 @@ def _request(checkpoint, method: str | None, retention: float | None = None) -> 
     if method is None:
         request["weights"] = str(checkpoint["finetuned"])
     else:
-        request["edit"] = {
-            "factors": str(checkpoint["factors"]),
-            "finetuned_weights": str(checkpoint["finetuned"]),
-            "method": method,
-            "params": {},
-            "retention": retention,
-            "seed": 0,
-            "unedited_params": "finetuned",
-        }
+        request["edit"] = EditSpec(
+            method=method,
+            retention=retention,
+            factors=checkpoint["factors"],
+            finetuned_weights=checkpoint["finetuned"],
+        )
     return request
 
 
@@ -110,6 +108,11 @@ def test_cells_through_one_server_equal_cells_in_their_own_process(checkpoint, t
         # The same model state whatever the previous cell left in the server's model.
         assert record["examples"] == alone["examples"]
         assert record["metrics"] == alone["metrics"]
+        # The edit as the cell shows it: the record's fields without its files, then its statistics.
+        assert record["edit"] == alone["edit"]
+        if method:
+            assert list(record["edit"])[:5] == ["method", "params", "retention", "seed", "unedited_params"]
+            assert "factors" not in record["edit"] and record["edit"]["retention"] == retention
     assert served[0]["examples"] == served[4]["examples"]
 
 

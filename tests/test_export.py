@@ -4,6 +4,7 @@ reproduce the cell's stored predictions exactly and its log-probabilities within
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO, TINY_ARCHITECTURE, TINY_DATASET, TINY_HYPER
+from spectral_edit.edit.record import EditSpec
 from spectral_edit.edit.svd import compute_svd_cache, numerical_rank
 from spectral_edit.errors import ExportError
 from spectral_edit.evaluate.cells import evaluate_cell
@@ -37,15 +39,13 @@ ADAPTER_TOLERANCE = 1e-4
 
 
 def _edit(svd_dir, ft_dir, method="top_k", retention=0.5, unedited="finetuned"):
-    return {
-        "factors": str(svd_dir / "factors.safetensors"),
-        "finetuned_weights": str(ft_dir / "model.safetensors"),
-        "method": method,
-        "params": {},
-        "retention": retention,
-        "seed": 0,
-        "unedited_params": unedited,
-    }
+    return EditSpec(
+        method=method,
+        retention=retention,
+        unedited_params=unedited,
+        factors=svd_dir / "factors.safetensors",
+        finetuned_weights=ft_dir / "model.safetensors",
+    )
 
 
 def _cell(model_dir, data_dir, out_path, edit=None):
@@ -57,7 +57,7 @@ def _cell(model_dir, data_dir, out_path, edit=None):
         dataset_spec=TINY_DATASET,
         out_path=out_path,
         cell={"model": "test"},
-        edit=dict(edit) if edit else None,
+        edit=edit,
         progress=False,
     )
 
@@ -266,7 +266,7 @@ def test_a_changed_bias_under_a_lora_module_is_refused_by_name(tmp_path):
         export_adapter(tmp_path / "base", edit, tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
     # With the undecomposed tensors kept at their base values there is nothing PEFT cannot hold.
-    summary = export_adapter(tmp_path / "base", {**edit, "unedited_params": "base"}, tmp_path / "adapter")
+    summary = export_adapter(tmp_path / "base", dataclasses.replace(edit, unedited_params="base"), tmp_path / "adapter")
     assert summary["modules_to_save"] == [] and summary["modules"] > 0
 
 
@@ -315,7 +315,7 @@ def test_the_lm_eval_task_renders_the_cells_own_prompt(tmp_path, tiny_base_dir, 
 
 def test_an_edit_that_keeps_no_component_is_refused_as_an_adapter(tmp_path, tiny_export, tiny_base_dir):
     """Without a LoRA target PEFT would pick default modules of its own: refuse, naming the fix."""
-    edit = {**tiny_export["edit"], "method": "dg_hard", "params": {"scale": 1e9, "noise_sigma": None}, "retention": None}
+    edit = dataclasses.replace(tiny_export["edit"], method="dg_hard", params={"scale": 1e9, "noise_sigma": None}, retention=None)
     with pytest.raises(ExportError, match="keeps no component of any matrix; export the cell as a model"):
         export_adapter(tiny_base_dir, edit, tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()

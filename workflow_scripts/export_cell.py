@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import spectral_edit
+from spectral_edit.edit.record import EditSpec
 from spectral_edit.export.artifacts import (
     benchmark_statistics,
     cell_statistics,
@@ -13,22 +14,12 @@ from spectral_edit.export.artifacts import (
     workflow_commit,
 )
 from spectral_edit.jobs import job_logging
-from spectral_edit.layout import parse_retention
 
 w = snakemake.wildcards
 inp = snakemake.input
 params = snakemake.params
 with job_logging(snakemake.log[0], snakemake.threads, f"export {params.form}") as log:
-    edit = {
-        "factors": inp.factors,
-        "finetuned_weights": inp.finetuned_weights,
-        "method": params.method["name"],
-        "params": params.method["params"],
-        "retention": parse_retention(w.retention),
-        "seed": int(w.seed),
-        "unedited_params": params.unedited_params,
-        "sensitivities": inp.get("sensitivities"),
-    }
+    edit = EditSpec.from_job(w, inp, params)  # as the cell's evaluation built it
     base_dir = Path(inp.base_weights).parent
     model_spec = params.card["model"][w.model]
     base_id = model_spec.get("id") if model_spec.get("source") == "hub" else None
@@ -58,7 +49,7 @@ with job_logging(snakemake.log[0], snakemake.threads, f"export {params.form}") a
         "base_model": base_id or f"{w.model} ({model_spec.get('source')}), materialised at {base_dir}",
         "config": params.card,
     }
-    edit_summary = {**edit_record["edit"], "method_name": params.method["name"]}
+    edit_summary = {**edit_record["edit"], "method_name": edit.method}
     edit_summary.pop("per_matrix", None)
     if params.form == "model":
         card = model_card(

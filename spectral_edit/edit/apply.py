@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from spectral_edit.edit.methods import MatrixContext, SpectralMethod, layer_index, split_result
+from spectral_edit.edit.methods import MatrixContext, SpectralMethod, get_method, layer_index, split_result
 from spectral_edit.edit.rebuild import low_rank_factors, rebuild_update
+from spectral_edit.edit.record import EditSpec, as_edit_spec
 from spectral_edit.edit.svd_cache import cached_names, cached_numerical_ranks, iter_factors
 from spectral_edit.errors import CheckpointMismatchError
 from spectral_edit.safetensors_stream import open_safetensors
@@ -47,6 +48,23 @@ def read_sensitivities(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
             kind, name = key.split("/", 1)
             out.setdefault(name, {})[f"sensitivity_{kind}"] = handle.get_tensor(key)
     return out
+
+
+def edit_arguments(edit: EditSpec | Mapping) -> dict:
+    """The arguments of :func:`iter_matrix_edits` (and, with ``unedited_params`` and where
+    W_base comes from, :func:`apply_spectral_edit`) of a cell's edit record, read here once for
+    the evaluation cells and the exports alike: the method, its inputs, and the sensitivities
+    file read for a method that needs one."""
+    edit = as_edit_spec(edit)
+    return {
+        "factors_path": edit.factors,
+        "method": get_method(edit.method),
+        "params": edit.params,
+        "retention": edit.retention,
+        "seed": edit.seed,
+        "extras": read_sensitivities(edit.sensitivities) if edit.sensitivities else None,
+        "finetuned_weights": edit.finetuned_weights,
+    }
 
 
 @dataclass

@@ -21,8 +21,8 @@ import torch
 from spectral_edit.atomic import write_json
 from spectral_edit.data import read_meta, read_split
 from spectral_edit.data.prompts import formatter_for
-from spectral_edit.edit.apply import apply_spectral_edit, read_sensitivities
-from spectral_edit.edit.methods import get_method
+from spectral_edit.edit.apply import apply_spectral_edit, edit_arguments
+from spectral_edit.edit.record import EditSpec, as_edit_spec
 from spectral_edit.errors import CheckpointMismatchError
 from spectral_edit.evaluate.scoring import evaluate_model
 from spectral_edit.models import load_model, load_tokenizer
@@ -82,7 +82,7 @@ class CellEvaluator:
         meta_path: str | Path | None = None,
         dataset_spec: Mapping | None = None,
         benchmark: Mapping | None = None,
-        edit: Mapping | None = None,
+        edit: EditSpec | Mapping | None = None,
         weights: str | Path | None = None,
         batch_size: int = 16,
         progress: bool = True,
@@ -93,18 +93,14 @@ class CellEvaluator:
         ``dataset_spec``) or on a benchmark through lm-evaluation-harness (``benchmark``, a
         resolved entry of the config's benchmarks section; spectral_edit.benchmarks).
 
-        ``edit``, when given, turns the model into the edited one: keys ``factors``,
-        ``finetuned_weights`` (the checkpoint dW is read from), ``base_weights`` (W_base; by
-        default the loaded model's own file), ``method`` (a registered method),
-        ``params``, ``retention`` (or None), ``seed``, ``unedited_params`` and, for methods
-        that need them, ``sensitivities`` (a file).
+        ``edit``, when given, turns the model into the edited one (an :class:`EditSpec`, or a
+        mapping of its fields); its ``base_weights`` default to the loaded model's own file.
+        The record shows the edit without its files, and the edit's statistics.
         """
         started = time.time()
+        edit = as_edit_spec(edit) if edit is not None else None
         edit_stats = self._prepare(edit, weights)
-        record = {
-            "cell": dict(cell),
-            "edit": {**{k: v for k, v in edit.items() if k not in _HIDDEN}, **edit_stats} if edit else None,
-        }
+        record = {"cell": dict(cell), "edit": {**edit.shown(), **edit_stats} if edit else None}
         if benchmark is not None:
             from spectral_edit.benchmarks.harness import run_benchmark
 
@@ -130,27 +126,20 @@ class CellEvaluator:
                 record[key] = record.pop(key)
         return record
 
-    def _prepare(self, edit: Mapping | None, weights: str | Path | None) -> dict | None:
+    def _prepare(self, edit: EditSpec | None, weights: str | Path | None) -> dict | None:
         """Give the model the cell's weights: the edit, a checkpoint's tensors, or (neither)
         those it has; returns the edit's statistics."""
         edit_stats = None
         if edit is not None:
-            extras = read_sensitivities(edit["sensitivities"]) if edit.get("sensitivities") else None
-            base_weights = edit.get("base_weights") or self.model_dir / "model.safetensors"
-            resident = self._resident_for((str(edit["finetuned_weights"]), str(base_weights), str(edit["factors"])))
+            base_weights = edit.base_weights or self.model_dir / "model.safetensors"
+            resident = self._resident_for((edit.finetuned_weights, str(base_weights), edit.factors))
             edit_stats = apply_spectral_edit(
                 self.model,
-                edit["factors"],
-                get_method(edit["method"]),
-                edit.get("params", {}),
-                edit.get("retention"),
-                int(edit.get("seed", 0)),
-                edit.get("unedited_params", "finetuned"),
-                extras=extras,
-                finetuned_weights=edit["finetuned_weights"],
+                unedited_params=edit.unedited_params,
                 # W_base from the file, not the model: the model may be in bf16 or hold the last cell's edit.
                 base_weights=base_weights,
                 resident=resident,
+                **edit_arguments(edit),
             )
             log.info(
                 "edited %d matrices, kept %d of %d components",
@@ -161,9 +150,6 @@ class CellEvaluator:
         elif weights is not None:
             load_weights(self.model, weights)
         return edit_stats
-
-
-_HIDDEN = ("factors", "sensitivities", "finetuned_weights", "base_weights")
 
 
 def _matrix_bytes(model: torch.nn.Module) -> int:

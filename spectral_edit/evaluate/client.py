@@ -40,6 +40,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from spectral_edit.edit.record import as_edit_spec
+
 HEARTBEAT_S = 2.0
 
 
@@ -258,7 +260,9 @@ def serve_cell(
     note=print,
 ) -> dict:
     """Have the checkpoint's server evaluate one cell (starting the server if none runs) and
-    return the cell's record. ``request`` holds :meth:`CellEvaluator.run`'s arguments."""
+    return the cell's record. ``request`` holds :meth:`CellEvaluator.run`'s arguments; its
+    ``edit`` (an ``EditSpec``) crosses the socket as the record's JSON."""
+    request = encode_request(request)
     supervisor = supervising_process()
     key = server_key(model_dir, checkpoint_files, runtime, threads, supervisor)
     path = socket_dir() / f"{key}.sock"
@@ -292,6 +296,15 @@ def serve_cell(
                     f"evaluation server {key} closed the connection before answering (died?); see {server_log}"
                 ) from None
             note(f"evaluation server {key} closed the connection unheard; asking again")
+
+
+def encode_request(request: Mapping) -> dict:
+    """A cell's request as JSON types: its edit as :meth:`EditSpec.to_json`'s dict (the server
+    reads it back with :meth:`EditSpec.from_json`)."""
+    encoded = dict(request)
+    if encoded.get("edit") is not None:
+        encoded["edit"] = as_edit_spec(encoded["edit"]).to_json()
+    return encoded
 
 
 class _ClosedUnheard(Exception):

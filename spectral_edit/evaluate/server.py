@@ -1,6 +1,6 @@
 """The evaluation server: loads a model once and evaluates the cells of its checkpoint.
 
-Started by ``evaluation_client.serve_cell`` (``python -m spectral_edit.evaluate.server``);
+Started by ``spectral_edit.evaluate.client.serve_cell`` (``python -m spectral_edit.evaluate.server``);
 see that module for the protocol and why it exists. One JSON request per connection, answered
 by heartbeat lines while the request waits or runs, then one line with the cell's record or an
 error. Requests are evaluated one at a time (one model in memory); connections are accepted
@@ -19,6 +19,8 @@ import socket
 import threading
 import time
 from pathlib import Path
+
+from spectral_edit.edit.record import EditSpec
 
 log = logging.getLogger("evaluation_server")
 
@@ -104,7 +106,7 @@ class Server:
     def _evaluate(self, request: dict, answer: dict, done: threading.Event) -> None:
         try:
             started = time.time()
-            answer["record"] = self.evaluator.run(**request, progress=False)
+            answer["record"] = self.evaluator.run(**decode_request(request), progress=False)
             answer["server"] = {**self.identity, "cells_served": self.evaluator.cells_served}
             log.info("cell %s: %.1f s", request.get("cell"), time.time() - started)
         except Exception as error:  # reported to the cell, which fails with it
@@ -134,6 +136,13 @@ class Server:
             with self.counter:
                 self.active -= 1
                 self.last_activity = time.monotonic()
+
+
+def decode_request(request: dict) -> dict:
+    """A request as it came over the socket, its edit back as the record the client sent."""
+    if request.get("edit") is None:
+        return request
+    return {**request, "edit": EditSpec.from_json(request["edit"])}
 
 
 def _alive(pid: int) -> bool:

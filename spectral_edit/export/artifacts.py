@@ -29,8 +29,8 @@ import yaml
 
 from spectral_edit.analysis.intervals import GroupDesign, bootstrap_intervals, mcnemar_exact, point_statistics
 from spectral_edit.atomic import atomic_directory
-from spectral_edit.edit.apply import apply_spectral_edit, iter_matrix_edits, read_sensitivities
-from spectral_edit.edit.methods import get_method
+from spectral_edit.edit.apply import apply_spectral_edit, edit_arguments, iter_matrix_edits
+from spectral_edit.edit.record import EditSpec, as_edit_spec
 from spectral_edit.edit.svd_cache import cached_names
 from spectral_edit.errors import ConfigError, ExportError
 from spectral_edit.models import load_model, load_tokenizer
@@ -47,24 +47,10 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _edit_arguments(edit: Mapping) -> dict:
-    """The arguments of ``edit.iter_matrix_edits`` / ``apply_spectral_edit`` from an edit request
-    (the dict an evaluation cell gets: factors, finetuned_weights, method, params, retention, seed)."""
-    return {
-        "factors_path": edit["factors"],
-        "method": get_method(edit["method"]),
-        "params": edit.get("params", {}),
-        "retention": edit.get("retention"),
-        "seed": int(edit["seed"]),
-        "extras": read_sensitivities(edit["sensitivities"]) if edit.get("sensitivities") else None,
-        "finetuned_weights": edit["finetuned_weights"],
-    }
-
-
 @torch.no_grad()
 def export_model(
     base_dir: str | Path,
-    edit: Mapping,
+    edit: EditSpec | Mapping,
     out_dir: str | Path,
     *,
     dtype: str = "float32",
@@ -80,7 +66,8 @@ def export_model(
     target = torch_dtype(dtype)
     model = load_model(base_dir)
     tokenizer = load_tokenizer(base_dir)
-    stats = apply_spectral_edit(model, unedited_params=edit["unedited_params"], **_edit_arguments(edit))
+    edit = as_edit_spec(edit)
+    stats = apply_spectral_edit(model, unedited_params=edit.unedited_params, **edit_arguments(edit))
     model.to(target)
     with atomic_directory(out_dir) as scratch:
         model.save_pretrained(scratch, max_shard_size=max_shard_size)
@@ -122,14 +109,14 @@ def _tied_embedding_module(model: torch.nn.Module) -> str | None:
 
 
 @torch.no_grad()
-def plan_adapter(model: torch.nn.Module, edit: Mapping) -> AdapterPlan:
+def plan_adapter(model: torch.nn.Module, edit: EditSpec | Mapping) -> AdapterPlan:
     """The adapter of an edit on ``model`` (the base model), or an ExportError naming what
     PEFT cannot hold."""
+    edit = as_edit_spec(edit)
     plan = AdapterPlan()
     modules = dict(model.named_modules())
     state = model.state_dict()
-    arguments = _edit_arguments(edit)
-    for matrix in iter_matrix_edits(state=state, **arguments):
+    for matrix in iter_matrix_edits(state=state, **edit_arguments(edit)):
         module, param = _owner(matrix.name)
         kind = type(modules.get(module)).__name__
         if param != "weight" or not isinstance(modules.get(module), (torch.nn.Linear, torch.nn.Embedding)):
@@ -143,9 +130,9 @@ def plan_adapter(model: torch.nn.Module, edit: Mapping) -> AdapterPlan:
         else:
             plan.factors[module] = (b, a)
     # Tensors that are not decomposed and that the edit gives their fine-tuned values.
-    if edit["unedited_params"] == "finetuned":
-        passthrough = cached_names(edit["factors"])[1]
-        with open_safetensors(edit["finetuned_weights"]) as finetuned:
+    if edit.unedited_params == "finetuned":
+        passthrough = cached_names(edit.factors)[1]
+        with open_safetensors(edit.finetuned_weights) as finetuned:
             for name in passthrough:
                 value = finetuned.get_tensor(name)
                 if torch.equal(value.to(state[name].dtype), state[name]):
@@ -229,7 +216,7 @@ def _assign(parameter: torch.Tensor, value: torch.Tensor, module_name: str) -> N
 @torch.no_grad()
 def export_adapter(
     base_dir: str | Path,
-    edit: Mapping,
+    edit: EditSpec | Mapping,
     out_dir: str | Path,
     *,
     card: str | Callable[[dict], str] = "",
