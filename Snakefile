@@ -9,7 +9,9 @@ from snakemake.utils import min_version
 
 from spectral_edit.plan.config import read_config_file
 
-min_version("9.0")
+# The version setup.sh and envs/ pin and the tests run: its `use rule ... with: params:` replaces
+# only the params it names (rules/evaluate.smk, rules/export.smk), which early 9.x did not.
+min_version("9.27")
 
 # Snakemake's own reader gives a traceback for a binary or non-UTF-8 file; say it in one line.
 # (A file given with --configfile is read by Snakemake's command line before this file runs.)

@@ -358,21 +358,12 @@ def test_a_config_file_that_is_not_yaml_is_one_line_naming_it(tmp_path, content,
 # Keys named like a defaulted config key but read from another mapping, where .get(key, literal)
 # is the reading meant.
 NOT_THE_CONFIG_SECTION = {
-    ("spectral_edit/evaluate/cells.py", "seed"): "the edit request's cell seed, not analysis.bootstrap.seed",
     ("spectral_edit/data/__init__.py", "kind"): "is_instruction also reads prompt specs (rules' prompt_of), which "
     "name kind only for instruction data: adding it would change every fine-tune's params",
     ("spectral_edit/data/prompts.py", "kind"): "formatter_for reads a prompt spec (see data/__init__.py)",
     ("spectral_edit/data/arithmetic.py", "generator_seed"): "a dataset's generator_seed: without a schema default "
     "(benchmarks' has one); adding one would change every dataset's params",
     ("spectral_edit/data/synthetic.py", "generator_seed"): "a dataset's generator_seed (see data/arithmetic.py)",
-}
-# Restated defaults left in files other work is changing: no new entry may join them.
-STILL_RESTATED = {
-    ("spectral_edit/analysis/figures.py", "sweet_spot_method"),  # being replaced by the figures registry
-    ("spectral_edit/analysis/figures.py", "reference_finetune"),
-    ("spectral_edit/layout.py", "kind"),  # figure_names, which the figures registry takes over
-    ("spectral_edit/evaluate/cells.py", "unedited_params"),  # the edit request evaluate_cell.py builds
-    ("spectral_edit/evaluate/server.py", "resident_gb"),  # the server spec the client writes
 }
 
 
@@ -416,7 +407,7 @@ def test_no_schema_default_is_restated_in_code():
     restated = [
         f"{path}:{line}: .get({key!r}, ...) restates the schema's default; read it directly"
         for path, key, line in _restated_defaults()
-        if (path, key) not in NOT_THE_CONFIG_SECTION and (path, key) not in STILL_RESTATED
+        if (path, key) not in NOT_THE_CONFIG_SECTION
     ]
     assert not restated, "\n".join(restated)
 

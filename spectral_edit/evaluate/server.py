@@ -39,7 +39,7 @@ class Server:
         from spectral_edit.evaluate.cells import CellEvaluator  # torch and transformers: only in the server process
 
         torch.set_num_threads(max(1, int(spec["threads"])))
-        self.evaluator = CellEvaluator(spec["model_dir"], spec["runtime"], float(spec.get("resident_gb", 0)))
+        self.evaluator = CellEvaluator(spec["model_dir"], spec["runtime"], float(spec["resident_gb"]))
         self.identity = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -65,7 +65,7 @@ def label_word_tasks(config: Mapping, surgery_policies: Mapping[str, str] | None
     """Whether the grid has a label-word (not instruction) dataset: the figures of the
     shortcut-gap measures need one."""
     grid, datasets = config["grid"], config["datasets"]
-    return any(datasets[d].get("kind", "classification") != "instruction" for d in grid["datasets"])
+    return any(datasets[d]["kind"] != "instruction" for d in grid["datasets"])
 
 
 def with_benchmarks(config: Mapping, surgery_policies: Mapping[str, str] | None = None) -> bool:

@@ -23,8 +23,8 @@ def draw(inputs: FigureInputs, out_stem: Path, formats: Sequence[str]) -> list[P
 
     summary, analysis, controls = inputs.summary, inputs.analysis, inputs.controls or {}
     zone = NoCostZone.from_analysis(analysis)
-    reference = analysis.get("reference_finetune", "full")
-    method = analysis.get("sweet_spot_method", "top_k")
+    reference = analysis["reference_finetune"]
+    method = analysis["sweet_spot_method"]
     pairs = list(dict.fromkeys(zip(summary["model"], summary["dataset"])))
     pairs = [p for p in pairs if p[0] is not None] or [("", "")]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.8 * len(pairs), 4.8), squeeze=False)

@@ -20,7 +20,7 @@ def draw(inputs: FigureInputs, out_stem: Path, formats: Sequence[str]) -> list[P
     )
 
     summary, analysis, regimes = inputs.summary, inputs.analysis, inputs.regimes
-    method = analysis.get("sweet_spot_method", "top_k")
+    method = analysis["sweet_spot_method"]
     data = retention_rows(summary)
     data = data[data["method"] == method]
     boundary = boundary_checkpoints(regimes)
