@@ -20,13 +20,8 @@ from spectral_edit.edit.record import EditSpec
 from spectral_edit.edit.svd import compute_svd_cache, numerical_rank
 from spectral_edit.errors import ExportError
 from spectral_edit.evaluate.cells import evaluate_cell
-from spectral_edit.export.artifacts import (
-    cell_statistics,
-    export_adapter,
-    export_model,
-    model_card,
-    plan_adapter,
-)
+from spectral_edit.export.artifacts import export_adapter, export_model, plan_adapter
+from spectral_edit.export.model_card import cell_statistics, model_card
 from spectral_edit.models import load_model, materialise_base_model
 from spectral_edit.plan.config import DEFAULT_LORA_TARGETS
 

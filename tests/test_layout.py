@@ -163,3 +163,30 @@ def test_no_module_imports_itself_through_others_at_module_level():
     assert "spectral_edit.plan.config" in graph and graph["spectral_edit.plan.config"], "no edges found"
     cycle = find_cycle(graph)
     assert cycle is None, "module-level import circle: " + " -> ".join(cycle)
+
+
+def test_the_readme_layout_names_every_module_by_stage():
+    """The README's layout section finds the room of every module: each subpackage is a line of
+    its stage, and every module in it is named on that line's paragraph (a method and a figure are
+    one file each behind a registry, named by their folder)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("\n## Layout\n") :]
+    section = section.split("\n## ", 2)[1]  # up to the next section, if any
+    stages = dict(re.findall(r"^(\w+/)\s+(.*?)(?=^\S|\Z)", section, flags=re.M | re.S))
+    leaves = re.search(r"^shared leaves\s+(.*?)(?=^\S)", section, flags=re.M | re.S).group(1)
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        if path.name == "__init__.py" and len(parts) > 1 and parts[-2] not in ("data",):
+            continue  # a package's docstring; data/__init__ holds the prepared splits
+        if parts[:2] in (("edit", "methods"), ("analysis", "figures")) and path.stem not in ("common",):
+            if f"{parts[1]}/" not in stages.get(f"{parts[0]}/", ""):
+                missing.append("/".join(parts[:2]) + "/")
+            continue
+        if len(parts) == 1:
+            text = leaves
+        else:
+            text = stages.get(f"{parts[0]}/", "")
+        if path.stem not in ("__init__",) and not re.search(rf"\b{path.stem}\b", text):
+            missing.append("/".join(parts))
+    assert not missing, f"README's layout section does not name: {', '.join(sorted(set(missing)))}"

@@ -1,18 +1,12 @@
 # One cell taken out: the edited model (params.form "model") or the edited update as a PEFT
-# LoRA adapter ("adapter"), each with a model card (spectral_edit.export.artifacts).
+# LoRA adapter ("adapter"), each with a model card (spectral_edit.export.artifacts, .model_card).
 import json
 from pathlib import Path
 
 import spectral_edit
 from spectral_edit.edit.record import EditSpec
-from spectral_edit.export.artifacts import (
-    benchmark_statistics,
-    cell_statistics,
-    export_adapter,
-    export_model,
-    model_card,
-    workflow_commit,
-)
+from spectral_edit.export.artifacts import export_adapter, export_model
+from spectral_edit.export.model_card import benchmark_statistics, cell_statistics, model_card, workflow_commit
 from spectral_edit.jobs import job_logging
 
 w = snakemake.wildcards
@@ -24,7 +18,7 @@ with job_logging(snakemake.log[0], snakemake.threads, f"export {params.form}") a
     model_spec = params.card["model"][w.model]
     base_id = model_spec.get("id") if model_spec.get("source") == "hub" else None
     # The card's numbers: the label-word cell against its references (a label-word task), and
-    # each lm-eval benchmark's (spectral_edit.export.artifacts).
+    # each lm-eval benchmark's (spectral_edit.export.model_card).
     statistics, edit_record = None, None
     if "cell" in inp.keys():
         records = {name: json.loads(Path(inp[name]).read_text()) for name in ("cell", "finetuned_cell", "base_cell")}
