@@ -300,9 +300,9 @@ def _copy_of_the_workflow(copy: Path) -> Path:
 @pytest.mark.parametrize(
     "edited, rerun",
     [
-        ("methods/bottom_k.py", ["bottom_k"]),
-        ("methods/__init__.py", ["top_k", "bottom_k", "random_k"]),  # kept_count and keep_only live there
-        ("random_matrix.py", []),  # only dg_hard imports it, and the tiny grid has no dg_hard
+        ("edit/methods/bottom_k.py", ["bottom_k"]),
+        ("edit/methods/__init__.py", ["top_k", "bottom_k", "random_k"]),  # kept_count and keep_only live there
+        ("edit/random_matrix.py", []),  # only dg_hard imports it, and the tiny grid has no dg_hard
     ],
 )
 def test_editing_a_methods_code_reruns_only_the_cells_that_use_it(workdir, tmp_path, edited, rerun):
