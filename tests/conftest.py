@@ -103,7 +103,7 @@ def smollm2_update(smollm2_dir, tiny_data_dir, tmp_path_factory):
         tiny_data_dir / "train.jsonl",
         finetuned,
         TINY_DATASET,
-        {"steps": 2, "batch_size": 2, "learning_rate": 1e-4, "max_length": 128},
+        with_schema_defaults("finetune", {"steps": 2, "batch_size": 2, "learning_rate": 1e-4, "max_length": 128}),
         seed=0,
         progress=False,
     )
